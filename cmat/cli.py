@@ -1,0 +1,220 @@
+"""The ``cmat`` command line (click). User-caused errors are one line on stderr, exit code 1."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from cmat.errors import CmatError
+
+
+class CmatGroup(click.Group):
+    """Catches :class:`CmatError` at the CLI boundary: one line, non-zero exit, no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CmatError as err:
+            click.echo(f"cmat: error: {err}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("cmat: interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=CmatGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cmat")
+def main():
+    """Adversarially robust continual learning: CMAT (CPG + adversarial training) and baselines."""
+
+
+def _overrides(**flags) -> dict:
+    from cmat.config import deep_update, parse_set
+
+    out: dict = {}
+    mapping = {"tasks": ("tasks",), "method": ("method",), "seed": ("seed",), "objective": ("objective", "name"),
+               "epochs": ("train", "epochs"), "eval_samples": ("eval", "samples"), "attacks": ("eval", "attacks"),
+               "data_root": ("data_root",), "device": ("device",), "eps": ("threat", "eps"),
+               "alpha": ("threat", "alpha"), "batch_size": ("train", "batch_size"), "arch": ("model", "arch")}
+    for key, path in mapping.items():
+        value = flags.get(key)
+        if value is None:
+            continue
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = value
+    if flags.get("download"):
+        out["download"] = True
+    if flags.get("deterministic"):
+        out["deterministic"] = True
+    return deep_update(out, parse_set(flags.get("set_")))
+
+
+@main.command()
+@click.option("--tasks", default=None, help="Task sequence (see `cmat tasks`); default digits-5split.")
+@click.option("--method", default=None, help="Method: at-finetune, at-individual, ...")
+@click.option("--objective", default=None, help="standard, pgd, trades, fast or free.")
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--seed", default=None, type=int)
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML file over the preset.")
+@click.option("--epochs", default=None, type=int, help="Epochs per task (train.epochs).")
+@click.option("--eval-samples", default=None, type=int, help="Attack a fixed seeded subset of N test images per task.")
+@click.option("--attacks", default=None, help="Comma-separated: clean,fgsm,pgd10,pgd40,apgd-ce,apgd-t,...")
+@click.option("--eps", default=None, help="Threat ε in [0,1] pixel units (e.g. 8/255).")
+@click.option("--alpha", default=None, help="Attack step α in pixel units.")
+@click.option("--batch-size", default=None, type=int)
+@click.option("--arch", default=None, help="smallcnn, vgg16 or resnet18.")
+@click.option("--data-root", default=None, help="Dataset folder (default $CMAT_DATA or ./data).")
+@click.option("--download", is_flag=True, help="Download missing datasets (torchvision, md5-checked).")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--deterministic", is_flag=True, help="Ask torch for deterministic kernels.")
+@click.option("--set", "set_", multiple=True, help="Override any config key: --set train.lr=0.05")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--force", is_flag=True, help="Overwrite a finished run in --out.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def run(out, config_file, resume, force, no_progress, **flags):
+    """Train a method over a task sequence and evaluate it after every task."""
+    from cmat import config as config_mod
+    from cmat.engine import Run
+
+    cfg = config_mod.resolve(flags.get("tasks"), config_file, _overrides(**flags))
+    if resume:
+        raise CmatError("--resume is not available yet (task-boundary checkpoints arrive with the CMAT method)")
+    out = Path(out or Path("checkpoints") / f"{cfg.tasks}-{cfg.method}-{cfg.objective.name}-s{cfg.seed}")
+    if (out / "results.json").exists() and not force:
+        raise CmatError(f"{out} already holds a finished run; pass --force to overwrite or choose another --out")
+    if force and out.exists():
+        for name in ("results.json", "store.h5", "log.jsonl", "config.yaml"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "tb", ignore_errors=True)
+    results = Run(cfg, out, progress=not no_progress).execute()
+    from cmat.report import summary_table
+
+    click.echo(summary_table(results))
+    click.echo(f"wrote {out}/results.json, store.h5, config.yaml, tb/")
+
+
+@main.command("eval")
+@click.argument("run_dir", type=click.Path())
+@click.option("--attacks", default=None, help="Comma-separated attack names (default: the run's).")
+@click.option("--samples", default=None, type=int, help="Attack a fixed seeded subset of N test images.")
+@click.option("--data-root", default=None)
+@click.option("--device", default="auto")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def eval_cmd(run_dir, attacks, samples, data_root, device, as_json):
+    """Evaluate a trained run's tasks under attacks (reads store.h5)."""
+    import cmat
+    from cmat.engine import resolve_device
+    from cmat.evaluate import attack_params, build_attacks, evaluate_task
+    from tasks import get_tasks
+
+    loaded = cmat.load(run_dir)
+    cfg = loaded.config
+    names = [a.strip() for a in attacks.split(",")] if attacks else list(cfg.eval.attacks)
+    build_attacks(names, cfg.threat.eps, cfg.threat.alpha)  # validate names first
+    seq = get_tasks(cfg.tasks, data_root=data_root or cfg.data_root, seed=cfg.seed)
+    dev = resolve_device(device)
+    samples = samples if samples is not None else cfg.eval.samples
+    per_task = []
+    for j in range(len(loaded.task_names)):
+        atks = build_attacks(names, cfg.threat.eps, cfg.threat.alpha, seq[j].num_classes)
+        model = loaded.model(j).to(dev)
+        res = evaluate_task(model, seq[j].test, atks, seq[j].num_classes, cfg.seed, j, samples,
+                            cfg.eval.batch_size, dev)
+        per_task.append({"task": j, "name": loaded.task_names[j], **{n: res[n] for n in names}})
+    report = {"run": str(run_dir), "attacks": attack_params(build_attacks(names, cfg.threat.eps, cfg.threat.alpha)),
+              "tasks": per_task,
+              "mean": {n: sum(r[n]["acc"] for r in per_task) / len(per_task) for n in names}}
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+        return
+    header = f"{'task':<24}" + "".join(f"{n:>10}" for n in names)
+    click.echo(header)
+    for r in per_task:
+        click.echo(f"{r['name'][:24]:<24}" + "".join(f"{r[n]['acc']:>10.4f}" for n in names))
+    click.echo(f"{'mean':<24}" + "".join(f"{report['mean'][n]:>10.4f}" for n in names))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+def inspect(run_dir):
+    """Summarise a run's store: tasks, networks, parameters, bytes per part."""
+    from cmat.report import inspect_store
+
+    click.echo(inspect_store(run_dir))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+def plot(run_dir):
+    """Plot a run: accuracy-matrix heat maps per attack (PNG under RUN_DIR/plots)."""
+    from cmat.report import plot_run
+
+    for path in plot_run(run_dir):
+        click.echo(f"wrote {path}")
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def tasks(ctx, as_json):
+    """List the task sequences (`cmat tasks show NAME` for one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tasks import list_sequences
+
+    seqs = list_sequences()
+    if as_json:
+        click.echo(json.dumps(seqs, indent=1))
+        return
+    for s in seqs:
+        click.echo(f"{s['name']:<18} {s['num_tasks']:>3} tasks  {s['description']}")
+
+
+@tasks.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def tasks_show(name, as_json):
+    """Show one sequence: its tasks, classes, files and preset."""
+    from tasks import list_sequences
+
+    found = [s for s in list_sequences() if s["name"] == name]
+    if not found:
+        names = ", ".join(s["name"] for s in list_sequences())
+        raise CmatError(f"unknown task sequence {name!r} (valid: {names})")
+    info = found[0]
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    for k, v in info.items():
+        click.echo(f"{k}: {v}")
+
+
+def _not_yet(what: str, issue: str):
+    raise CmatError(f"`cmat {what}` is not built yet (planned in {issue})")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def bench():
+    """Run several methods with one harness and tabulate them (not built yet)."""
+    _not_yet("bench", "issue [5]")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def verify():
+    """Certified (IBP/CROWN) and attack bounds on each sample's critical ε (not built yet)."""
+    _not_yet("verify", "issue [6]")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def transfer():
+    """Robustness transfer from a robust source to a new task (not built yet)."""
+    _not_yet("transfer", "issue [6]")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Typed run configuration: dataclasses, YAML presets per task sequence, CLI overrides.
+
+Resolution order (later wins): dataclass defaults → ``cmat/presets/<tasks>.yaml`` (if any) →
+a user ``--config`` YAML file → ``--set section.key=value`` overrides and explicit CLI flags.
+The resolved configuration is written as ``config.yaml`` beside every output.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from cmat.errors import CmatError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class ThreatConfig:
+    """The threat model of a sequence: L∞ radius and attack step, in [0,1] pixel units."""
+
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "smallcnn"
+    width: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Per-task optimisation. ``select``: which epoch's weights to keep — ``auto`` picks the best
+    validation robust accuracy for adversarial objectives and clean accuracy for ``standard``."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    select: str = "auto"
+    val_attack_samples: int = 512
+
+
+@dataclass
+class ObjectiveConfig:
+    """Training objective. ``steps``: PGD/TRADES inner steps; ``bn``: BN mode while generating
+    training attacks (``eval``: running statistics; ``batch``: batch statistics, running-stat
+    updates suppressed)."""
+
+    name: str = "pgd"
+    steps: int = 10
+    trades_beta: float = 6.0
+    free_replays: int = 4
+    fast_alpha: float = 1.25
+    bn: str = "eval"
+
+
+@dataclass
+class EvalConfig:
+    """The harness: attacks run after each task on every seen task. ``samples``: attack a fixed
+    seeded subset of this many test images per task (clean always uses the whole test set)."""
+
+    attacks: list = field(default_factory=lambda: ["clean", "fgsm", "pgd10", "pgd40"])
+    samples: Optional[int] = None
+    batch_size: int = 256
+
+
+@dataclass
+class RunConfig:
+    tasks: str = "digits-5split"
+    method: str = "at-individual"
+    seed: int = 0
+    device: str = "auto"
+    deterministic: bool = False
+    data_root: Optional[str] = None
+    download: bool = False
+    threat: ThreatConfig = field(default_factory=ThreatConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    method_options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    origin = typing.get_origin(typ)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        return None if value is None or value == "null" else _coerce(value, args[0], where)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise CmatError(f"config {where}: expected true/false, got {value!r}")
+    if typ in (int, float):
+        try:
+            if isinstance(value, str) and "/" in value and typ is float:  # "8/255"
+                num, den = value.split("/")
+                return float(num) / float(den)
+            out = typ(value)
+        except (TypeError, ValueError):
+            raise CmatError(f"config {where}: expected a number, got {value!r}") from None
+        if typ is int and isinstance(value, float) and value != out:
+            raise CmatError(f"config {where}: expected an integer, got {value!r}")
+        return out
+    if typ is str:
+        if not isinstance(value, (str, int, float)):
+            raise CmatError(f"config {where}: expected a string, got {value!r}")
+        return str(value)
+    if typ is list or origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise CmatError(f"config {where}: expected a list, got {value!r}")
+        return list(value)
+    if typ is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise CmatError(f"config {where}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _merge(obj: Any, data: dict, where: str = "") -> None:
+    """Update dataclass ``obj`` in place from a nested dict, type-checking every value."""
+    if not isinstance(data, dict):
+        raise CmatError(f"config {where or 'file'}: expected a mapping")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise CmatError(f"config: unknown key {path!r} (valid: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, path)
+        elif key == "method_options":
+            current.update(_coerce(value, dict, path))
+        else:
+            setattr(obj, key, _coerce(value, hints[key], path))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise CmatError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise CmatError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    return data or {}
+
+
+def preset_names() -> list:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def parse_set(items) -> dict:
+    """``["train.epochs=3", "threat.eps=8/255"]`` → nested dict (values parsed as YAML scalars)."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise CmatError(f"--set expects section.key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def deep_update(base: dict, extra: dict) -> dict:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def resolve(tasks: Optional[str] = None, config_file: Optional[str] = None, overrides: Optional[dict] = None) -> RunConfig:
+    """Build the :class:`RunConfig` for a run (see module docstring for the order)."""
+    user = _read_yaml(Path(config_file)) if config_file else {}
+    overrides = overrides or {}
+    name = overrides.get("tasks") or user.get("tasks") or tasks or RunConfig.tasks
+    cfg = RunConfig()
+    preset = PRESET_DIR / f"{name}.yaml"
+    if preset.exists():
+        _merge(cfg, _read_yaml(preset), "")
+    _merge(cfg, user, "")
+    _merge(cfg, overrides, "")
+    cfg.tasks = name
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Value checks a user can violate; each raises a one-line :class:`CmatError`."""
+    if not cfg.threat.eps >= 0:
+        raise CmatError(f"threat.eps must be ≥ 0, got {cfg.threat.eps}")
+    if not cfg.threat.alpha > 0:
+        raise CmatError(f"threat.alpha must be > 0, got {cfg.threat.alpha}")
+    if cfg.train.epochs < 1:
+        raise CmatError(f"train.epochs must be ≥ 1, got {cfg.train.epochs}")
+    if cfg.train.batch_size < 1:
+        raise CmatError(f"train.batch_size must be ≥ 1, got {cfg.train.batch_size}")
+    if cfg.train.schedule not in ("cosine", "step", "constant"):
+        raise CmatError(f"train.schedule must be cosine, step or constant, got {cfg.train.schedule!r}")
+    if cfg.train.select not in ("auto", "robust", "clean", "last"):
+        raise CmatError(f"train.select must be auto, robust, clean or last, got {cfg.train.select!r}")
+    if cfg.objective.steps < 1:
+        raise CmatError(f"objective.steps must be ≥ 1, got {cfg.objective.steps}")
+    if cfg.objective.bn not in ("eval", "batch"):
+        raise CmatError(f"objective.bn must be eval or batch, got {cfg.objective.bn!r}")
+    if cfg.eval.samples is not None and cfg.eval.samples < 1:
+        raise CmatError(f"eval.samples must be ≥ 1, got {cfg.eval.samples}")
+    if cfg.model.width <= 0:
+        raise CmatError(f"model.width must be > 0, got {cfg.model.width}")
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def from_dict(data: dict) -> RunConfig:
+    cfg = RunConfig()
+    _merge(cfg, data, "")
+    return cfg

@@ -1,0 +1,246 @@
+"""The task-sequence engine: one readable loop over tasks, a per-task trainer, the harness.
+
+``run(cfg, out)``: for each task t — the method's hooks train it; then every seen task j ≤ t is
+evaluated under every configured attack, filling ``acc[attack][t][j]``. At the end
+``results.json`` (the contract in DESIGN.md), ``store.h5`` and ``config.yaml`` are written,
+each atomically, and a summary table is printed.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from tqdm import tqdm
+
+from cmat import config as config_mod
+from cmat.attacks import PGD
+from cmat.errors import CmatError
+from cmat.evaluate import attack_params, build_attacks, evaluate_task, robust_accuracy
+from cmat.methods import method_class
+from cmat.metrics import summarize
+from cmat.objectives import make_objective
+from cmat.seeding import generator, seed_everything
+from cmat.tblog import RunLogger
+from tasks import get_tasks
+from tasks.base import augment_batch
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CmatError(f"unknown device {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CmatError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def batches(data, batch_size: int, gen: torch.Generator, device, shuffle: bool = True):
+    """Yield augmented float batches ``(x in [0,1], y)`` of an in-memory ``ImageData``."""
+    n = len(data)
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size]
+        x, y = data.tensors(idx)
+        x = augment_batch(x, data.augment, gen)
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def lr_lambda(schedule: str, total: int) -> Callable:
+    """Multiplier of the base learning rate at iteration ``i`` of ``total``."""
+    if schedule == "cosine":
+        return lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / max(total, 1)))
+    if schedule == "step":
+        return lambda i: 0.1 ** (int(i >= 0.5 * total) + int(i >= 0.75 * total))
+    return lambda i: 1.0
+
+
+class Trainer:
+    """Trains one task's classifier under the run's objective, with validation model selection.
+
+    ``fit(model, params, task, t, snapshot=...)``: SGD (momentum, Nesterov, weight decay) over
+    ``params`` with the configured schedule; per epoch, clean and PGD validation accuracy;
+    the weights of ``snapshot`` (the module holding everything this task changes) from the best
+    epoch are restored at the end. Hooks: ``after_backward()`` (mask or edit gradients) and
+    ``after_step()`` (re-apply constraints) are called every iteration.
+    """
+
+    def __init__(self, cfg, device, logger: RunLogger, progress: bool = True):
+        self.cfg = cfg
+        self.device = device
+        self.logger = logger
+        self.progress = progress
+        self.objective = make_objective(cfg.objective, cfg.threat)
+        self.val_attack = PGD(eps=cfg.threat.eps, alpha=cfg.threat.alpha, steps=10)
+        self.global_step = 0
+
+    def selection_metric(self) -> str:
+        sel = self.cfg.train.select
+        if sel == "auto":
+            return "robust" if self.objective.adversarial else "clean"
+        return sel
+
+    def validate(self, model, task, t: int) -> dict:
+        x, y = task.val.tensors()
+        clean = robust_accuracy(model, x, y, None, device=self.device)
+        k = min(self.cfg.train.val_attack_samples, len(y))
+        robust = robust_accuracy(model, x[:k], y[:k], self.val_attack, generator(self.cfg.seed, "val", t),
+                                 device=self.device)
+        return {"clean": clean, "robust": robust}
+
+    def fit(self, model, params, task, t: int, snapshot: torch.nn.Module,
+            epochs: Optional[int] = None, lr: Optional[float] = None, param_groups=None,
+            after_backward: Optional[Callable] = None, after_step: Optional[Callable] = None,
+            tag: str = "train") -> dict:
+        tc = self.cfg.train
+        obj = self.objective
+        epochs = max(1, (epochs or tc.epochs) // obj.replays)
+        groups = param_groups or [{"params": [p for p in params if p.requires_grad]}]
+        opt = torch.optim.SGD(groups, lr=lr or tc.lr, momentum=tc.momentum, nesterov=tc.nesterov and tc.momentum > 0,
+                              weight_decay=tc.weight_decay)
+        iters = epochs * math.ceil(len(task.train) / tc.batch_size) * obj.replays
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.schedule, iters))
+        metric = self.selection_metric()
+        best, best_state, best_epoch, history = -1.0, None, -1, []
+        bar = tqdm(total=iters, desc=f"task {t} {tag}", leave=False, disable=not self.progress, unit="it")
+        for epoch in range(epochs):
+            model.train()
+            gen = generator(self.cfg.seed, tag, t, epoch)
+            tot_loss, tot_correct, tot_n = 0.0, 0, 0
+            for x, y in batches(task.train, tc.batch_size, gen, self.device):
+                for _ in range(obj.replays):
+                    loss, logits = obj.loss(model, x, y, gen)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    obj.after_backward()
+                    if after_backward is not None:
+                        after_backward()
+                    opt.step()
+                    if after_step is not None:
+                        after_step()
+                    sched.step()
+                    bar.update(1)
+                    self.global_step += 1
+                tot_loss += float(loss.detach()) * len(y)
+                tot_correct += int((logits.detach().argmax(1) == y).sum())
+                tot_n += len(y)
+            val = self.validate(model, task, t)
+            row = {"epoch": epoch, "loss": tot_loss / max(tot_n, 1), "acc": tot_correct / max(tot_n, 1),
+                   "val_clean": val["clean"], "val_robust": val["robust"]}
+            history.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{val['clean']:.3f}", rob=f"{val['robust']:.3f}")
+            for k in ("loss", "acc", "val_clean", "val_robust"):
+                self.logger.scalar(f"task_{t}/{tag}_{k}", row[k], self.global_step)
+            self.logger.event(kind="epoch", task=t, tag=tag, **row)
+            score = val[metric] if metric in val else float(epoch)
+            if metric == "last" or score >= best:
+                best, best_epoch = score, epoch
+                best_state = copy.deepcopy(snapshot.state_dict()) if metric != "last" else None
+            if obj.detects_collapse and best_epoch < epoch and val["robust"] < history[best_epoch]["val_robust"] - 0.2:
+                self.logger.event(kind="collapse", task=t, epoch=epoch)
+                break
+        bar.close()
+        if best_state is not None:
+            snapshot.load_state_dict(best_state)
+        return {"best_epoch": best_epoch, "history": history}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Run:
+    """One run of one method over one task sequence, writing into ``out``."""
+
+    def __init__(self, cfg, out, progress: bool = True, verbose: bool = True):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.progress = progress
+        self.verbose = verbose
+
+    def say(self, msg: str) -> None:
+        if self.verbose:
+            tqdm.write(msg)
+
+    def execute(self) -> dict:
+        cfg = self.cfg
+        seq = get_tasks(cfg.tasks, data_root=cfg.data_root, download=cfg.download, seed=cfg.seed)
+        method_cls = method_class(cfg.method)
+        device = resolve_device(cfg.device)
+        heads = max(t.num_classes for t in seq)
+        attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, n_classes=heads)
+        make_objective(cfg.objective, cfg.threat)  # validate before any output is written
+        self.out.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.seed, cfg.deterministic)
+        atomic_write_text(self.out / "config.yaml", config_mod.to_yaml(cfg))
+        logger = RunLogger(self.out)
+        try:
+            return self._loop(seq, method_cls, device, attacks, logger)
+        finally:
+            logger.close()
+
+    def _loop(self, seq, method_cls, device, attacks, logger) -> dict:
+        cfg = self.cfg
+        method = method_cls(cfg, seq, device)
+        trainer = Trainer(cfg, device, logger, self.progress)
+        acc = {name: [] for name in attacks}
+        last = {}
+        start = time.time()
+        for t, task in enumerate(seq):
+            self.say(f"[cmat] task {t + 1}/{len(seq)}: {task.name} ({task.num_classes} classes, "
+                     f"{len(task.train)} train / {len(task.val)} val / {len(task.test)} test)")
+            method.before_task(t, task)
+            method.train_task(t, task, trainer)
+            method.after_task(t, task)
+            row = {name: [] for name in attacks}
+            for j in range(t + 1):
+                task_attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, seq[j].num_classes)
+                res = evaluate_task(method.model_for(j), seq[j].test, task_attacks, seq[j].num_classes,
+                                    cfg.seed, j, cfg.eval.samples, cfg.eval.batch_size, device)
+                for name in attacks:
+                    row[name].append(res[name]["acc"])
+                    logger.scalar(f"eval/{name}/task_{j}", res[name]["acc"], t)
+                last[j] = res
+            for name in attacks:
+                acc[name].append(row[name])
+            logger.event(kind="eval", task=t, acc={n: row[n] for n in attacks})
+            self.say("[cmat]   " + "  ".join(f"{n}={sum(r) / len(r):.3f}" for n, r in row.items()))
+        train_seconds = time.time() - start
+        from cmat.store import save_run
+
+        store_path = save_run(self.out / "store.h5", method, seq, cfg)
+        results = {
+            "format": "cmat-results", "version": 1, "method": cfg.method, "objective": cfg.objective.name,
+            "tasks": cfg.tasks, "task_names": seq.task_names,
+            "threat": {"eps": cfg.threat.eps, "alpha": cfg.threat.alpha},
+            "attacks": attack_params(attacks),
+            "acc": acc,
+            "f1": {name: [last[j][name]["f1"] for j in range(len(seq))] for name in attacks},
+            "summary": {name: summarize(acc[name]) for name in attacks},
+            "decisions": method.decisions,
+            "cost": {"train_seconds": train_seconds,
+                     "params_total": sum(p.numel() for net in method.networks() for p in net.parameters()),
+                     "store_bytes": store_path.stat().st_size},
+            "seed": cfg.seed,
+        }
+        atomic_write_text(self.out / "results.json", json.dumps(results, indent=1))
+        self._figure(logger, acc, len(seq))
+        return results
+
+    def _figure(self, logger, acc, n_tasks) -> None:
+        if not logger.enabled:
+            return
+        from cmat.plots import accuracy_matrix_figure
+
+        for name, mat in acc.items():
+            logger.figure(f"matrix/{name}", accuracy_matrix_figure(mat, name), n_tasks - 1)

@@ -1,0 +1,81 @@
+"""The Method interface and its registry.
+
+A method is a small class with a few hooks; the engine (:mod:`cmat.engine`) owns the task loop,
+training loop, evaluation, logging and the store. For each task t the engine calls
+``before_task(t, task)``, ``train_task(t, task, trainer)``, ``after_task(t, task)``, then
+evaluates ``model_for(j)`` for every j ≤ t. ``networks()`` and ``task_slots()`` tell the store
+what to save: the list of networks and, per task, ``(network index, head index)``.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import nn
+
+from cmat.errors import CmatError
+from cmat.nn import MultiHeadNet
+
+METHODS: dict = {}
+
+
+def register(cls):
+    """Class decorator: register a Method subclass under ``cls.name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list:
+    _import_builtin()
+    return sorted(METHODS)
+
+
+def method_class(name: str):
+    _import_builtin()
+    if name not in METHODS:
+        raise CmatError(f"unknown method {name!r} (valid: {', '.join(sorted(METHODS))})")
+    return METHODS[name]
+
+
+def _import_builtin() -> None:
+    for module in ("baselines.at_baselines",):
+        importlib.import_module(module)
+
+
+class Method:
+    """Base class. Subclasses set ``name`` and override the hooks they need."""
+
+    name = "base"
+
+    def __init__(self, cfg, seq, device):
+        self.cfg = cfg
+        self.seq = seq
+        self.device = torch.device(device)
+        self.decisions: dict = {}
+
+    def new_network(self, task_indices) -> MultiHeadNet:
+        """A network for the configured architecture with heads for ``task_indices``."""
+        tasks = [self.seq[j] for j in task_indices]
+        c, h, _ = tasks[0].input_shape
+        return MultiHeadNet(self.cfg.model.arch, c, h, [t.num_classes for t in tasks],
+                            [t.mean for t in tasks], [t.std for t in tasks], self.cfg.model.width).to(self.device)
+
+    def before_task(self, t: int, task) -> None:
+        pass
+
+    def train_task(self, t: int, task, trainer) -> None:
+        raise NotImplementedError
+
+    def after_task(self, t: int, task) -> None:
+        pass
+
+    def model_for(self, j: int) -> nn.Module:
+        """Task j's classifier ``x ↦ logits`` (images in [0, 1])."""
+        net, head = self.task_slots()[j]
+        return self.networks()[net].task_view(head)
+
+    def networks(self) -> list:
+        raise NotImplementedError
+
+    def task_slots(self) -> list:
+        raise NotImplementedError

@@ -1,0 +1,144 @@
+"""Backbones with normalisation as their first layer, and the multi-head container.
+
+Every network takes images in [0, 1]. :class:`Normalize` (per task: each task has its own
+statistics) is the first layer, so attacks and ε live in pixel space. Backbones are built from
+layer *factories* (``conv``, ``linear``, ``bn``) so masked layers can replace the plain ones
+without a second copy of each architecture.
+
+Architectures (``ARCHS``):
+- ``vgg16``: CPG's VGG16-BN for 32×32 inputs: cfg D, 3×3 convolutions without bias → BN →
+  ReLU, five max-pools, then FC 512→4096→4096 with ReLU (33.6M weights), per-task heads.
+- ``resnet18``: ResNet-18 with the CIFAR stem (3×3 conv, stride 1, no max-pool).
+- ``smallcnn``: four 3×3 conv-BN-ReLU layers (32, 32, 64, 64 channels × width) with two
+  max-pools, a 2×2 average pool, and FC → 128; for 8×8, 16×16 and 28×28 inputs.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel; the model's first layer (pixel-space threat model)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _conv_bn_relu(conv, bn, cin, cout):
+    return [conv(cin, cout, 3, padding=1, bias=False), bn(cout), nn.ReLU(inplace=True)]
+
+
+def vgg16_features(in_ch: int, width: float, conv, linear, bn, input_size: int = 32) -> tuple:
+    layers, c = [], in_ch
+    for v in VGG16_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            out = int(round(v * width))
+            layers += _conv_bn_relu(conv, bn, c, out)
+            c = out
+    spatial = max(input_size // 32, 1)
+    fc = int(round(4096 * width))
+    layers += [nn.Flatten(), linear(c * spatial * spatial, fc), nn.ReLU(inplace=True),
+               linear(fc, fc), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers), fc
+
+
+def smallcnn_features(in_ch: int, width: float, conv, linear, bn, input_size: int = 8) -> tuple:
+    c1, c2, f = int(round(32 * width)), int(round(64 * width)), int(round(128 * width))
+    layers = (_conv_bn_relu(conv, bn, in_ch, c1) + _conv_bn_relu(conv, bn, c1, c1) + [nn.MaxPool2d(2)]
+              + _conv_bn_relu(conv, bn, c1, c2) + _conv_bn_relu(conv, bn, c2, c2))
+    if input_size >= 16:
+        layers.append(nn.MaxPool2d(2))
+    layers += [nn.AdaptiveAvgPool2d(2), nn.Flatten(), linear(c2 * 4, f), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers), f
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv-BN-ReLU-conv-BN plus (projected) shortcut, then ReLU."""
+
+    def __init__(self, cin, cout, stride, conv, bn):
+        super().__init__()
+        self.conv1 = conv(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = bn(cout)
+        self.conv2 = conv(cout, cout, 3, stride=1, padding=1, bias=False)
+        self.bn2 = bn(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride=stride, bias=False), bn(cout))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+def resnet18_features(in_ch: int, width: float, conv, linear, bn, input_size: int = 32) -> tuple:
+    w = [int(round(c * width)) for c in (64, 128, 256, 512)]
+    layers = [conv(in_ch, w[0], 3, padding=1, bias=False), bn(w[0]), nn.ReLU(inplace=True)]
+    cin = w[0]
+    for i, cout in enumerate(w):
+        for b in range(2):
+            layers.append(BasicBlock(cin, cout, 2 if (b == 0 and i > 0) else 1, conv, bn))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), cin
+
+
+ARCHS: dict = {"vgg16": vgg16_features, "resnet18": resnet18_features, "smallcnn": smallcnn_features}
+
+
+class MultiHeadNet(nn.Module):
+    """A shared feature extractor with one normalisation layer and one linear head per task.
+
+    ``net(x, task)`` = ``heads[task](features(norms[task](x)))``. ``spec`` holds everything needed
+    to rebuild the architecture (it is stored beside the weights; no pickle).
+    """
+
+    def __init__(self, arch: str, in_channels: int, input_size: int, head_sizes: Sequence[int],
+                 means: Sequence[Sequence[float]], stds: Sequence[Sequence[float]], width: float = 1.0,
+                 conv: Callable = nn.Conv2d, linear: Callable = nn.Linear, bn: Callable = nn.BatchNorm2d):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown architecture {arch!r}")
+        self.spec = {"arch": arch, "in_channels": int(in_channels), "input_size": int(input_size),
+                     "head_sizes": [int(h) for h in head_sizes], "width": float(width),
+                     "means": [list(map(float, m)) for m in means], "stds": [list(map(float, s)) for s in stds]}
+        self.features, self.feature_dim = ARCHS[arch](in_channels, width, conv, linear, bn, input_size)
+        self.norms = nn.ModuleList(Normalize(m, s) for m, s in zip(means, stds))
+        self.heads = nn.ModuleList(nn.Linear(self.feature_dim, h) for h in head_sizes)
+
+    def forward(self, x: torch.Tensor, task: int = 0) -> torch.Tensor:
+        return self.heads[task](self.features(self.norms[task](x)))
+
+    def task_view(self, task: int) -> "TaskView":
+        return TaskView(self, task)
+
+
+class TaskView(nn.Module):
+    """Task ``j``'s classifier as a plain module ``x ↦ logits`` (what attacks and users call)."""
+
+    def __init__(self, net: MultiHeadNet, task: int):
+        super().__init__()
+        self.net = net
+        self.task = int(task)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x, self.task)
+
+
+def build_network(spec: dict) -> MultiHeadNet:
+    """Rebuild a :class:`MultiHeadNet` from its ``spec`` (weights uninitialised-equivalent)."""
+    return MultiHeadNet(spec["arch"], spec["in_channels"], spec["input_size"], spec["head_sizes"],
+                        spec["means"], spec["stds"], spec.get("width", 1.0))

@@ -1,0 +1,201 @@
+"""Training objectives: how one minibatch becomes a loss.
+
+The engine owns the optimiser; for each minibatch (replayed ``objective.replays`` times) it
+calls ``loss, logits = objective.loss(model, x, y, generator)``, then ``loss.backward()``,
+``objective.after_backward()``, the method's gradient hooks and ``optimizer.step()``.
+``model`` is task t's classifier ``x ↦ logits`` in train mode; ``x`` is in [0, 1].
+
+- ``standard``: CE(f(x), y).
+- ``pgd`` (Madry et al. 2018): CE(f(x_adv), y), x_adv = PGD-K (random start, ε, α).
+- ``trades`` (Zhang et al. 2019): CE(f(x), y) + β·KL(f(x) ‖ f(x_adv)), x_adv maximises the KL
+  from x + 0.001·N(0, I); β = 6.
+- ``fast`` (Wong et al. 2020): CE(f(x_adv)), x_adv = FGSM from a uniform random start with
+  α = 1.25ε. ``detects_collapse``: the engine checks validation PGD accuracy each epoch and stops
+  (keeping the best state) on catastrophic overfitting.
+- ``free`` (Shafahi et al. 2019): each minibatch replayed m times; one backward gives both the
+  parameter gradient and the input gradient; δ ← Π_ε(δ + ε·sign(∇_δ)) is carried across replays
+  and minibatches. The engine divides the epochs by m.
+Training attacks never update BN running statistics: they are generated in eval mode
+(``bn="eval"``, the default) or with batch statistics and running-stat updates suppressed
+(``bn="batch"``).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmat.attacks import FGSM, PGD
+from cmat.config import ObjectiveConfig, ThreatConfig
+from cmat.errors import CmatError
+
+
+@contextlib.contextmanager
+def frozen_bn_batch_stats(model: nn.Module):
+    """BN layers use batch statistics; running statistics are restored on exit."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            saved.append((m, m.training, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()))
+            m.train(True)
+    try:
+        yield
+    finally:
+        for m, mode, mean, var, nbt in saved:
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(nbt)
+            m.train(mode)
+
+
+class BatchStatsView(nn.Module):
+    """``model`` evaluated with BN batch statistics and untouched running statistics, whatever
+    mode the attack puts the view in (for ``bn="batch"`` training attacks)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        with frozen_bn_batch_stats(self.model):
+            return self.model(x)
+
+
+class Objective:
+    name = "base"
+    adversarial = True
+    replays = 1
+    detects_collapse = False
+
+    def __init__(self, cfg: ObjectiveConfig, threat: ThreatConfig):
+        self.cfg = cfg
+        self.eps = float(threat.eps)
+        self.alpha = float(threat.alpha)
+
+    def attack_view(self, model: nn.Module) -> nn.Module:
+        return BatchStatsView(model) if self.cfg.bn == "batch" else model
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+        raise NotImplementedError
+
+    def after_backward(self) -> None:
+        """Called after ``loss.backward()`` and before the optimiser step."""
+
+    def describe(self) -> dict:
+        return {"name": self.name, "eps": self.eps, "alpha": self.alpha}
+
+
+class Standard(Objective):
+    name = "standard"
+    adversarial = False
+
+    def loss(self, model, x, y, generator):
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+
+
+class MadryPGD(Objective):
+    name = "pgd"
+
+    def __init__(self, cfg, threat):
+        super().__init__(cfg, threat)
+        self.attack = PGD(eps=self.eps, alpha=self.alpha, steps=cfg.steps, random_start=True)
+
+    def loss(self, model, x, y, generator):
+        x_adv = self.attack(self.attack_view(model), x, y, generator=generator)
+        logits = model(x_adv)
+        return F.cross_entropy(logits, y), logits
+
+    def describe(self):
+        return {**super().describe(), "steps": self.cfg.steps}
+
+
+class Trades(Objective):
+    name = "trades"
+
+    def _adversary(self, model, x, generator):
+        view = self.attack_view(model)
+        was_training = [m.training for m in model.modules()]
+        model.eval()
+        try:
+            with torch.no_grad():
+                p_clean = F.softmax(view(x), dim=1)
+            noise = torch.randn(x.shape, generator=generator).to(x.device)
+            x_adv = (x + 0.001 * noise).clamp(0, 1)
+            for _ in range(self.cfg.steps):
+                x_adv.requires_grad_(True)
+                kl = F.kl_div(F.log_softmax(view(x_adv), dim=1), p_clean, reduction="sum")
+                (grad,) = torch.autograd.grad(kl, x_adv)
+                x_adv = x_adv.detach() + self.alpha * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp_(0, 1)
+        finally:
+            for m, mode in zip(model.modules(), was_training):
+                m.training = mode
+        return x_adv.detach()
+
+    def loss(self, model, x, y, generator):
+        x_adv = self._adversary(model, x, generator)
+        logits = model(x)
+        robust = F.kl_div(F.log_softmax(model(x_adv), dim=1), F.softmax(logits, dim=1), reduction="batchmean")
+        return F.cross_entropy(logits, y) + self.cfg.trades_beta * robust, logits
+
+    def describe(self):
+        return {**super().describe(), "steps": self.cfg.steps, "beta": self.cfg.trades_beta}
+
+
+class FastFGSM(Objective):
+    name = "fast"
+    detects_collapse = True
+
+    def __init__(self, cfg, threat):
+        super().__init__(cfg, threat)
+        self.attack = FGSM(eps=self.eps, random_start=True, alpha=cfg.fast_alpha * self.eps)
+
+    def loss(self, model, x, y, generator):
+        x_adv = self.attack(self.attack_view(model), x, y, generator=generator)
+        logits = model(x_adv)
+        return F.cross_entropy(logits, y), logits
+
+    def describe(self):
+        return {**super().describe(), "alpha": self.cfg.fast_alpha * self.eps}
+
+
+class FreeAT(Objective):
+    name = "free"
+
+    def __init__(self, cfg, threat):
+        super().__init__(cfg, threat)
+        if cfg.free_replays < 1:
+            raise CmatError(f"objective.free_replays must be ≥ 1, got {cfg.free_replays}")
+        self.replays = int(cfg.free_replays)
+        self.delta = None
+        self._current = None
+
+    def loss(self, model, x, y, generator):
+        if self.delta is None or self.delta.shape != x.shape:
+            self.delta = torch.zeros_like(x)
+        delta = self.delta.detach().requires_grad_(True)
+        self._current = (x, delta)
+        logits = model((x + delta).clamp(0, 1))
+        return F.cross_entropy(logits, y), logits
+
+    def after_backward(self):
+        x, delta = self._current
+        step = self.eps * delta.grad.sign()
+        new = (delta.detach() + step).clamp(-self.eps, self.eps)
+        self.delta = ((x + new).clamp(0, 1) - x).detach()
+        self._current = None
+
+    def describe(self):
+        return {**super().describe(), "replays": self.replays}
+
+
+OBJECTIVES = {c.name: c for c in (Standard, MadryPGD, Trades, FastFGSM, FreeAT)}
+
+
+def make_objective(cfg: ObjectiveConfig, threat: ThreatConfig) -> Objective:
+    if cfg.name not in OBJECTIVES:
+        raise CmatError(f"unknown objective {cfg.name!r} (valid: {', '.join(OBJECTIVES)})")
+    return OBJECTIVES[cfg.name](cfg, threat)

@@ -1,0 +1,168 @@
+"""The HDF5 store: everything inference needs, nothing executable (no pickle).
+
+Layout (format ``cmat-store``, version 1)::
+
+    /                      attrs: format, version, method, objective, tasks, task_names (JSON),
+                           config (resolved YAML), decisions (JSON)
+    /networks/<k>          attrs: spec (JSON: architecture, heads, normalisation statistics)
+    /networks/<k>/state/<name>   one dataset per state-dict entry, flattened,
+                                 attrs: shape, dtype
+    /tasks/<j>             attrs: name, classes (JSON), num_classes, network, head
+
+Every dataset is gzip-compressed with a fletcher32 checksum, so corruption is detected on read.
+The file is written under a temporary name in the same folder and renamed, so a crash never
+leaves a half-written store behind. Per-task masks (owner, piggyback) slot in as further
+datasets under ``/networks/<k>`` and ``/tasks/<j>``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from cmat.errors import CmatError
+
+FORMAT = "cmat-store"
+VERSION = 1
+
+
+def write_array(group: h5py.Group, name: str, array: np.ndarray) -> h5py.Dataset:
+    """Store ``array`` flattened (gzip + fletcher32), remembering its shape."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    kwargs = dict(compression="gzip", compression_opts=4, fletcher32=True) if flat.size else {}
+    ds = group.create_dataset(name, data=flat, **kwargs)
+    ds.attrs["shape"] = np.asarray(array.shape, dtype=np.int64)
+    return ds
+
+
+def read_array(ds: h5py.Dataset) -> np.ndarray:
+    return ds[()].reshape(tuple(int(s) for s in ds.attrs["shape"]))
+
+
+def write_state(group: h5py.Group, state: dict) -> None:
+    for name, tensor in state.items():
+        arr = tensor.detach().cpu().numpy()
+        ds = write_array(group, name, arr)
+        ds.attrs["dtype"] = str(tensor.dtype).replace("torch.", "")
+
+
+def read_state(group: h5py.Group) -> dict:
+    return {name: torch.from_numpy(np.array(read_array(ds))) for name, ds in group.items()}
+
+
+def save_run(path, method, seq, cfg) -> Path:
+    """Write the method's networks and per-task metadata to ``path`` atomically."""
+    from cmat.config import to_yaml
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    slots = method.task_slots()
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["version"] = VERSION
+        f.attrs["method"] = cfg.method
+        f.attrs["objective"] = cfg.objective.name
+        f.attrs["tasks"] = cfg.tasks
+        f.attrs["task_names"] = json.dumps([seq[j].name for j in range(len(slots))])
+        f.attrs["config"] = to_yaml(cfg)
+        f.attrs["decisions"] = json.dumps(method.decisions)
+        nets = f.create_group("networks")
+        for k, net in enumerate(method.networks()):
+            g = nets.create_group(str(k))
+            g.attrs["spec"] = json.dumps(net.spec)
+            write_state(g.create_group("state"), net.state_dict())
+            if hasattr(method, "save_extra"):
+                method.save_extra(g, k)
+        tg = f.create_group("tasks")
+        for j, (net, head) in enumerate(slots):
+            g = tg.create_group(str(j))
+            g.attrs["name"] = seq[j].name
+            g.attrs["classes"] = json.dumps(list(map(str, seq[j].classes)))
+            g.attrs["num_classes"] = seq[j].num_classes
+            g.attrs["network"] = net
+            g.attrs["head"] = head
+    os.replace(tmp, path)
+    return path
+
+
+class LoadedRun:
+    """A trained run read back from its store: ``.task_names``, ``.model(j)``, ``.config``."""
+
+    def __init__(self, path: Path):
+        from cmat.nn import build_network
+
+        self.path = Path(path)
+        with open_store(self.path) as f:
+            try:
+                self.method = str(f.attrs["method"])
+                self.objective = str(f.attrs["objective"])
+                self.tasks = str(f.attrs["tasks"])
+                self.task_names = json.loads(f.attrs["task_names"])
+                self.config_yaml = str(f.attrs["config"])
+                self.decisions = json.loads(f.attrs.get("decisions", "{}"))
+                self.networks = []
+                for k in sorted(f["networks"], key=int):
+                    g = f["networks"][k]
+                    net = build_network(json.loads(g.attrs["spec"]))
+                    net.load_state_dict(read_state(g["state"]))
+                    self.networks.append(net.eval())
+                self.slots = []
+                self.classes = []
+                for j in range(len(self.task_names)):
+                    g = f["tasks"][str(j)]
+                    self.slots.append((int(g.attrs["network"]), int(g.attrs["head"])))
+                    self.classes.append(json.loads(g.attrs["classes"]))
+            except CmatError:
+                raise
+            except (KeyError, OSError, ValueError, RuntimeError) as err:
+                raise CmatError(f"store {self.path} is corrupt or incomplete: {_first_line(err)}") from None
+
+    def model(self, j: int) -> torch.nn.Module:
+        """Task j's classifier (eval mode): [0,1] images → logits."""
+        if not 0 <= j < len(self.task_names):
+            raise CmatError(f"task {j} out of range: the store has tasks 0..{len(self.task_names) - 1}")
+        net, head = self.slots[j]
+        return self.networks[net].task_view(head).eval()
+
+    @property
+    def config(self):
+        import yaml
+
+        from cmat.config import from_dict
+
+        return from_dict(yaml.safe_load(self.config_yaml))
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def open_store(path) -> h5py.File:
+    """Open a store read-only, refusing missing, non-HDF5, foreign and other-version files."""
+    path = Path(path)
+    if not path.exists():
+        raise CmatError(f"no store at {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise CmatError(f"{path} is not a readable HDF5 store (truncated or corrupt): {_first_line(err)}") from None
+    fmt = f.attrs.get("format")
+    if fmt != FORMAT:
+        f.close()
+        raise CmatError(f"{path} is not a cmat store (format {fmt!r})")
+    ver = int(f.attrs.get("version", -1))
+    if ver != VERSION:
+        f.close()
+        raise CmatError(f"{path} has store version {ver}; this cmat reads version {VERSION}")
+    return f
+
+
+def load(run_dir) -> LoadedRun:
+    """``cmat.load(run_dir)``: the trained run in ``run_dir`` (or a store file path)."""
+    p = Path(run_dir)
+    return LoadedRun(p / "store.h5" if p.is_dir() else p)
