@@ -38,7 +38,7 @@ def method_class(name: str):
 
 
 def _import_builtin() -> None:
-    for module in ("baselines.at_baselines",):
+    for module in ("baselines.at_baselines", "baselines.packnet"):
         importlib.import_module(module)
 
 

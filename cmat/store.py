@@ -7,6 +7,11 @@ Layout (format ``cmat-store``, version 1)::
     /networks/<k>          attrs: spec (JSON: architecture, heads, normalisation statistics)
     /networks/<k>/state/<name>   one dataset per state-dict entry, flattened,
                                  attrs: shape, dtype
+    /networks/<k>/owner/<i>      masked networks: owner ids of masked layer i, in the smallest
+                                 unsigned integer type that holds them (0 = free)
+    /networks/<k>/piggyback/<j>/<i>   task j's binary piggyback mask of layer i, bit-packed
+                                 (np.packbits) over only the positions it can select (weights
+                                 of earlier tasks inside j's slice), attrs: count
     /tasks/<j>             attrs: name, classes (JSON), num_classes, network, head
 
 Every dataset is gzip-compressed with a fletcher32 checksum, so corruption is detected on read.
@@ -54,6 +59,55 @@ def read_state(group: h5py.Group) -> dict:
     return {name: torch.from_numpy(np.array(read_array(ds))) for name, ds in group.items()}
 
 
+def _selectable(layer, tid: int) -> torch.Tensor:
+    """Positions task ``tid``'s piggyback mask can select: earlier tasks' weights in its slice."""
+    out, inp = layer.shapes[tid]
+    o = layer.owner[:out, :inp]
+    return (o > 0) & (o < tid)
+
+
+def write_masks(group: h5py.Group, net) -> None:
+    layers = net.masked_layers()
+    owners = group.create_group("owner")
+    for i, m in enumerate(layers):
+        o = m.owner.cpu().numpy()
+        write_array(owners, str(i), o.astype(np.min_scalar_type(max(int(o.max()), 0))))
+    piggy = group.create_group("piggyback")
+    tids = sorted({tid for m in layers for tid in m.bits})
+    for tid in tids:
+        tg = piggy.create_group(str(tid - 1))
+        for i, m in enumerate(layers):
+            if tid in m.bits:
+                out, inp = m.shapes[tid]
+                sel = m.bits[tid][:out, :inp][_selectable(m, tid)].cpu().numpy()
+                ds = write_array(tg, str(i), np.packbits(sel))
+                ds.attrs["count"] = int(sel.size)
+
+
+def read_masks(group: h5py.Group, net) -> None:
+    layers = net.masked_layers()
+    for i, m in enumerate(layers):
+        o = torch.from_numpy(read_array(group["owner"][str(i)]).astype(np.int16))
+        if o.shape != m.owner.shape:
+            raise ValueError(f"owner tensor {i} has shape {tuple(o.shape)}, expected {tuple(m.owner.shape)}")
+        m.owner = o.to(m.owner.device)
+        m._mask_version += 1
+    for j, tg in group["piggyback"].items():
+        tid = int(j) + 1
+        for i, ds in tg.items():
+            m = layers[int(i)]
+            count = int(ds.attrs["count"])
+            sel = _selectable(m, tid)
+            if int(sel.sum()) != count:
+                raise ValueError(f"piggyback mask of task {j}, layer {i} does not match the owner tensor")
+            bits = np.unpackbits(read_array(ds), count=count).astype(bool)
+            full = torch.zeros(m.weight.shape, dtype=torch.bool)
+            out, inp = m.shapes[tid]
+            view = full[:out, :inp]
+            view[sel] = torch.from_numpy(bits)
+            m.bits[tid] = full
+
+
 def save_run(path, method, seq, cfg) -> Path:
     """Write the method's networks and per-task metadata to ``path`` atomically."""
     from cmat.config import to_yaml
@@ -75,8 +129,8 @@ def save_run(path, method, seq, cfg) -> Path:
             g = nets.create_group(str(k))
             g.attrs["spec"] = json.dumps(net.spec)
             write_state(g.create_group("state"), net.state_dict())
-            if hasattr(method, "save_extra"):
-                method.save_extra(g, k)
+            if net.spec.get("masked"):
+                write_masks(g, net)
         tg = f.create_group("tasks")
         for j, (net, head) in enumerate(slots):
             g = tg.create_group(str(j))
@@ -109,6 +163,8 @@ class LoadedRun:
                     g = f["networks"][k]
                     net = build_network(json.loads(g.attrs["spec"]))
                     net.load_state_dict(read_state(g["state"]))
+                    if net.spec.get("masked"):
+                        read_masks(g, net)
                     self.networks.append(net.eval())
                 self.slots = []
                 self.classes = []

@@ -138,7 +138,15 @@ class TaskView(nn.Module):
         return self.net(x, self.task)
 
 
-def build_network(spec: dict) -> MultiHeadNet:
-    """Rebuild a :class:`MultiHeadNet` from its ``spec`` (weights uninitialised-equivalent)."""
+def build_network(spec: dict) -> nn.Module:
+    """Rebuild a :class:`MultiHeadNet` (or a masked network) from its ``spec``; the caller loads
+    the weights (and, for masked networks, the owner and piggyback masks)."""
+    if spec.get("masked"):
+        from cmat.nn.masked import MaskedMultiHeadNet
+
+        net = MaskedMultiHeadNet(spec["arch"], spec["in_channels"], spec["input_size"], spec.get("width", 1.0))
+        for t in spec["tasks"]:
+            net.add_task(t["task"], t["num_classes"], t["mean"], t["std"], t["multiplier"])
+        return net
     return MultiHeadNet(spec["arch"], spec["in_channels"], spec["input_size"], spec["head_sizes"],
                         spec["means"], spec["stds"], spec.get("width", 1.0))

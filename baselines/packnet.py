@@ -1,0 +1,53 @@
+"""PackNet (Mallya & Lazebnik 2018) on the masked network, with any training objective.
+
+Task t trains the free weights (which become t's) while using every weight of tasks < t as
+they are (no piggyback mask); then, unless t is the last task, the smallest-magnitude
+``prune_fraction`` (default 0.6) of t's weights in each layer are released (weight and owner
+set to 0), the rest is retrained for ``retrain_epochs`` and frozen. Per-task BN, biases and
+heads, so earlier tasks are never changed: zero forgetting is exact.
+"""
+from __future__ import annotations
+
+from cmat.methods import Method, register
+from cmat.nn.masked import MaskedMultiHeadNet
+
+
+@register
+class PackNet(Method):
+    name = "packnet"
+
+    def __init__(self, cfg, seq, device):
+        super().__init__(cfg, seq, device)
+        c, h, _ = seq[0].input_shape
+        self.net = MaskedMultiHeadNet(cfg.model.arch, c, h, cfg.model.width).to(self.device)
+        opts = cfg.method_options
+        self.prune_fraction = float(opts.get("prune_fraction", 0.6))
+        self.retrain_epochs = int(opts.get("retrain_epochs", max(1, cfg.train.epochs // 2)))
+
+    def before_task(self, t, task):
+        self.net.add_task(t, task.num_classes, task.mean, task.std, 1.0)
+
+    def _fit(self, t, task, trainer, epochs, tag):
+        wd = self.cfg.train.weight_decay
+        shared = [m.weight for m in self.net.masked_layers()]
+        ids = {id(p) for p in shared}
+        rest = [p for p in self.net.task_parameters(t) if id(p) not in ids]
+        groups = [{"params": shared, "weight_decay": 0.0}, {"params": rest, "weight_decay": wd}]
+        trainer.fit(self.net.task_view(t), None, task, t, snapshot=self.net, epochs=epochs, param_groups=groups,
+                    after_backward=lambda: self.net.owned_weight_decay(t, wd), tag=tag)
+
+    def train_task(self, t, task, trainer):
+        self._fit(t, task, trainer, None, "train")
+        if t < len(self.seq) - 1 and self.prune_fraction > 0:
+            counts = self.net.prune_owned(t, self.prune_fraction)
+            pruned = sum(k for k, _ in counts.values())
+            total = sum(n for _, n in counts.values())
+            self.decisions.setdefault("sparsity", {})[t] = pruned / max(total, 1)
+            trainer.logger.scalar(f"task_{t}/sparsity", pruned / max(total, 1), t)
+            self._fit(t, task, trainer, self.retrain_epochs, "retrain")
+
+    def networks(self):
+        return [self.net]
+
+    def task_slots(self):
+        return [(0, j) for j in range(len(self.net.heads))]

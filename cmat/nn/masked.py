@@ -1,0 +1,335 @@
+"""Masked multi-task layers: one shared weight tensor, an integer owner tensor, per-task masks.
+
+For task t a masked layer uses the slice ``[:out_t, :in_t]`` of its weight (its width when it
+was learned) and the effective weight::
+
+    W_t = W ⊙ [(O == t) ∨ (0 < O < t ∧ P_t)]
+
+where ``O`` is the owner tensor (0 = free, k = owned by task k) and ``P_t`` the binary
+piggyback mask of task t. While task t trains, ``P_t = 1[m_t > 5e-3]`` of a real-valued mask
+``m_t`` (initialised 1e-2) with a straight-through gradient. A task without a piggyback mask
+(PackNet) uses every weight of earlier tasks (``P_t ≡ 1``).
+
+Gradient rules, by construction: the gradient of ``W`` is non-zero only where ``O == t`` (other
+weights enter through ``W.detach()``), so earlier tasks' weights and released weights never
+move; weight decay is applied by the method on owned weights only.
+
+Evaluation mode computes the effective weight without a graph and caches it per task, keyed
+by the versions of the weight, the owner tensor and the masks, so the K iterations of an attack
+and a whole evaluation cost what a plain layer costs. Stored weights are never mutated to
+evaluate a task.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PIGGY_THRESHOLD = 5e-3
+PIGGY_INIT = 1e-2
+
+
+class BinarizeSTE(torch.autograd.Function):
+    """``1[m > threshold]`` forward, identity (straight-through) backward."""
+
+    @staticmethod
+    def forward(ctx, m, threshold):
+        return (m > threshold).to(m.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class MaskedLayer(nn.Module):
+    """Shared machinery of :class:`MaskedConv2d` and :class:`MaskedLinear`.
+
+    ``base_out``/``base_in`` are the channel counts at width multiplier 1; task t's slice is
+    ``(round(base_out·c_t), round(base_in/g·c_t)·g)`` with ``g = in_group`` (features per
+    channel after a flatten) and ``c_t`` the task's channel multiplier; ``fixed_in`` layers
+    (the first convolution) keep their input channels, ``fixed_out`` layers their outputs.
+    """
+
+    def _setup(self, has_bias: bool):
+        self.base_out, self.base_in = self.weight.shape[0], self.weight.shape[1]
+        self.in_group = 1
+        self.fixed_in = False
+        self.fixed_out = False
+        self.register_buffer("owner", torch.zeros(self.weight.shape, dtype=torch.int16), persistent=False)
+        self.piggy = nn.ParameterDict()          # real-valued masks of the task being trained
+        self.bits: dict = {}                      # t -> bool tensor (binarised piggyback masks)
+        self.biases = nn.ParameterDict() if has_bias else None
+        self.shapes: dict = {}                    # t -> (out_t, in_t)
+        self.task = 0
+        self._mask_version = 0
+        self._cache: dict = {}
+
+    # ----- structure -------------------------------------------------------------------
+    def task_shape(self, multiplier: float) -> tuple:
+        out = self.base_out if self.fixed_out else int(round(self.base_out * multiplier))
+        if self.fixed_in:
+            inp = self.base_in
+        else:
+            inp = int(round(self.base_in / self.in_group * multiplier)) * self.in_group
+        return out, inp
+
+    def add_task(self, t: int, multiplier: float) -> None:
+        """Register task t at channel multiplier ``multiplier``; grow the weight if needed.
+
+        New entries are owned by t with Kaiming-uniform initialisation; old entries keep their
+        values and owners, so earlier tasks (which use their own slice) are unchanged. Free
+        entries (owner 0) inside t's slice become t's, re-initialised.
+        """
+        out, inp = self.task_shape(multiplier)
+        self._grow(out, inp, t)
+        self.shapes[t] = (out, inp)
+        with torch.no_grad():
+            region = (slice(0, out), slice(0, inp))
+            free = self.owner[region] == 0
+            if free.any():
+                fresh = torch.empty_like(self.weight[region])
+                nn.init.kaiming_uniform_(fresh, a=math.sqrt(5))
+                self.weight[region] = torch.where(free, fresh, self.weight[region])
+                self.owner[region] = torch.where(free, torch.full_like(self.owner[region], t), self.owner[region])
+        if self.biases is not None:
+            self.biases[str(t)] = nn.Parameter(torch.zeros(out, device=self.weight.device))
+        self._mask_version += 1
+
+    def _grow(self, out: int, inp: int, t: int) -> None:
+        o0, i0 = self.weight.shape[:2]
+        if out <= o0 and inp <= i0:
+            return
+        o1, i1 = max(out, o0), max(inp, i0)
+        shape = (o1, i1) + tuple(self.weight.shape[2:])
+        new_w = torch.empty(shape, device=self.weight.device, dtype=self.weight.dtype)
+        nn.init.kaiming_uniform_(new_w, a=math.sqrt(5))
+        new_o = torch.full(shape, t, dtype=self.owner.dtype, device=self.owner.device)
+        with torch.no_grad():
+            new_w[:o0, :i0] = self.weight
+            new_o[:o0, :i0] = self.owner
+        self.weight = nn.Parameter(new_w)
+        self.owner = new_o
+        for k, b in list(self.bits.items()):
+            nb = torch.zeros(shape, dtype=torch.bool, device=b.device)
+            nb[:o0, :i0] = b
+            self.bits[k] = nb
+
+    def start_piggyback(self, t: int) -> None:
+        """Give task t a trainable real-valued mask over earlier tasks' weights (init 1e-2)."""
+        self.piggy[str(t)] = nn.Parameter(torch.full(self.weight.shape, PIGGY_INIT, device=self.weight.device))
+        self._mask_version += 1
+
+    def finish_piggyback(self, t: int) -> None:
+        """Binarise task t's real mask into ``bits[t]`` and drop the real-valued copy."""
+        m = self.piggy.pop(str(t))
+        self.bits[t] = (m.detach() > PIGGY_THRESHOLD)
+        self._mask_version += 1
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.bits = {k: fn(v) for k, v in self.bits.items()}
+        self._cache = {}
+        return self
+
+    # ----- effective weights --------------------------------------------------------------
+    def selection(self, t: int) -> torch.Tensor:
+        """Float {0,1} (STE while training) mask of the earlier tasks' weights task t uses."""
+        out, inp = self.shapes[t]
+        o = self.owner[:out, :inp]
+        old = (o > 0) & (o < t)
+        key = str(t)
+        if key in self.piggy:
+            return BinarizeSTE.apply(self.piggy[key][:out, :inp], PIGGY_THRESHOLD) * old
+        if t in self.bits:
+            return (self.bits[t][:out, :inp] & old).to(self.weight.dtype)
+        return old.to(self.weight.dtype)
+
+    def effective_weight(self, t: int) -> torch.Tensor:
+        out, inp = self.shapes[t]
+        if self.training:
+            w = self.weight[:out, :inp]
+            return torch.where(self.owner[:out, :inp] == t, w, w.detach() * self.selection(t))
+        key = (self.weight._version, id(self.weight), self.owner._version, self._mask_version,
+               self.piggy[str(t)]._version if str(t) in self.piggy else -1)
+        hit = self._cache.get(t)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with torch.no_grad():
+            w = self.weight[:out, :inp]
+            eff = torch.where(self.owner[:out, :inp] == t, w, w * self.selection(t)).contiguous()
+        self._cache[t] = (key, eff)
+        return eff
+
+    def bias_for(self, t: int):
+        return None if self.biases is None else self.biases[str(t)]
+
+    def owned(self, t: int) -> torch.Tensor:
+        """Bool mask (full physical shape) of the weights owned by task t."""
+        return self.owner == t
+
+
+class MaskedConv2d(MaskedLayer):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
+        super().__init__()
+        k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *k))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.stride, self.padding = stride, padding
+        self._setup(bias)
+
+    def forward(self, x):
+        t = self.task
+        return F.conv2d(x, self.effective_weight(t), self.bias_for(t), self.stride, self.padding)
+
+    def extra_repr(self):
+        return f"{self.base_in}, {self.base_out}, kernel={tuple(self.weight.shape[2:])}, stride={self.stride}"
+
+
+class MaskedLinear(MaskedLayer):
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self._setup(bias)
+
+    def forward(self, x):
+        t = self.task
+        return F.linear(x, self.effective_weight(t), self.bias_for(t))
+
+    def extra_repr(self):
+        return f"{self.base_in}, {self.base_out}"
+
+
+class TaskBatchNorm2d(nn.Module):
+    """One BatchNorm2d per task, each at that task's width (affine and running statistics)."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.base = num_features
+        self.bns = nn.ModuleDict()
+        self.task = 0
+
+    def add_task(self, t: int, multiplier: float) -> None:
+        dev = next(iter(self.bns.values())).weight.device if len(self.bns) else None
+        self.bns[str(t)] = nn.BatchNorm2d(int(round(self.base * multiplier)), device=dev)
+
+    def forward(self, x):
+        return self.bns[str(self.task)](x)
+
+
+class MaskedMultiHeadNet(nn.Module):
+    """A masked backbone shared by all tasks, with per-task normalisation, BN, biases, heads
+    and width. ``net(x, t)`` evaluates task t exactly as it was learned.
+
+    Tasks are 0-based here (``t``); the layers see owner id ``t + 1`` (0 means free).
+    ``add_task(t, num_classes, mean, std, multiplier)`` registers task t at channel multiplier
+    ``multiplier`` (≥ every earlier task's: growth only widens); free weights in t's slice
+    become t's. ``spec`` plus the state dict plus the mask tensors rebuild the network.
+    """
+
+    def __init__(self, arch: str, in_channels: int, input_size: int, width: float = 1.0):
+        super().__init__()
+        from cmat.nn.backbones import ARCHS
+
+        if arch not in ARCHS:
+            raise ValueError(f"unknown architecture {arch!r}")
+        self.features, self.base_feature_dim = ARCHS[arch](in_channels, width, MaskedConv2d, MaskedLinear,
+                                                           TaskBatchNorm2d, input_size)
+        layers = self.masked_layers()
+        layers[0].fixed_in = True
+        for prev, layer in zip(layers, layers[1:]):
+            if isinstance(layer, MaskedLinear) and isinstance(prev, MaskedConv2d):
+                layer.in_group = layer.base_in // prev.base_out
+        self.norms = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        self.multipliers: dict = {}
+        self.spec = {"arch": arch, "in_channels": int(in_channels), "input_size": int(input_size),
+                     "width": float(width), "masked": True, "tasks": []}
+
+    def masked_layers(self) -> list:
+        return [m for m in self.features.modules() if isinstance(m, MaskedLayer)]
+
+    def task_modules(self) -> list:
+        return [m for m in self.features.modules() if isinstance(m, (MaskedLayer, TaskBatchNorm2d))]
+
+    def feature_dim(self, t: int) -> int:
+        return self.masked_layers()[-1].shapes[t + 1][0]
+
+    def add_task(self, t: int, num_classes: int, mean, std, multiplier: float = 1.0) -> None:
+        from cmat.nn.backbones import Normalize
+
+        for m in self.task_modules():
+            m.add_task(t + 1, multiplier)
+        dev = self.masked_layers()[0].weight.device
+        self.multipliers[t] = float(multiplier)
+        self.norms[str(t)] = Normalize(mean, std).to(dev)
+        self.heads[str(t)] = nn.Linear(self.feature_dim(t), num_classes).to(dev)
+        self.spec["tasks"].append({"task": t, "num_classes": int(num_classes), "multiplier": float(multiplier),
+                                   "mean": list(map(float, mean)), "std": list(map(float, std))})
+
+    def set_task(self, t: int) -> None:
+        for m in self.task_modules():
+            m.task = t + 1
+
+    def forward(self, x: torch.Tensor, task: int = 0) -> torch.Tensor:
+        self.set_task(task)
+        return self.heads[str(task)](self.features(self.norms[str(task)](x)))
+
+    def task_view(self, task: int):
+        from cmat.nn.backbones import TaskView
+
+        return TaskView(self, task)
+
+    def task_parameters(self, t: int) -> list:
+        """Parameters that training task t may change: the shared weights (gradients only on
+        t's entries), t's biases, BN, head; piggyback masks are separate."""
+        params = [m.weight for m in self.masked_layers()]
+        for m in self.masked_layers():
+            if m.biases is not None:
+                params.append(m.biases[str(t + 1)])
+        for m in self.features.modules():
+            if isinstance(m, TaskBatchNorm2d):
+                params += list(m.bns[str(t + 1)].parameters())
+        params += list(self.heads[str(t)].parameters())
+        return params
+
+    # ----- capacity ---------------------------------------------------------------------
+    def owned_weight_decay(self, t: int, weight_decay: float) -> None:
+        """Add ``weight_decay · W`` to the gradient of task t's own weights only (call after
+        backward; the optimiser's own weight decay must be 0 for the shared weights)."""
+        if weight_decay == 0:
+            return
+        for m in self.masked_layers():
+            if m.weight.grad is not None:
+                m.weight.grad.add_(torch.where(m.owner == t + 1, m.weight.detach(), 0.0), alpha=weight_decay)
+
+    @torch.no_grad()
+    def prune_owned(self, t: int, fraction: float) -> dict:
+        """Release the smallest-magnitude ``fraction`` of task t's weights in every layer:
+        owner → 0 and weight → 0 (so later tasks find them free). Returns per-layer counts."""
+        counts = {}
+        for i, m in enumerate(self.masked_layers()):
+            own = m.owner == t + 1
+            n = int(own.sum())
+            k = int(round(fraction * n))
+            if k == 0:
+                counts[i] = (0, n)
+                continue
+            own_idx = own.flatten().nonzero().squeeze(1)
+            mags = m.weight.detach().abs().flatten()[own_idx]
+            drop = own_idx[torch.topk(mags, k, largest=False).indices]
+            m.owner.view(-1)[drop] = 0
+            m.weight.view(-1)[drop] = 0.0
+            m._mask_version += 1
+            counts[i] = (k, n)
+        return counts
+
+    def ownership(self) -> list:
+        """Per masked layer: ``{owner id: count}`` over the physical weight tensor."""
+        out = []
+        for m in self.masked_layers():
+            ids, counts = torch.unique(m.owner, return_counts=True)
+            out.append({int(i): int(c) for i, c in zip(ids, counts)})
+        return out

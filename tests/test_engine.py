@@ -1,0 +1,86 @@
+"""The engine on toy-2task: results contract, determinism, forgetting, AT vs standard."""
+import json
+
+import pytest
+import torch
+
+import cmat
+from cmat.evaluate import build_attacks, evaluate_task
+from tests.conftest import run_quick
+
+from tasks import get_tasks
+
+
+def test_results_contract(finetune_run):
+    out, res = finetune_run
+    assert res["format"] == "cmat-results" and res["version"] == 1
+    assert res["method"] == "at-finetune" and res["objective"] == "pgd" and res["tasks"] == "toy-2task"
+    assert len(res["task_names"]) == 2
+    for name in ("clean", "fgsm", "pgd10", "pgd40"):
+        mat = res["acc"][name]
+        assert [len(r) for r in mat] == [1, 2]
+        assert all(0.0 <= a <= 1.0 for r in mat for a in r)
+        assert len(res["f1"][name]) == 2
+        assert set(res["summary"][name]) == {"acc", "bwt", "forgetting"}
+    assert res["attacks"]["pgd10"]["steps"] == 10 and res["attacks"]["pgd40"]["steps"] == 40
+    assert res["attacks"]["pgd10"]["eps"] == pytest.approx(8 / 255)
+    assert res["attacks"]["pgd10"]["alpha"] == pytest.approx(2 / 255)
+    assert set(res["cost"]) >= {"train_seconds", "params_total", "store_bytes"}
+    assert res["cost"]["store_bytes"] == (out / "store.h5").stat().st_size
+    for f in ("store.h5", "config.yaml", "log.jsonl"):
+        assert (out / f).exists()
+    assert any((out / "tb").iterdir())
+
+
+def test_attack_strength_ordering_in_results(individual_run):
+    _, res = individual_run
+    last = {n: res["acc"][n][-1] for n in res["acc"]}
+    for j in range(2):
+        assert last["pgd40"][j] <= last["pgd10"][j] <= last["clean"][j]
+
+
+def test_finetune_forgets_individual_does_not(finetune_run, individual_run):
+    _, ft = finetune_run
+    _, ind = individual_run
+    assert ft["acc"]["clean"][1][0] < ft["acc"]["clean"][0][0] - 0.1
+    assert ft["summary"]["clean"]["forgetting"] > 0.1
+    for name in ind["acc"]:
+        assert ind["acc"][name][1][0] == ind["acc"][name][0][0]  # bit for bit
+        assert ind["summary"][name]["forgetting"] == 0.0
+
+
+def test_adversarial_training_beats_standard_under_pgd(individual_run, standard_run):
+    _, at = individual_run
+    _, std = standard_run
+    assert std["summary"]["clean"]["acc"] > 0.9
+    assert at["summary"]["pgd10"]["acc"] > std["summary"]["pgd10"]["acc"] + 0.2
+
+
+def test_same_seed_same_results(tmp_path, finetune_run):
+    _, first = finetune_run
+    again = run_quick(tmp_path, method="at-finetune")
+    assert again["acc"] == first["acc"]
+
+
+def test_store_round_trip_reproduces_results(individual_run):
+    out, res = individual_run
+    loaded = cmat.load(out)
+    assert loaded.task_names == res["task_names"]
+    cfg = loaded.config
+    seq = get_tasks("toy-2task", seed=cfg.seed)
+    for j in range(2):
+        model = loaded.model(j)
+        assert not model.training
+        atks = build_attacks(["clean", "pgd10"], cfg.threat.eps, cfg.threat.alpha, seq[j].num_classes)
+        got = evaluate_task(model, seq[j].test, atks, seq[j].num_classes, cfg.seed, j, cfg.eval.samples)
+        assert got["clean"]["acc"] == res["acc"]["clean"][-1][j]
+        assert got["pgd10"]["acc"] == res["acc"]["pgd10"][-1][j]
+
+
+@pytest.mark.parametrize("objective", ["trades", "fast", "free"])
+def test_other_objectives_train(tmp_path, objective):
+    res = run_quick(tmp_path, method="at-individual", objective=objective, epochs=4,
+                    eval={"attacks": ["clean", "pgd10"]})
+    chance = 1.0 / 2
+    assert res["summary"]["clean"]["acc"] > chance + 0.2
+    assert res["objective"] == objective
