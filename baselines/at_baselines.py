@@ -22,6 +22,9 @@ class ATFinetune(Method):
         params = list(self.net.features.parameters()) + list(self.net.heads[t].parameters())
         trainer.fit(self.net.task_view(t), params, task, t, snapshot=self.net)
 
+    def restore(self, networks, decisions):
+        self.net = networks[0]
+
     def networks(self):
         return [self.net]
 
@@ -43,6 +46,9 @@ class ATIndividual(Method):
     def train_task(self, t, task, trainer):
         net = self.nets[t]
         trainer.fit(net.task_view(0), list(net.parameters()), task, t, snapshot=net)
+
+    def restore(self, networks, decisions):
+        self.nets = list(networks)
 
     def networks(self):
         return self.nets

@@ -42,9 +42,13 @@ class PackNet(Method):
             counts = self.net.prune_owned(t, self.prune_fraction)
             pruned = sum(k for k, _ in counts.values())
             total = sum(n for _, n in counts.values())
-            self.decisions.setdefault("sparsity", {})[t] = pruned / max(total, 1)
+            self.decisions.setdefault("tasks", []).append({"task": t, "sparsity": pruned / max(total, 1)})
             trainer.logger.scalar(f"task_{t}/sparsity", pruned / max(total, 1), t)
             self._fit(t, task, trainer, self.retrain_epochs, "retrain")
+
+    def restore(self, networks, decisions):
+        self.net = networks[0]
+        self.decisions = decisions
 
     def networks(self):
         return [self.net]

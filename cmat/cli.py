@@ -82,16 +82,14 @@ def run(out, config_file, resume, force, no_progress, **flags):
     from cmat.engine import Run
 
     cfg = config_mod.resolve(flags.get("tasks"), config_file, _overrides(**flags))
-    if resume:
-        raise CmatError("--resume is not available yet (task-boundary checkpoints arrive with the CMAT method)")
     out = Path(out or Path("checkpoints") / f"{cfg.tasks}-{cfg.method}-{cfg.objective.name}-s{cfg.seed}")
     if (out / "results.json").exists() and not force:
         raise CmatError(f"{out} already holds a finished run; pass --force to overwrite or choose another --out")
     if force and out.exists():
-        for name in ("results.json", "store.h5", "log.jsonl", "config.yaml"):
+        for name in ("results.json", "store.h5", "log.jsonl", "config.yaml", "checkpoint.h5"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "tb", ignore_errors=True)
-    results = Run(cfg, out, progress=not no_progress).execute()
+    results = Run(cfg, out, progress=not no_progress, resume=resume).execute()
     from cmat.report import summary_table
 
     click.echo(summary_table(results))
@@ -150,11 +148,13 @@ def inspect(run_dir):
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
-def plot(run_dir):
-    """Plot a run: accuracy-matrix heat maps per attack (PNG under RUN_DIR/plots)."""
+@click.option("--samples", default=200, show_default=True, help="Test images per task for the ε/steps sweeps.")
+@click.option("--data-root", default=None)
+def plot(run_dir, samples, data_root):
+    """Plot a run or bench directory: heat maps, per-task bars, accuracy over ε and steps."""
     from cmat.report import plot_run
 
-    for path in plot_run(run_dir):
+    for path in plot_run(run_dir, samples, data_root):
         click.echo(f"wrote {path}")
 
 
@@ -198,10 +198,36 @@ def _not_yet(what: str, issue: str):
     raise CmatError(f"`cmat {what}` is not built yet (planned in {issue})")
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def bench():
-    """Run several methods with one harness and tabulate them (not built yet)."""
-    _not_yet("bench", "issue [5]")
+@main.command()
+@click.option("--tasks", default=None, help="Task sequence (default digits-5split).")
+@click.option("--methods", default="cmat,packnet,anp-vs,at-finetune,at-individual", show_default=True,
+              help="Comma-separated method names.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Bench directory.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
+@click.option("--objective", default=None)
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False))
+@click.option("--epochs", default=None, type=int)
+@click.option("--eval-samples", default=None, type=int)
+@click.option("--attacks", default=None)
+@click.option("--data-root", default=None)
+@click.option("--download", is_flag=True)
+@click.option("--device", default=None)
+@click.option("--set", "set_", multiple=True, help="Override any config key: --set train.lr=0.05")
+@click.option("--no-progress", is_flag=True)
+def bench(methods, out, seeds, config_file, no_progress, **flags):
+    """Run several methods with one configuration, harness and seeds; tabulate them."""
+    from cmat import config as config_mod
+    from cmat.bench import run_bench
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise CmatError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    cfg = config_mod.resolve(flags.get("tasks"), config_file, _overrides(**flags))
+    table = run_bench(cfg, names, seed_list, out, progress=not no_progress)
+    click.echo(table["markdown"])
+    click.echo(f"wrote {out}/bench.csv, bench.md")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -70,7 +70,9 @@ class Trainer:
     ``params`` with the configured schedule; per epoch, clean and PGD validation accuracy;
     the weights of ``snapshot`` (the module holding everything this task changes) from the best
     epoch are restored at the end. Hooks: ``after_backward()`` (mask or edit gradients) and
-    ``after_step()`` (re-apply constraints) are called every iteration.
+    ``after_step()`` (re-apply constraints) are called every iteration; ``extra_optimizers``
+    (e.g. Adam over piggyback masks) step alongside the SGD optimiser; ``loss_fn`` replaces
+    the objective's ``loss(model, x, y, generator) -> (loss, logits)`` (ANP-VS).
     """
 
     def __init__(self, cfg, device, logger: RunLogger, progress: bool = True):
@@ -99,7 +101,7 @@ class Trainer:
     def fit(self, model, params, task, t: int, snapshot: torch.nn.Module,
             epochs: Optional[int] = None, lr: Optional[float] = None, param_groups=None,
             after_backward: Optional[Callable] = None, after_step: Optional[Callable] = None,
-            tag: str = "train") -> dict:
+            extra_optimizers=(), loss_fn: Optional[Callable] = None, tag: str = "train") -> dict:
         tc = self.cfg.train
         obj = self.objective
         epochs = max(1, (epochs or tc.epochs) // obj.replays)
@@ -108,6 +110,7 @@ class Trainer:
                               weight_decay=tc.weight_decay)
         iters = epochs * math.ceil(len(task.train) / tc.batch_size) * obj.replays
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.schedule, iters))
+        obj.reset()
         metric = self.selection_metric()
         best, best_state, best_epoch, history = -1.0, None, -1, []
         bar = tqdm(total=iters, desc=f"task {t} {tag}", leave=False, disable=not self.progress, unit="it")
@@ -117,13 +120,17 @@ class Trainer:
             tot_loss, tot_correct, tot_n = 0.0, 0, 0
             for x, y in batches(task.train, tc.batch_size, gen, self.device):
                 for _ in range(obj.replays):
-                    loss, logits = obj.loss(model, x, y, gen)
+                    loss, logits = (loss_fn or obj.loss)(model, x, y, gen)
                     opt.zero_grad(set_to_none=True)
+                    for extra in extra_optimizers:
+                        extra.zero_grad(set_to_none=True)
                     loss.backward()
                     obj.after_backward()
                     if after_backward is not None:
                         after_backward()
                     opt.step()
+                    for extra in extra_optimizers:
+                        extra.step()
                     if after_step is not None:
                         after_step()
                     sched.step()
@@ -160,13 +167,20 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class Run:
-    """One run of one method over one task sequence, writing into ``out``."""
+    """One run of one method over one task sequence, writing into ``out``.
 
-    def __init__(self, cfg, out, progress: bool = True, verbose: bool = True):
+    After every task a checkpoint (``checkpoint.h5``: the store of the tasks so far, the
+    accuracy rows, the random-generator state) is written atomically; Ctrl-C leaves it in
+    place and ``resume=True`` continues from it, ending with exactly the results an
+    uninterrupted run gets. The finished run replaces it by ``store.h5`` and ``results.json``.
+    """
+
+    def __init__(self, cfg, out, progress: bool = True, verbose: bool = True, resume: bool = False):
         self.cfg = cfg
         self.out = Path(out)
         self.progress = progress
         self.verbose = verbose
+        self.resume = resume
 
     def say(self, msg: str) -> None:
         if self.verbose:
@@ -177,26 +191,51 @@ class Run:
         seq = get_tasks(cfg.tasks, data_root=cfg.data_root, download=cfg.download, seed=cfg.seed)
         method_cls = method_class(cfg.method)
         device = resolve_device(cfg.device)
-        heads = max(t.num_classes for t in seq)
-        attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, n_classes=heads)
+        attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha,
+                                n_classes=max(t.num_classes for t in seq))
         make_objective(cfg.objective, cfg.threat)  # validate before any output is written
+        checkpoint = self.out / "checkpoint.h5"
+        state = None
+        if self.resume:
+            from cmat.store import read_checkpoint
+
+            if not checkpoint.exists():
+                raise CmatError(f"nothing to resume in {self.out} (no checkpoint.h5)")
+            state = read_checkpoint(checkpoint, cfg)
         self.out.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.seed, cfg.deterministic)
         atomic_write_text(self.out / "config.yaml", config_mod.to_yaml(cfg))
         logger = RunLogger(self.out)
         try:
-            return self._loop(seq, method_cls, device, attacks, logger)
+            return self._loop(seq, method_cls, device, attacks, logger, state)
+        except KeyboardInterrupt:
+            logger.event(kind="interrupted")
+            done = state["completed"] if state else 0
+            if checkpoint.exists():
+                raise CmatError(f"interrupted; tasks finished so far are checkpointed in {checkpoint}: "
+                                f"continue with the same command plus --resume") from None
+            raise CmatError("interrupted before the first task finished; nothing to resume") from None
         finally:
             logger.close()
 
-    def _loop(self, seq, method_cls, device, attacks, logger) -> dict:
+    def _loop(self, seq, method_cls, device, attacks, logger, state) -> dict:
+        from cmat.store import save_checkpoint, save_run
+
         cfg = self.cfg
         method = method_cls(cfg, seq, device)
         trainer = Trainer(cfg, device, logger, self.progress)
         acc = {name: [] for name in attacks}
-        last = {}
-        start = time.time()
-        for t, task in enumerate(seq):
+        last: dict = {}
+        spent, first = 0.0, 0
+        if state is not None:
+            method.restore([net.to(device) for net in state["networks"]], state["decisions"])
+            acc, last, spent, first = state["acc"], state["last"], state["train_seconds"], state["completed"]
+            trainer.global_step = state["global_step"]
+            torch.set_rng_state(state["rng"])
+            self.say(f"[cmat] resuming after task {first}/{len(seq)}")
+        start = time.time() - spent
+        for t in range(first, len(seq)):
+            task = seq[t]
             self.say(f"[cmat] task {t + 1}/{len(seq)}: {task.name} ({task.num_classes} classes, "
                      f"{len(task.train)} train / {len(task.val)} val / {len(task.test)} test)")
             method.before_task(t, task)
@@ -210,14 +249,16 @@ class Run:
                 for name in attacks:
                     row[name].append(res[name]["acc"])
                     logger.scalar(f"eval/{name}/task_{j}", res[name]["acc"], t)
-                last[j] = res
+                last[str(j)] = res
             for name in attacks:
                 acc[name].append(row[name])
             logger.event(kind="eval", task=t, acc={n: row[n] for n in attacks})
             self.say("[cmat]   " + "  ".join(f"{n}={sum(r) / len(r):.3f}" for n, r in row.items()))
+            if t < len(seq) - 1:
+                save_checkpoint(self.out / "checkpoint.h5", method, seq, cfg,
+                                {"completed": t + 1, "acc": acc, "last": last, "train_seconds": time.time() - start,
+                                 "global_step": trainer.global_step}, torch.get_rng_state())
         train_seconds = time.time() - start
-        from cmat.store import save_run
-
         store_path = save_run(self.out / "store.h5", method, seq, cfg)
         results = {
             "format": "cmat-results", "version": 1, "method": cfg.method, "objective": cfg.objective.name,
@@ -225,7 +266,7 @@ class Run:
             "threat": {"eps": cfg.threat.eps, "alpha": cfg.threat.alpha},
             "attacks": attack_params(attacks),
             "acc": acc,
-            "f1": {name: [last[j][name]["f1"] for j in range(len(seq))] for name in attacks},
+            "f1": {name: [last[str(j)][name]["f1"] for j in range(len(seq))] for name in attacks},
             "summary": {name: summarize(acc[name]) for name in attacks},
             "decisions": method.decisions,
             "cost": {"train_seconds": train_seconds,
@@ -234,6 +275,7 @@ class Run:
             "seed": cfg.seed,
         }
         atomic_write_text(self.out / "results.json", json.dumps(results, indent=1))
+        (self.out / "checkpoint.h5").unlink(missing_ok=True)
         self._figure(logger, acc, len(seq))
         return results
 

@@ -38,7 +38,7 @@ def method_class(name: str):
 
 
 def _import_builtin() -> None:
-    for module in ("baselines.at_baselines", "baselines.packnet"):
+    for module in ("baselines.at_baselines", "baselines.packnet", "baselines.anp_vs", "cmat.cpg"):
         importlib.import_module(module)
 
 
@@ -73,6 +73,11 @@ class Method:
         """Task j's classifier ``x ↦ logits`` (images in [0, 1])."""
         net, head = self.task_slots()[j]
         return self.networks()[net].task_view(head)
+
+    def restore(self, networks: list, decisions: dict) -> None:
+        """Take back the state of a task-boundary checkpoint (networks as ``networks()``
+        returned them, and the decisions so far)."""
+        raise CmatError(f"method {self.name} cannot resume from a checkpoint")
 
     def networks(self) -> list:
         raise NotImplementedError

@@ -83,6 +83,9 @@ class Objective:
     def after_backward(self) -> None:
         """Called after ``loss.backward()`` and before the optimiser step."""
 
+    def reset(self) -> None:
+        """Forget state carried across minibatches (called when a training phase starts)."""
+
     def describe(self) -> dict:
         return {"name": self.name, "eps": self.eps, "alpha": self.alpha}
 
@@ -180,6 +183,10 @@ class FreeAT(Objective):
         self._current = (x, delta)
         logits = model((x + delta).clamp(0, 1))
         return F.cross_entropy(logits, y), logits
+
+    def reset(self):
+        self.delta = None
+        self._current = None
 
     def after_backward(self):
         x, delta = self._current

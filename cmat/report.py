@@ -56,26 +56,79 @@ def inspect_store(run_dir) -> str:
     return "\n".join(lines)
 
 
-def plot_run(run_dir) -> list:
-    """Accuracy-matrix heat maps per attack from ``results.json``; returns the PNG paths."""
-    from cmat.plots import accuracy_matrix_figure, plt
+def _read_results(path: Path) -> dict:
+    try:
+        results = json.loads(path.read_text())
+        results["acc"]
+        return results
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CmatError(f"{path} is not a cmat results file: {err}") from None
+
+
+def sweeps(run_dir: Path, samples: int = 200, data_root=None) -> dict:
+    """Accuracy over ε and over PGD steps, averaged over the run's tasks (a seeded subset of
+    ``samples`` test images per task)."""
+    import cmat
+    from cmat.evaluate import eps_sweep, eval_subset, steps_sweep
+    from tasks import get_tasks
+
+    run = cmat.load(run_dir)
+    cfg = run.config
+    seq = get_tasks(cfg.tasks, data_root=data_root or cfg.data_root, seed=cfg.seed)
+    eps, alpha = cfg.threat.eps, cfg.threat.alpha
+    eps_values = [0.0, eps / 4, eps / 2, eps, 1.5 * eps, 2 * eps]
+    step_values = [1, 2, 5, 10, 20, 40]
+    by_eps, by_steps = [], []
+    for j in range(len(run.task_names)):
+        x, y = seq[j].test.tensors(eval_subset(len(seq[j].test), samples, cfg.seed, j))
+        model = run.model(j)
+        by_eps.append(eps_sweep(model, x, y, eps_values, steps=10, alpha_ratio=alpha / eps, seed=cfg.seed))
+        by_steps.append(steps_sweep(model, x, y, eps, alpha, step_values, seed=cfg.seed))
+
+    def mean(rows_per_task):
+        return [{**rows_per_task[0][i], "acc": float(sum(r[i]["acc"] for r in rows_per_task) / len(rows_per_task))}
+                for i in range(len(rows_per_task[0]))]
+
+    return {"eps": mean(by_eps), "steps": mean(by_steps)}
+
+
+def plot_run(run_dir, samples: int = 200, data_root=None) -> list:
+    """Plots for a run or a bench directory (PNG under ``DIR/plots``, also in ``DIR/tb``):
+    accuracy-matrix heat maps, per-task grouped bars (clean / PGD-10 / PGD-40) per method,
+    accuracy against ε and against PGD steps per method. Returns the PNG paths."""
+    from cmat.plots import accuracy_matrix_figure, curves_figure, plt, task_bars_figure
+    from cmat.tblog import RunLogger
 
     p = Path(run_dir)
-    res_path = p / "results.json"
-    if not res_path.exists():
-        raise CmatError(f"no results.json in {p} (is it a finished run directory?)")
-    try:
-        results = json.loads(res_path.read_text())
-        acc = results["acc"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise CmatError(f"{res_path} is not a cmat results file: {err}") from None
+    if (p / "bench.json").exists():
+        bench = json.loads((p / "bench.json").read_text())
+        seed = bench["seeds"][0]
+        run_dirs = {r["method"]: p / f"{r['method']}-s{seed}" for r in bench["rows"]}
+    elif (p / "results.json").exists():
+        run_dirs = {None: p}
+    else:
+        raise CmatError(f"no results.json or bench.json in {p} (is it a finished run or bench directory?)")
+    results = {m: _read_results(d / "results.json") for m, d in run_dirs.items()}
+    label = {m: (m or r.get("method", "run")) for m, r in results.items()}
     out = p / "plots"
     out.mkdir(exist_ok=True)
+    figures = {}
+    for m, res in results.items():
+        for name, mat in res["acc"].items():
+            figures[f"matrix_{label[m]}_{name}"] = accuracy_matrix_figure(mat, f"{label[m]} {name}")
+    figures["tasks_bars"] = task_bars_figure({label[m]: r for m, r in results.items()})
+    curves = {label[m]: sweeps(d, samples, data_root) for m, d in run_dirs.items()}
+    figures["acc_vs_eps"] = curves_figure({m: c["eps"] for m, c in curves.items()}, "eps", "PGD-10 accuracy over ε")
+    figures["acc_vs_steps"] = curves_figure({m: c["steps"] for m, c in curves.items()}, "steps",
+                                            "PGD accuracy over steps at the preset ε")
+    (out / "sweeps.json").write_text(json.dumps(curves, indent=1))
+    logger = RunLogger(p)
     paths = []
-    for name, mat in acc.items():
-        fig = accuracy_matrix_figure(mat, f"{results.get('method', '')} {name}")
-        path = out / f"matrix_{name}.png"
-        fig.savefig(path, dpi=120)
+    for name, fig in figures.items():
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        logger.figure(f"plots/{name}", fig, 0)
         plt.close(fig)
         paths.append(path)
+    logger.close()
     return paths

@@ -108,8 +108,9 @@ def read_masks(group: h5py.Group, net) -> None:
             m.bits[tid] = full
 
 
-def save_run(path, method, seq, cfg) -> Path:
-    """Write the method's networks and per-task metadata to ``path`` atomically."""
+def save_run(path, method, seq, cfg, extra=None) -> Path:
+    """Write the method's networks and per-task metadata to ``path`` atomically; ``extra(f)``
+    may add groups (the resume state of a checkpoint) before the file is renamed into place."""
     from cmat.config import to_yaml
 
     path = Path(path)
@@ -139,8 +140,51 @@ def save_run(path, method, seq, cfg) -> Path:
             g.attrs["num_classes"] = seq[j].num_classes
             g.attrs["network"] = net
             g.attrs["head"] = head
+        if extra is not None:
+            extra(f)
     os.replace(tmp, path)
     return path
+
+
+def save_checkpoint(path, method, seq, cfg, state: dict, rng: torch.Tensor) -> Path:
+    """A task-boundary checkpoint: the store of the tasks so far plus ``/resume`` (completed
+    task count, accuracy rows, per-task evaluation, time spent, torch's RNG state)."""
+
+    def extra(f):
+        g = f.create_group("resume")
+        g.attrs["state"] = json.dumps(state)
+        write_array(g, "rng", rng.numpy())
+
+    return save_run(path, method, seq, cfg, extra)
+
+
+def read_checkpoint(path, cfg) -> dict:
+    """The resume state of a checkpoint, refusing one whose configuration differs from ``cfg``."""
+    import yaml
+
+    from cmat.config import to_yaml
+
+    run = LoadedRun(path)
+    stored = yaml.safe_load(run.config_yaml)
+    current = yaml.safe_load(to_yaml(cfg))
+    diff = sorted(_diff_keys(stored, current))
+    if diff:
+        raise CmatError(f"cannot resume {path}: the configuration differs from the checkpoint's in {', '.join(diff[:5])}")
+    with open_store(path) as f:
+        try:
+            state = json.loads(f["resume"].attrs["state"])
+            rng = torch.from_numpy(np.array(read_array(f["resume"]["rng"])))
+        except (KeyError, OSError, ValueError) as err:
+            raise CmatError(f"checkpoint {path} is corrupt or incomplete: {_first_line(err)}") from None
+    return {**state, "rng": rng, "networks": run.networks, "decisions": run.decisions}
+
+
+def _diff_keys(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in set(a) | set(b):
+            yield from _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")
 
 
 class LoadedRun:

@@ -96,6 +96,18 @@ def resnet18_features(in_ch: int, width: float, conv, linear, bn, input_size: in
     return nn.Sequential(*layers), cin
 
 
+def norm_layer_factory(kind: str) -> Callable:
+    """``batchnorm`` → BatchNorm2d; ``beta-bernoulli`` → BatchNorm2d followed by ANP-VS's
+    per-channel beta-Bernoulli mask (:mod:`baselines.anp_vs`)."""
+    if kind == "batchnorm":
+        return nn.BatchNorm2d
+    if kind == "beta-bernoulli":
+        from baselines.anp_vs import masked_bn
+
+        return masked_bn
+    raise ValueError(f"unknown norm layer {kind!r}")
+
+
 ARCHS: dict = {"vgg16": vgg16_features, "resnet18": resnet18_features, "smallcnn": smallcnn_features}
 
 
@@ -108,14 +120,16 @@ class MultiHeadNet(nn.Module):
 
     def __init__(self, arch: str, in_channels: int, input_size: int, head_sizes: Sequence[int],
                  means: Sequence[Sequence[float]], stds: Sequence[Sequence[float]], width: float = 1.0,
-                 conv: Callable = nn.Conv2d, linear: Callable = nn.Linear, bn: Callable = nn.BatchNorm2d):
+                 norm_layer: str = "batchnorm"):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown architecture {arch!r}")
         self.spec = {"arch": arch, "in_channels": int(in_channels), "input_size": int(input_size),
                      "head_sizes": [int(h) for h in head_sizes], "width": float(width),
-                     "means": [list(map(float, m)) for m in means], "stds": [list(map(float, s)) for s in stds]}
-        self.features, self.feature_dim = ARCHS[arch](in_channels, width, conv, linear, bn, input_size)
+                     "means": [list(map(float, m)) for m in means], "stds": [list(map(float, s)) for s in stds],
+                     "norm_layer": norm_layer}
+        self.features, self.feature_dim = ARCHS[arch](in_channels, width, nn.Conv2d, nn.Linear,
+                                                      norm_layer_factory(norm_layer), input_size)
         self.norms = nn.ModuleList(Normalize(m, s) for m, s in zip(means, stds))
         self.heads = nn.ModuleList(nn.Linear(self.feature_dim, h) for h in head_sizes)
 
@@ -149,4 +163,4 @@ def build_network(spec: dict) -> nn.Module:
             net.add_task(t["task"], t["num_classes"], t["mean"], t["std"], t["multiplier"])
         return net
     return MultiHeadNet(spec["arch"], spec["in_channels"], spec["input_size"], spec["head_sizes"],
-                        spec["means"], spec["stds"], spec.get("width", 1.0))
+                        spec["means"], spec["stds"], spec.get("width", 1.0), spec.get("norm_layer", "batchnorm"))

@@ -94,7 +94,11 @@ class MaskedLayer(nn.Module):
                 self.weight[region] = torch.where(free, fresh, self.weight[region])
                 self.owner[region] = torch.where(free, torch.full_like(self.owner[region], t), self.owner[region])
         if self.biases is not None:
-            self.biases[str(t)] = nn.Parameter(torch.zeros(out, device=self.weight.device))
+            bias = torch.zeros(out, device=self.weight.device)
+            if str(t) in self.biases:
+                old = self.biases[str(t)].detach()
+                bias[: old.numel()] = old
+            self.biases[str(t)] = nn.Parameter(bias)
         self._mask_version += 1
 
     def _grow(self, out: int, inp: int, t: int) -> None:
@@ -115,6 +119,11 @@ class MaskedLayer(nn.Module):
             nb = torch.zeros(shape, dtype=torch.bool, device=b.device)
             nb[:o0, :i0] = b
             self.bits[k] = nb
+        for k, p in list(self.piggy.items()):
+            npg = torch.full(shape, PIGGY_INIT, device=p.device)
+            with torch.no_grad():
+                npg[:o0, :i0] = p
+            self.piggy[k] = nn.Parameter(npg)
 
     def start_piggyback(self, t: int) -> None:
         """Give task t a trainable real-valued mask over earlier tasks' weights (init 1e-2)."""
@@ -212,8 +221,18 @@ class TaskBatchNorm2d(nn.Module):
         self.task = 0
 
     def add_task(self, t: int, multiplier: float) -> None:
+        """A BN for task t at its width; called again for the latest task it widens that task's
+        BN, keeping the learned affine parameters and statistics of the existing channels."""
         dev = next(iter(self.bns.values())).weight.device if len(self.bns) else None
-        self.bns[str(t)] = nn.BatchNorm2d(int(round(self.base * multiplier)), device=dev)
+        bn = nn.BatchNorm2d(int(round(self.base * multiplier)), device=dev)
+        old = self.bns[str(t)] if str(t) in self.bns else None
+        if old is not None:
+            n = old.num_features
+            with torch.no_grad():
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(bn, name)[:n] = getattr(old, name)
+                bn.num_batches_tracked.copy_(old.num_batches_tracked)
+        self.bns[str(t)] = bn
 
     def forward(self, x):
         return self.bns[str(self.task)](x)
@@ -265,9 +284,17 @@ class MaskedMultiHeadNet(nn.Module):
         dev = self.masked_layers()[0].weight.device
         self.multipliers[t] = float(multiplier)
         self.norms[str(t)] = Normalize(mean, std).to(dev)
-        self.heads[str(t)] = nn.Linear(self.feature_dim(t), num_classes).to(dev)
-        self.spec["tasks"].append({"task": t, "num_classes": int(num_classes), "multiplier": float(multiplier),
-                                   "mean": list(map(float, mean)), "std": list(map(float, std))})
+        head = nn.Linear(self.feature_dim(t), num_classes).to(dev)
+        if str(t) in self.heads:  # widening: keep the learned columns, new inputs start at 0
+            old = self.heads[str(t)]
+            with torch.no_grad():
+                head.weight.zero_()
+                head.weight[:, : old.in_features] = old.weight
+                head.bias.copy_(old.bias)
+        self.heads[str(t)] = head
+        entry = {"task": t, "num_classes": int(num_classes), "multiplier": float(multiplier),
+                 "mean": list(map(float, mean)), "std": list(map(float, std))}
+        self.spec["tasks"] = [e for e in self.spec["tasks"] if e["task"] != t] + [entry]
 
     def set_task(self, t: int) -> None:
         for m in self.task_modules():
@@ -304,6 +331,22 @@ class MaskedMultiHeadNet(nn.Module):
         for m in self.masked_layers():
             if m.weight.grad is not None:
                 m.weight.grad.add_(torch.where(m.owner == t + 1, m.weight.detach(), 0.0), alpha=weight_decay)
+
+    @torch.no_grad()
+    def prune_to(self, t: int, sparsity: float, initial: list) -> None:
+        """Release task t's smallest weights until, in every layer, ``sparsity`` of the
+        ``initial[i]`` weights it owned before compaction are released (cumulative)."""
+        for m, n0 in zip(self.masked_layers(), initial):
+            own = m.owner == t + 1
+            k = int(round(sparsity * n0)) - (n0 - int(own.sum()))
+            if k <= 0:
+                continue
+            own_idx = own.flatten().nonzero().squeeze(1)
+            mags = m.weight.detach().abs().flatten()[own_idx]
+            drop = own_idx[torch.topk(mags, k, largest=False).indices]
+            m.owner.view(-1)[drop] = 0
+            m.weight.view(-1)[drop] = 0.0
+            m._mask_version += 1
 
     @torch.no_grad()
     def prune_owned(self, t: int, fraction: float) -> dict:

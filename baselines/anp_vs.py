@@ -1,0 +1,162 @@
+"""ANP-VS: Adversarial Neural Pruning with Vulnerability Suppression (Madaan et al. 2020).
+
+One pruned network per task. Every BN output channel gets a beta-Bernoulli mask
+(Lee et al. 2018): π ~ Beta(α₀ = 1e-4, β₀ = 1) prior, a Kumaraswamy(a, b) posterior sampled by
+reparameterisation, z ~ RelaxedBernoulli(π) with temperature τ = 0.1 while training; at test
+time z = E[π]·1[E[π] > 1e-3] (channels at or below 1e-3 are pruned). The training loss is
+
+    L = (CE(f(x), y) + 2·CE(f(x_adv), y)) / 3 + β·KL/N + λ·V,
+    V = mean over masked layers of mean |h_clean − h_adv|
+
+with h the masked activations, x_adv from the run's objective attack (PGD by default; with the
+``standard`` objective the adversarial terms drop out), N the training-set size. Options
+(``method_options``): ``kl_weight`` β (1.0), ``vs_weight`` λ (0.01), ``mask_lr_scale`` (10:
+the mask parameters' learning rate relative to the weights').
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmat.methods import Method, register
+from cmat.nn.backbones import MultiHeadNet
+
+PRIOR_ALPHA, PRIOR_BETA = 1e-4, 1.0
+TEMPERATURE = 0.1
+PRUNE_AT = 1e-3
+EULER = 0.5772156649015329
+
+
+def kumaraswamy_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """E[π] = b·B(1 + 1/a, b) for π ~ Kumaraswamy(a, b)."""
+    return b * torch.exp(torch.lgamma(1 + 1 / a) + torch.lgamma(b) - torch.lgamma(1 + 1 / a + b))
+
+
+def kl_kumaraswamy_beta(a, b, alpha=PRIOR_ALPHA, beta=PRIOR_BETA, terms: int = 10) -> torch.Tensor:
+    """KL(Kumaraswamy(a, b) ‖ Beta(α, β)), Nalisnick & Smyth (2017), Taylor series to ``terms``."""
+    log_beta_prior = math.lgamma(alpha) + math.lgamma(beta) - math.lgamma(alpha + beta)
+    kl = (a - alpha) / a * (-EULER - torch.digamma(b) - 1 / b) + torch.log(a * b) + log_beta_prior - (b - 1) / b
+    series = 0
+    for m in range(1, terms + 1):
+        series = series + torch.exp(torch.lgamma(m / a) + torch.lgamma(b) - torch.lgamma(m / a + b)) / (m + a * b)
+    return kl + (beta - 1) * b * series
+
+
+class BetaBernoulliMask(nn.Module):
+    """Per-channel multiplicative mask with a Kumaraswamy posterior (see module docstring)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        # softplus⁻¹: a ≈ 9, b ≈ 1 → E[π] ≈ 0.9 at the start
+        self.a_raw = nn.Parameter(torch.full((channels,), math.log(math.expm1(9.0))))
+        self.b_raw = nn.Parameter(torch.full((channels,), math.log(math.expm1(1.0))))
+        self.last = None
+
+    def ab(self):
+        return F.softplus(self.a_raw) + 1e-4, F.softplus(self.b_raw) + 1e-4
+
+    def expected(self) -> torch.Tensor:
+        return kumaraswamy_mean(*self.ab())
+
+    def kl(self) -> torch.Tensor:
+        return kl_kumaraswamy_beta(*self.ab()).sum()
+
+    def forward(self, x):
+        a, b = self.ab()
+        if self.training:
+            u = torch.rand(x.shape[0], a.numel(), device=x.device).clamp(1e-6, 1 - 1e-6)
+            pi = (1 - (1 - u) ** (1 / b)) ** (1 / a)
+            pi = pi.clamp(1e-6, 1 - 1e-6)
+            v = torch.rand_like(pi).clamp(1e-6, 1 - 1e-6)
+            z = torch.sigmoid((torch.log(pi) - torch.log1p(-pi) + torch.log(v) - torch.log1p(-v)) / TEMPERATURE)
+        else:
+            e = kumaraswamy_mean(a, b)
+            z = (e * (e > PRUNE_AT)).expand(x.shape[0], -1)
+        out = x * z.view(x.shape[0], -1, 1, 1)
+        self.last = out
+        return out
+
+
+def masked_bn(channels: int) -> nn.Module:
+    return nn.Sequential(nn.BatchNorm2d(channels), BetaBernoulliMask(channels))
+
+
+@register
+class ANPVS(Method):
+    name = "anp-vs"
+
+    def __init__(self, cfg, seq, device):
+        super().__init__(cfg, seq, device)
+        opts = {"kl_weight": 1.0, "vs_weight": 0.01, "mask_lr_scale": 10.0, **cfg.method_options}
+        self.kl_weight = float(opts["kl_weight"])
+        self.vs_weight = float(opts["vs_weight"])
+        self.mask_lr_scale = float(opts["mask_lr_scale"])
+        self.nets = []
+        self.decisions = {"tasks": []}
+
+    def new_network(self, task_indices):
+        t = self.seq[task_indices[0]]
+        c, h, _ = t.input_shape
+        return MultiHeadNet(self.cfg.model.arch, c, h, [t.num_classes], [t.mean], [t.std], self.cfg.model.width,
+                            norm_layer="beta-bernoulli").to(self.device)
+
+    def before_task(self, t, task):
+        self.nets.append(self.new_network([t]))
+
+    @staticmethod
+    def masks(net) -> list:
+        return [m for m in net.modules() if isinstance(m, BetaBernoulliMask)]
+
+    def loss(self, net, n_train):
+        """The ANP-VS loss as a Trainer ``loss_fn`` for ``net``'s only task."""
+        obj_attack = getattr(self.trainer_objective, "attack", None)
+        masks = self.masks(net)
+        model = net.task_view(0)
+
+        def loss_fn(_, x, y, gen):
+            logits = model(x)
+            clean_feats = [m.last for m in masks]
+            total = F.cross_entropy(logits, y)
+            if obj_attack is not None:
+                x_adv = obj_attack(model, x, y, generator=gen)
+                logits_adv = model(x_adv)
+                vuln = torch.stack([(c - m.last).abs().mean() for c, m in zip(clean_feats, masks)]).mean()
+                total = (total + 2 * F.cross_entropy(logits_adv, y)) / 3 + self.vs_weight * vuln
+                self.last_vulnerability = float(vuln.detach())
+            kl = torch.stack([m.kl() for m in masks]).sum()
+            return total + self.kl_weight * kl / n_train, logits
+
+        return loss_fn
+
+    def train_task(self, t, task, trainer):
+        net = self.nets[t]
+        self.trainer_objective = trainer.objective
+        mask_params = [p for m in self.masks(net) for p in m.parameters()]
+        ids = {id(p) for p in mask_params}
+        weights = [p for p in net.parameters() if id(p) not in ids]
+        lr = self.cfg.train.lr
+        groups = [{"params": weights}, {"params": mask_params, "lr": lr * self.mask_lr_scale, "weight_decay": 0.0}]
+        trainer.fit(net.task_view(0), None, task, t, snapshot=net, param_groups=groups,
+                    loss_fn=self.loss(net, len(task.train)))
+        pruned, total = self.channel_sparsity(net)
+        self.decisions["tasks"].append({"task": t, "channels_pruned": pruned, "channels": total,
+                                        "channel_sparsity": pruned / max(total, 1)})
+        trainer.logger.scalar("anp/channel_sparsity", pruned / max(total, 1), t)
+
+    def channel_sparsity(self, net) -> tuple:
+        with torch.no_grad():
+            e = torch.cat([m.expected() for m in self.masks(net)])
+        return int((e <= PRUNE_AT).sum()), int(e.numel())
+
+    def restore(self, networks, decisions):
+        self.nets = list(networks)
+        self.decisions = decisions
+
+    def networks(self):
+        return self.nets
+
+    def task_slots(self):
+        return [(j, 0) for j in range(len(self.nets))]

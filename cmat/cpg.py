@@ -1,0 +1,188 @@
+"""CMAT: CPG's compact–pick–grow (Hung et al. 2019) with adversarial training.
+
+For each task t, on one masked network (:mod:`cmat.nn.masked`):
+
+1. **pick + train** — the free weights become t's; t's weights train with SGD (lr, momentum,
+   Nesterov; weight decay on owned weights only) and, from the second task on, a piggyback
+   mask over the earlier tasks' weights trains with Adam (``mask_lr``, 5e-4), both under the
+   run's objective (``pgd`` by default; ``standard`` gives plain CPG).
+2. **grow** — while the validation metric misses the goal (minus ``tolerance``) and the width
+   multiplier is below ``max_width`` (1.5), the width multiplier grows by ``width_step`` (0.5);
+   every masked layer's channels grow by √multiplier (so the parameter count grows about by
+   the multiplier), the new entries are t's, earlier tasks keep their slice; retrain.
+3. **compact** — gradual magnitude pruning of t's weights per layer on the Zhu–Gupta cubic
+   schedule s_k = s_f·(1 − (1 − k/K)³), k = 1..K (``max_sparsity`` s_f = 0.9,
+   ``prune_levels`` K = 5), retraining ``compact_epochs`` under the objective after each step;
+   the largest sparsity whose validation metric still meets the goal is kept (one ramp with a
+   snapshot per level instead of CPG's separate run per level: it chooses the same way as long
+   as the metric falls with sparsity, and costs one ramp); the pruned weights are released.
+
+Goal (``goal``): ``individual`` — the validation metric of an individually trained model of
+the same objective on task t (trained here, or read from ``individual_run``, an at-individual
+run directory); a number; or ``none`` (no growth, compaction to ``max_sparsity``). The metric
+follows the objective: robust validation accuracy (PGD-10) for adversarial objectives, clean
+for ``standard``. Every decision goes to ``results.json``/the store (``decisions``) and
+TensorBoard.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from cmat.errors import CmatError
+from cmat.methods import Method, register
+from cmat.nn.masked import MaskedMultiHeadNet
+
+DEFAULTS = {"goal": "individual", "tolerance": 0.02, "max_width": 1.5, "width_step": 0.5,
+            "max_sparsity": 0.9, "prune_levels": 5, "compact_epochs": None, "mask_lr": 5e-4,
+            "compact_last": True, "individual_run": None}
+
+
+@register
+class CMAT(Method):
+    name = "cmat"
+
+    def __init__(self, cfg, seq, device):
+        super().__init__(cfg, seq, device)
+        unknown = set(cfg.method_options) - set(DEFAULTS)
+        if unknown:
+            raise CmatError(f"unknown cmat option(s) {sorted(unknown)} (valid: {', '.join(DEFAULTS)})")
+        self.opts = {**DEFAULTS, **cfg.method_options}
+        goal = self.opts["goal"]
+        if not (goal in ("individual", "none") or isinstance(goal, (int, float))):
+            raise CmatError(f"method_options.goal must be individual, none or a number, got {goal!r}")
+        c, h, _ = seq[0].input_shape
+        self.net = MaskedMultiHeadNet(cfg.model.arch, c, h, cfg.model.width).to(self.device)
+        self.width = 1.0
+        self.decisions = {"tasks": []}
+        self._individual = None
+
+    # ----- hooks -----------------------------------------------------------------------
+    def before_task(self, t, task):
+        self.net.add_task(t, task.num_classes, task.mean, task.std, math.sqrt(self.width))
+        if t > 0:
+            for m in self.net.masked_layers():
+                m.start_piggyback(t + 1)
+
+    def train_task(self, t, task, trainer):
+        opts = self.opts
+        goal = self._goal(t, task, trainer)
+        tol = float(opts["tolerance"])
+        self._fit(t, task, trainer, None, "train")
+        metric = self._metric(t, task, trainer)
+        trained = metric
+        while goal is not None and metric < goal - tol and self.width + opts["width_step"] <= opts["max_width"] + 1e-9:
+            self.width += float(opts["width_step"])
+            self.net.add_task(t, task.num_classes, task.mean, task.std, math.sqrt(self.width))
+            trainer.logger.scalar(f"task_{t}/width", self.width, t)
+            self._fit(t, task, trainer, None, f"grow{self.width:g}")
+            metric = self._metric(t, task, trainer)
+        grown = metric
+        sparsity = 0.0
+        if opts["compact_last"] or t < len(self.seq) - 1:
+            sparsity, metric = self._compact(t, task, trainer, goal, tol, metric)
+        picked = self._picked_fraction(t)
+        for m in self.net.masked_layers():
+            if str(t + 1) in m.piggy:
+                m.finish_piggyback(t + 1)
+        record = {"task": t, "goal": goal, "val_after_train": trained, "val_after_grow": grown,
+                  "width": self.width, "sparsity": sparsity, "val_final": metric, "picked_fraction": picked}
+        self.decisions["tasks"].append(record)
+        for key in ("sparsity", "width", "val_final"):
+            trainer.logger.scalar(f"cmat/{key}", record[key], t)
+        if picked is not None:
+            trainer.logger.scalar("cmat/picked_fraction", picked, t)
+        if goal is not None:
+            trainer.logger.scalar("cmat/goal", goal, t)
+
+    def restore(self, networks, decisions):
+        self.net = networks[0]
+        self.decisions = decisions
+        if decisions["tasks"]:
+            self.width = float(decisions["tasks"][-1]["width"])
+
+    def networks(self):
+        return [self.net]
+
+    def task_slots(self):
+        return [(0, j) for j in range(len(self.net.heads))]
+
+    # ----- pieces --------------------------------------------------------------------------
+    def _fit(self, t, task, trainer, epochs, tag):
+        wd = self.cfg.train.weight_decay
+        shared = [m.weight for m in self.net.masked_layers()]
+        ids = {id(p) for p in shared}
+        rest = [p for p in self.net.task_parameters(t) if id(p) not in ids]
+        groups = [{"params": shared, "weight_decay": 0.0}, {"params": rest, "weight_decay": wd}]
+        masks = [m.piggy[str(t + 1)] for m in self.net.masked_layers() if str(t + 1) in m.piggy]
+        extra = [torch.optim.Adam(masks, lr=float(self.opts["mask_lr"]))] if masks else []
+        trainer.fit(self.net.task_view(t), None, task, t, snapshot=self.net, epochs=epochs, param_groups=groups,
+                    after_backward=lambda: self.net.owned_weight_decay(t, wd), extra_optimizers=extra, tag=tag)
+
+    def _metric(self, t, task, trainer, model=None) -> float:
+        val = trainer.validate(model if model is not None else self.net.task_view(t), task, t)
+        return val["robust"] if trainer.objective.adversarial else val["clean"]
+
+    def _goal(self, t, task, trainer):
+        goal = self.opts["goal"]
+        if goal == "none":
+            return None
+        if isinstance(goal, (int, float)):
+            return float(goal)
+        if self.opts["individual_run"]:
+            import cmat
+
+            if self._individual is None:
+                self._individual = cmat.load(self.opts["individual_run"])
+            if t >= len(self._individual.task_names):
+                raise CmatError(f"individual_run {self.opts['individual_run']} has no task {t}")
+            return self._metric(t, task, trainer, self._individual.model(t).to(self.device))
+        state = torch.get_rng_state()
+        net = self.new_network([t])
+        trainer.fit(net.task_view(0), list(net.parameters()), task, t, snapshot=net, tag="individual")
+        torch.set_rng_state(state)  # the goal model must not change the run's random stream
+        return self._metric(t, task, trainer, net.task_view(0))
+
+    def _compact(self, t, task, trainer, goal, tol, metric):
+        opts = self.opts
+        layers = self.net.masked_layers()
+        initial = [int((m.owner == t + 1).sum()) for m in layers]
+        epochs = opts["compact_epochs"] or max(1, self.cfg.train.epochs // 5)
+        best = (0.0, metric, self._capture())
+        levels = int(opts["prune_levels"])
+        for k in range(1, levels + 1):
+            s = float(opts["max_sparsity"]) * (1 - (1 - k / levels) ** 3)
+            self.net.prune_to(t, s, initial)
+            self._fit(t, task, trainer, epochs, f"compact{k}")
+            m = self._metric(t, task, trainer)
+            trainer.logger.scalar(f"task_{t}/compact_val", m, k)
+            if goal is not None and m < goal - tol:
+                break
+            best = (s, m, self._capture())
+        self._restore(best[2])
+        return best[0], best[1]
+
+    def _capture(self):
+        return (copy.deepcopy(self.net.state_dict()), [m.owner.clone() for m in self.net.masked_layers()])
+
+    def _restore(self, snap):
+        state, owners = snap
+        self.net.load_state_dict(state)
+        for m, o in zip(self.net.masked_layers(), owners):
+            m.owner.copy_(o)
+            m._mask_version += 1
+
+    def _picked_fraction(self, t):
+        """Fraction of the earlier tasks' weights (in t's slice) that t's mask selects."""
+        if t == 0:
+            return None
+        sel, total = 0, 0
+        for m in self.net.masked_layers():
+            s = m.selection(t + 1).detach()
+            out, inp = m.shapes[t + 1]
+            o = m.owner[:out, :inp]
+            sel += int(s.sum())
+            total += int(((o > 0) & (o < t + 1)).sum())
+        return sel / max(total, 1)
