@@ -230,10 +230,28 @@ def bench(methods, out, seeds, config_file, no_progress, **flags):
     click.echo(f"wrote {out}/bench.csv, bench.md")
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def verify():
-    """Certified (IBP/CROWN) and attack bounds on each sample's critical ε (not built yet)."""
-    _not_yet("verify", "issue [6]")
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--task", "task", default=0, show_default=True, type=int, help="Task index j.")
+@click.option("--n", "n", default=100, show_default=True, type=int, help="First N test images of the task.")
+@click.option("--bound", default="crown", show_default=True, type=click.Choice(["ibp", "crown"]))
+@click.option("--eps-max", default=None, type=float, help="Bisection range [0, eps-max] (default 4× the run's ε).")
+@click.option("--iters", default=12, show_default=True, type=int, help="Bisection steps.")
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Output folder (RUN_DIR/verify).")
+@click.option("--data-root", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def verify(run_dir, task, n, bound, eps_max, iters, out, data_root, as_json):
+    """Per-sample critical ε: certified lower end (IBP/CROWN) and PGD upper end; CSV + ECDF."""
+    from cmat.verify import verify_run
+
+    if n < 1:
+        raise CmatError(f"--n must be ≥ 1, got {n}")
+    summary = verify_run(run_dir, task, n, bound, eps_max, out, data_root, iters)
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    for k, v in summary.items():
+        click.echo(f"{k}: {v}")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -34,20 +34,20 @@ from cmat.errors import CmatError
 
 @contextlib.contextmanager
 def frozen_bn_batch_stats(model: nn.Module):
-    """BN layers use batch statistics; running statistics are restored on exit."""
+    """BN layers normalise with batch statistics and write no running statistics (train mode
+    with ``track_running_stats`` off); both flags are restored on exit."""
     saved = []
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            saved.append((m, m.training, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()))
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            saved.append((m, m.training, m.track_running_stats))
             m.train(True)
+            m.track_running_stats = False
     try:
         yield
     finally:
-        for m, mode, mean, var, nbt in saved:
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(nbt)
+        for m, mode, track in saved:
             m.train(mode)
+            m.track_running_stats = track
 
 
 class BatchStatsView(nn.Module):

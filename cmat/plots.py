@@ -64,3 +64,19 @@ def curves_figure(rows_by_method: dict, x: str, title: str):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def ecdf_figure(values_by_name: dict, eps: float):
+    """Empirical CDFs of per-sample critical-ε bounds, with the threat ε marked."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, vals in values_by_name.items():
+        v = np.sort(np.asarray([x for x in vals if np.isfinite(x)]))
+        if len(v):
+            ax.step(v, np.arange(1, len(v) + 1) / len(vals), where="post", label=name)
+    ax.axvline(eps, color="k", ls="--", lw=0.8, label=f"ε = {eps:.4g}")
+    ax.set_xlabel("critical ε")
+    ax.set_ylabel("fraction of samples")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

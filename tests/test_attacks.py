@@ -212,13 +212,14 @@ def test_seeded_generator_is_bit_identical_and_seed_matters(name):
 def test_strength_ordering(trained):
     view, x, y = trained
     clean = acc(view, x, y)
-    # ε = 4/255 keeps the attacks partially successful, so the ordering is informative
-    pgd10 = acc(view, PGD(4 / 255, 1 / 255, 10)(view, x, y, generator=gen(7)), y)
-    pgd40 = acc(view, PGD(4 / 255, 1 / 255, 40)(view, x, y, generator=gen(7)), y)
+    # ε = 4/255 keeps the attacks partially successful and α = ε/8 keeps PGD-10 short of
+    # converging (clean 1.0, PGD-10 ≈ 0.87, PGD-40 ≈ 0.78), so the ordering has margins
+    pgd10 = acc(view, PGD(4 / 255, 0.5 / 255, 10)(view, x, y, generator=gen(7)), y)
+    pgd40 = acc(view, PGD(4 / 255, 0.5 / 255, 40)(view, x, y, generator=gen(7)), y)
     fgsm = acc(view, FGSM(4 / 255)(view, x, y), y)
     assert clean > 0.9
-    assert pgd40 <= pgd10 <= fgsm <= clean
-    assert pgd10 < clean
+    assert pgd40 < pgd10 < clean
+    assert fgsm < clean
 
 
 def test_restarts_never_weaker(trained):
@@ -234,7 +235,8 @@ def test_restarts_never_weaker(trained):
     loss_one = F.cross_entropy(logits_one, y, reduction="none")
     loss_many = F.cross_entropy(logits_many, y, reduction="none")
     assert bool((loss_many[unfooled] >= loss_one[unfooled]).all())
-    assert 0 < fooled_one.sum() < fooled_many.sum() < len(y)
+    assert 0 < fooled_one.sum() <= fooled_many.sum() < len(y)  # here: 2 → 4 of 200
+    assert not torch.equal(many, one)  # later restarts replaced some examples
     # examples fooled by the first restart keep restart 0's adversarial, which is restarts=1's
     assert torch.equal(many[fooled_one], one[fooled_one])
 
@@ -360,3 +362,34 @@ def test_fold_skips_train_mode_and_batch_statistics_wrappers():
 
     wrapped = BatchStats(net.task_view(0)).eval()
     assert fold_batchnorm(wrapped) is wrapped
+
+
+def test_fold_leaves_shared_and_untraceable_modules_alone():
+    conv, bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+    twice = nn.Sequential(conv, bn, nn.ReLU(), conv, bn).eval()  # the same pair called twice
+    assert fold_batchnorm(twice) is twice
+
+    class DataDependent(nn.Module):  # fx cannot trace a branch on tensor values
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 3, 3), nn.BatchNorm2d(3))
+
+        def forward(self, x):
+            return self.body(x) if x.sum() > 0 else -self.body(x)
+
+    model = DataDependent().eval()
+    assert fold_batchnorm(model) is model
+    x, y = data(4, classes=3, size=8)
+    x_adv = PGD(EPS, ALPHA, 2)(nn.Sequential(model, nn.Flatten(), nn.Linear(3 * 6 * 6, 3)).eval(), x, y, generator=gen())
+    assert (x_adv - x).abs().max() <= EPS + 1e-7
+
+
+def test_broadcast_input_gradient():
+    class ColourSums(nn.Module):  # ∇ₓ of a sum over pixels comes back as a stride-0 view
+        def forward(self, x):
+            return x.sum(dim=(2, 3))
+
+    x, y = data(4, classes=3, size=8)
+    for atk in (PGD(EPS, ALPHA, 2), FGSM(EPS)):
+        x_adv = atk(ColourSums(), x, y, generator=gen())
+        assert (x_adv - x).abs().max() <= EPS + 1e-7 and not torch.equal(x_adv, x)

@@ -1,0 +1,480 @@
+"""Certified and attack bounds on each sample's critical ε (L∞, images in [0, 1]).
+
+A task's classifier is flattened into a list of operations — affine ones (Normalize,
+Conv2d, Linear, BatchNorm in eval mode, average pooling, Flatten, ANP-VS's test-time channel
+mask) and ReLU and MaxPool — and bounded over the box B(x, ε) = [max(x − ε, 0), min(x + ε, 1)]:
+
+- **IBP**: interval arithmetic, layer by layer (centre/radius form for affine layers).
+- **CROWN** (Zhang et al. 2018): backward linear bound propagation. For the margin
+  specification C·f(x) (rows e_y − e_k, k ≠ y) the bound is propagated back through affine
+  layers exactly (vector–Jacobian products) and through each ReLU with the linear relaxation
+  lower = a·z (a ∈ {0, 1}, the adaptive choice), upper = u/(u − l)·(z − l) on unstable neurons,
+  using pre-activation bounds computed the same way for every earlier ReLU. A MaxPool is not
+  propagated through: the back-substitution stops there and concretises over the interval of
+  the MaxPool's output (interval fallback). Every CROWN bound is intersected with IBP's, so
+  CROWN is never looser than IBP.
+
+Normalisation is handled exactly as its own affine operation at the front (folding it into a
+*padded* first convolution would change the function at the image borders).
+
+The critical ε of a correctly classified sample is bracketed by: the largest certified ε
+(bisection; certified when the lower bound of every margin is > 0) and the smallest ε at
+which a PGD attack finds a counterexample (bisection, batched over samples). Results follow
+VERONA's CSV columns.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmat.errors import CmatError
+
+# ----------------------------------------------------------------------------- operations
+
+
+class Affine:
+    """An affine map ``x ↦ A x + b``; ``linear`` applies A, ``abs_linear`` applies |A|."""
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def linear(self, x):
+        raise NotImplementedError
+
+    def abs_linear(self, r):
+        raise NotImplementedError
+
+    def vjp(self, lam: torch.Tensor, in_shape: tuple) -> torch.Tensor:
+        """``Λ A`` for Λ of shape (N, K, *out_shape): the rows pulled back to the input."""
+        n, k = lam.shape[:2]
+        x = torch.zeros((n * k,) + tuple(in_shape), dtype=lam.dtype, device=lam.device, requires_grad=True)
+        with torch.enable_grad():
+            y = self.linear(x)
+            (g,) = torch.autograd.grad(y, x, grad_outputs=lam.reshape((n * k,) + tuple(y.shape[1:])))
+        return g.reshape((n, k) + tuple(in_shape))
+
+    def bias_term(self, lam: torch.Tensor, in_shape: tuple) -> torch.Tensor:
+        """Λ·b per row: (N, K)."""
+        b = self.forward(torch.zeros((1,) + tuple(in_shape), dtype=lam.dtype, device=lam.device))
+        return (lam * b.unsqueeze(1)).flatten(2).sum(2)
+
+
+@dataclass
+class Conv(Affine):
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    stride: tuple
+    padding: tuple
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def linear(self, x):
+        return F.conv2d(x, self.weight, None, self.stride, self.padding)
+
+    def abs_linear(self, r):
+        return F.conv2d(r, self.weight.abs(), None, self.stride, self.padding)
+
+
+@dataclass
+class Dense(Affine):
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def linear(self, x):
+        return F.linear(x, self.weight)
+
+    def abs_linear(self, r):
+        return F.linear(r, self.weight.abs())
+
+
+@dataclass
+class ChannelAffine(Affine):
+    """y = scale·x + shift per channel (Normalize, eval-mode BatchNorm, a fixed channel mask)."""
+
+    scale: torch.Tensor
+    shift: torch.Tensor
+
+    def _v(self, t, x):
+        return t.view((1, -1) + (1,) * (x.dim() - 2))
+
+    def forward(self, x):
+        return x * self._v(self.scale, x) + self._v(self.shift, x)
+
+    def linear(self, x):
+        return x * self._v(self.scale, x)
+
+    def abs_linear(self, r):
+        return r * self._v(self.scale.abs(), r)
+
+
+@dataclass
+class AvgPool(Affine):
+    output_size: tuple
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    linear = forward
+    abs_linear = forward
+
+
+class Flatten(Affine):
+    def forward(self, x):
+        return x.flatten(1)
+
+    linear = forward
+    abs_linear = forward
+
+
+class ReLU:
+    pass
+
+
+@dataclass
+class MaxPool:
+    module: nn.MaxPool2d
+
+
+# ----------------------------------------------------------------------------- from modules
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> ChannelAffine:
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
+    shift = (bn.bias.detach() if bn.affine else 0) - bn.running_mean * scale
+    return ChannelAffine(scale.detach(), shift.detach())
+
+
+def _flatten_module(m: nn.Module, ops: list) -> None:
+    from baselines.anp_vs import BetaBernoulliMask, PRUNE_AT
+    from cmat.nn.backbones import Normalize
+    from cmat.nn.masked import MaskedConv2d, MaskedLinear, TaskBatchNorm2d
+
+    if isinstance(m, nn.Sequential):
+        for c in m:
+            _flatten_module(c, ops)
+    elif isinstance(m, Normalize):
+        ops.append(ChannelAffine((1 / m.std).flatten(), (-m.mean / m.std).flatten()))
+    elif isinstance(m, MaskedConv2d):
+        t = m.task
+        s, p = m.stride, m.padding
+        ops.append(Conv(m.effective_weight(t).detach(), None if m.bias_for(t) is None else m.bias_for(t).detach(),
+                        (s, s) if isinstance(s, int) else s, (p, p) if isinstance(p, int) else p))
+    elif isinstance(m, MaskedLinear):
+        b = m.bias_for(m.task)
+        ops.append(Dense(m.effective_weight(m.task).detach(), None if b is None else b.detach()))
+    elif isinstance(m, TaskBatchNorm2d):
+        ops.append(_bn_affine(m.bns[str(m.task)]))
+    elif isinstance(m, nn.Conv2d):
+        if m.groups != 1 or m.dilation != (1, 1) or isinstance(m.padding, str) or m.padding_mode != "zeros":
+            raise CmatError(f"verify: unsupported convolution {m}")
+        ops.append(Conv(m.weight.detach(), None if m.bias is None else m.bias.detach(), m.stride, m.padding))
+    elif isinstance(m, nn.Linear):
+        ops.append(Dense(m.weight.detach(), None if m.bias is None else m.bias.detach()))
+    elif isinstance(m, nn.BatchNorm2d):
+        ops.append(_bn_affine(m))
+    elif isinstance(m, BetaBernoulliMask):
+        e = m.expected().detach()
+        ops.append(ChannelAffine(e * (e > PRUNE_AT), torch.zeros_like(e)))
+    elif isinstance(m, nn.ReLU):
+        ops.append(ReLU())
+    elif isinstance(m, nn.MaxPool2d):
+        ops.append(MaxPool(m))
+    elif isinstance(m, nn.AdaptiveAvgPool2d):
+        size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size, m.output_size)
+        ops.append(AvgPool(size))
+    elif isinstance(m, nn.AvgPool2d):
+        raise CmatError("verify: fixed-window AvgPool2d is not supported (use AdaptiveAvgPool2d)")
+    elif isinstance(m, nn.Flatten):
+        ops.append(Flatten())
+    elif isinstance(m, (nn.Dropout, nn.Identity)):
+        pass
+    else:
+        raise CmatError(f"verify: cannot bound layer {type(m).__name__} ({m.__class__.__module__}); supported: "
+                        "Conv2d, Linear, BatchNorm2d, ReLU, MaxPool2d, AdaptiveAvgPool2d, Flatten")
+
+
+def network_ops(model: nn.Module) -> list:
+    """The operation list of a task classifier (a ``TaskView``) or a plain ``nn.Sequential``."""
+    from cmat.nn.backbones import TaskView
+
+    model.eval()
+    ops: list = []
+    if isinstance(model, TaskView):
+        net, t = model.net, model.task
+        if hasattr(net, "set_task"):
+            net.set_task(t)
+            _flatten_module(net.norms[str(t)], ops)
+            _flatten_module(net.features, ops)
+            _flatten_module(net.heads[str(t)], ops)
+        else:
+            _flatten_module(net.norms[t], ops)
+            _flatten_module(net.features, ops)
+            _flatten_module(net.heads[t], ops)
+    else:
+        _flatten_module(model, ops)
+    return ops
+
+
+def run_ops(ops: list, x: torch.Tensor) -> torch.Tensor:
+    for op in ops:
+        if isinstance(op, ReLU):
+            x = F.relu(x)
+        elif isinstance(op, MaxPool):
+            x = op.module(x)
+        else:
+            x = op.forward(x)
+    return x
+
+
+# ----------------------------------------------------------------------------- bounds
+
+
+def input_box(x: torch.Tensor, eps: torch.Tensor):
+    e = eps.view((-1,) + (1,) * (x.dim() - 1))
+    return (x - e).clamp(0, 1), (x + e).clamp(0, 1)
+
+
+def ibp(ops: list, lo: torch.Tensor, hi: torch.Tensor, record: Optional[list] = None):
+    """Interval bounds of every operation's output; ``record`` collects (lo, hi) per op input."""
+    for op in ops:
+        if record is not None:
+            record.append((lo, hi))
+        if isinstance(op, ReLU):
+            lo, hi = F.relu(lo), F.relu(hi)
+        elif isinstance(op, MaxPool):
+            lo, hi = op.module(lo), op.module(hi)
+        else:
+            c, r = (hi + lo) / 2, (hi - lo) / 2
+            c, r = op.forward(c), op.abs_linear(r)
+            lo, hi = c - r, c + r
+    return lo, hi
+
+
+def _concretize(lam: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    """min over the box of Λ z + const: Λ⁺ lo + Λ⁻ hi + const, per (N, K)."""
+    pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+    return (pos * lo.unsqueeze(1)).flatten(2).sum(2) + (neg * hi.unsqueeze(1)).flatten(2).sum(2) + const
+
+
+def _backward_lower(ops: list, shapes: list, bounds: list, lam: torch.Tensor) -> torch.Tensor:
+    """Lower bound of Λ·(output of ``ops``) over the box ``bounds[0]`` of their input, by
+    back-substitution (no MaxPool inside); ``bounds[k]`` holds the input bounds of ``ops[k]``
+    (pre-activation bounds for ReLUs), ``shapes[k]`` its input shape. Λ: (N, K, *out)."""
+    const = torch.zeros(lam.shape[:2], dtype=lam.dtype, device=lam.device)
+    for k in range(len(ops) - 1, -1, -1):
+        op = ops[k]
+        if isinstance(op, ReLU):
+            l, u = bounds[k][0].unsqueeze(1), bounds[k][1].unsqueeze(1)
+            unstable = (l < 0) & (u > 0)
+            active = (l >= 0).to(lam.dtype)
+            slope_up = torch.where(unstable, u / (u - l).clamp(min=1e-12), active)
+            icpt_up = torch.where(unstable, -slope_up * l, torch.zeros_like(l))
+            slope_lo = torch.where(unstable, (u > -l).to(lam.dtype), active)
+            pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+            const = const + (neg * icpt_up).flatten(2).sum(2)
+            lam = pos * slope_lo + neg * slope_up
+        else:
+            const = const + op.bias_term(lam, shapes[k])
+            lam = op.vjp(lam, shapes[k])
+    return _concretize(lam, const, *bounds[0])
+
+
+def _segment_start(ops: list, end: int) -> int:
+    """Index just after the last MaxPool before ``end`` (0 if none): CROWN's back-substitution
+    stops there and uses the interval of the MaxPool's output."""
+    for i in range(end - 1, -1, -1):
+        if isinstance(ops[i], MaxPool):
+            return i + 1
+    return 0
+
+
+def _intersect(a, b):
+    return torch.max(a[0], b[0]), torch.min(a[1], b[1])
+
+
+def crown(ops: list, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
+    """Lower bounds of ``spec @ f(x)`` (spec: N×K×classes) over the box [lo, hi], CROWN ∩ IBP."""
+    bounds: list = []
+    out = ibp(ops, lo, hi, bounds)
+    bounds.append(out)  # bounds[i]: input of ops[i]; bounds[-1]: the output
+    shapes = [b[0].shape[1:] for b in bounds]
+    n = lo.shape[0]
+    for i, op in enumerate(ops):
+        if not isinstance(op, ReLU):
+            continue
+        s = _segment_start(ops, i)
+        if s == i:
+            continue
+        l0, u0 = bounds[i][0].flatten(1), bounds[i][1].flatten(1)
+        idx = ((l0 < 0) & (u0 > 0)).any(0).nonzero().squeeze(1)  # only unstable neurons need CROWN
+        if idx.numel() == 0:
+            continue
+        dim = l0.shape[1]
+        rows = torch.zeros(idx.numel(), dim, dtype=lo.dtype, device=lo.device)
+        rows[torch.arange(idx.numel()), idx] = 1
+        rows = rows.view((1, idx.numel()) + tuple(shapes[i])).expand(n, -1, *shapes[i])
+        low = _backward_lower(ops[s:i], shapes[s:i], bounds[s:i], rows)
+        up = -_backward_lower(ops[s:i], shapes[s:i], bounds[s:i], -rows)
+        new_l, new_u = l0.clone(), u0.clone()
+        new_l[:, idx] = torch.max(l0[:, idx], low)
+        new_u[:, idx] = torch.min(u0[:, idx], up)
+        bounds[i] = (new_l.view_as(bounds[i][0]), new_u.view_as(bounds[i][1]))
+        later: list = []
+        last = ibp(ops[i:], *bounds[i], later)
+        later.append(last)
+        bounds[i + 1:] = [_intersect(a, b) for a, b in zip(bounds[i + 1:], later[1:])]
+    s = _segment_start(ops, len(ops))
+    lower = _backward_lower(ops[s:], shapes[s:], bounds[s:], spec)
+    zero = torch.zeros(spec.shape[:2], dtype=spec.dtype, device=spec.device)
+    return torch.max(lower, _concretize(spec, zero, *bounds[-1]))
+
+
+def margin_spec(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Rows e_y − e_k for k ≠ y: (N, n_classes − 1, n_classes)."""
+    eye = torch.eye(n_classes, dtype=torch.float32, device=y.device)
+    spec = eye[y].unsqueeze(1) - eye.unsqueeze(0)
+    keep = torch.ones(len(y), n_classes, dtype=torch.bool, device=y.device)
+    keep[torch.arange(len(y)), y] = False
+    return spec[keep].view(len(y), n_classes - 1, n_classes)
+
+
+def margin_lower_bound(ops, x, y, eps, method: str = "crown") -> torch.Tensor:
+    """Per sample, the lower bound of min_k (f_y − f_k) over B(x, ε); > 0 means certified."""
+    lo, hi = input_box(x, eps)
+    n_classes = run_ops(ops, x[:1]).shape[1]
+    spec = margin_spec(y, n_classes).to(x.dtype)
+    if method == "ibp":
+        out_lo, out_hi = ibp(ops, lo, hi)
+        lower = _concretize(spec, torch.zeros(spec.shape[:2], dtype=x.dtype, device=x.device), out_lo, out_hi)
+    elif method == "crown":
+        lower = crown(ops, lo, hi, spec)
+    else:
+        raise CmatError(f"unknown bound {method!r} (valid: ibp, crown)")
+    return lower.min(1).values
+
+
+# ----------------------------------------------------------------------------- critical ε
+
+
+def pgd_per_sample(model, x, y, eps: torch.Tensor, steps: int = 20, restarts: int = 1, generator=None):
+    """PGD with a per-sample ε (α = ε/4), for batched bisection; returns "attack succeeded"."""
+    from cmat.attacks import eval_mode
+
+    e = eps.view(-1, 1, 1, 1)
+    fooled = torch.zeros(len(x), dtype=torch.bool)
+    with eval_mode(model), torch.enable_grad():
+        for _ in range(restarts):
+            noise = torch.rand(x.shape, generator=generator) * 2 - 1
+            xa = (x + noise * e).clamp(0, 1)
+            for _ in range(steps):
+                xa.requires_grad_(True)
+                (g,) = torch.autograd.grad(F.cross_entropy(model(xa), y), xa)
+                xa = torch.min(torch.max(xa.detach() + e / 4 * g.sign(), x - e), x + e).clamp(0, 1)
+            with torch.no_grad():
+                fooled |= model(xa).argmax(1) != y
+    return fooled
+
+
+def bisect(predicate, n: int, hi: float, iters: int, increasing_true: bool):
+    """Per-sample bisection on [0, hi]. ``predicate(eps) -> bool (N,)``. For ``increasing_true``
+    (attack success) it returns the smallest ε found true (inf if not true at ``hi``); otherwise
+    (certified) the largest ε known true."""
+    lo_ = torch.zeros(n)
+    hi_ = torch.full((n,), hi)
+    if increasing_true:
+        ok = predicate(hi_)
+        result = torch.where(ok, hi_, torch.full((n,), math.inf))
+        for _ in range(iters):
+            mid = (lo_ + hi_) / 2
+            p = predicate(mid)
+            hi_ = torch.where(p, mid, hi_)
+            lo_ = torch.where(p, lo_, mid)
+        return torch.where(ok, hi_, result)
+    ok = predicate(hi_)
+    for _ in range(iters):
+        mid = (lo_ + hi_) / 2
+        p = predicate(mid)
+        lo_ = torch.where(p, mid, lo_)
+        hi_ = torch.where(p, hi_, mid)
+    return torch.where(ok, hi_, lo_)
+
+
+def critical_eps(model, x, y, eps_max: float, bound: str = "crown", iters: int = 12, attack_steps: int = 20,
+                 seed: int = 0) -> dict:
+    """Certified lower end and attack upper end of each sample's critical ε (correct samples)."""
+    ops = network_ops(model)
+    t0 = time.time()
+    with torch.no_grad():
+        certified = bisect(lambda e: margin_lower_bound(ops, x, y, e, bound) > 0, len(x), eps_max, iters, False)
+    t1 = time.time()
+    gen = torch.Generator().manual_seed(seed)
+    attack = bisect(lambda e: pgd_per_sample(model, x, y, e, attack_steps, generator=gen), len(x), eps_max, iters, True)
+    t2 = time.time()
+    return {"certified": certified, "attack": attack, "bound_seconds": t1 - t0, "attack_seconds": t2 - t1}
+
+
+COLUMNS = ("network", "image_id", "original_label", "epsilon_value", "smallest_sat_value", "total_time", "verifier")
+
+
+def verify_run(run_dir, task: int, n: int, bound: str = "crown", eps_max: Optional[float] = None, out=None,
+               data_root=None, iters: int = 12, at_eps: Optional[float] = None) -> dict:
+    """``cmat verify``: the CSV (VERONA columns), ECDF plots and a summary for one task."""
+    from pathlib import Path
+
+    import cmat
+    from tasks import get_tasks
+
+    run = cmat.load(run_dir)
+    cfg = run.config
+    if not 0 <= task < len(run.task_names):
+        raise CmatError(f"task {task} out of range: the run has tasks 0..{len(run.task_names) - 1}")
+    if bound not in ("ibp", "crown"):
+        raise CmatError(f"unknown bound {bound!r} (valid: ibp, crown)")
+    seq = get_tasks(cfg.tasks, data_root=data_root or cfg.data_root, seed=cfg.seed)
+    model = run.model(task)
+    network_ops(model)  # refuse unsupported networks before any work
+    x, y = seq[task].test.tensors(torch.arange(min(n, len(seq[task].test))))
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    ids = correct.nonzero().squeeze(1)
+    eps_at = float(at_eps if at_eps is not None else cfg.threat.eps)
+    eps_max = float(eps_max if eps_max is not None else 4 * eps_at)
+    t0 = time.time()
+    res = critical_eps(model, x[ids], y[ids], eps_max, bound, iters, seed=cfg.seed)
+    per = (time.time() - t0) / max(len(ids), 1)
+    out = Path(out or Path(run_dir) / "verify")
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"{Path(run_dir).name}/task{task}"
+    csv_path = out / f"task{task}_{bound}.csv"
+    tmp = csv_path.with_name("." + csv_path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(COLUMNS)
+        for k, i in enumerate(ids.tolist()):
+            w.writerow([name, i, int(y[i]), f"{float(res['certified'][k]):.6g}", f"{float(res['attack'][k]):.6g}",
+                        f"{per:.4f}", bound])
+    tmp.replace(csv_path)
+    cert = res["certified"]
+    summary = {"task": task, "bound": bound, "samples": int(len(x)), "correct": int(len(ids)),
+               "median_certified_eps": float(cert.median()) if len(cert) else 0.0,
+               "median_attack_eps": float(res["attack"].median()) if len(cert) else 0.0,
+               "eps": eps_at, "certified_accuracy": float((cert >= eps_at).sum()) / max(len(x), 1),
+               "attack_upper_accuracy": float((res["attack"] > eps_at).sum()) / max(len(x), 1),
+               "csv": str(csv_path)}
+    from cmat.plots import ecdf_figure, plt
+
+    fig = ecdf_figure({f"certified ({bound})": cert.tolist(), "PGD counterexample": res["attack"].tolist()}, eps_at)
+    fig.savefig(out / f"task{task}_{bound}_ecdf.png", dpi=110)
+    plt.close(fig)
+    return summary

@@ -1,0 +1,124 @@
+"""IBP and CROWN: sound (contain sampled and attacked points), CROWN never looser than IBP,
+certified ε ≤ attack ε; unsupported layers refused with one line."""
+import csv
+
+import pytest
+import torch
+from torch import nn
+
+from cmat.errors import CmatError
+from cmat.nn import MultiHeadNet
+from cmat.nn.masked import MaskedMultiHeadNet
+from cmat.verify import (critical_eps, input_box, margin_lower_bound, network_ops, pgd_per_sample,
+                         run_ops)
+
+
+def small_model(kind="plain", seed=0):
+    torch.manual_seed(seed)
+    if kind == "masked":
+        net = MaskedMultiHeadNet("smallcnn", 1, 8, width=0.25)
+        net.add_task(0, 3, [0.3], [0.3], 1.0)
+        net.prune_owned(0, 0.3)
+        net.add_task(1, 4, [0.3], [0.3], 1.0)
+        view = net.task_view(1)
+    else:
+        net = MultiHeadNet("smallcnn", 1, 8, [4], [[0.3]], [[0.3]], width=0.25,
+                           norm_layer="beta-bernoulli" if kind == "anp" else "batchnorm")
+        view = net.task_view(0)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):  # non-trivial BN statistics
+            view(torch.rand(32, 1, 8, 8))
+    return view.eval()
+
+
+def margins(model, x, y):
+    out = model(x)
+    return (out.gather(1, y[:, None]) - out).scatter(1, y[:, None], float("inf")).min(1).values
+
+
+@pytest.mark.parametrize("kind", ["plain", "masked", "anp"])
+def test_bounds_contain_sampled_and_attacked_points(kind):
+    model = small_model(kind)
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    ops = network_ops(model)
+    with torch.no_grad():
+        assert torch.allclose(run_ops(ops, x), model(x), atol=1e-5)
+    for e in (0.002, 0.02, 0.1):
+        eps = torch.full((6,), e)
+        with torch.no_grad():
+            lb_ibp = margin_lower_bound(ops, x, y, eps, "ibp")
+            lb_crown = margin_lower_bound(ops, x, y, eps, "crown")
+        assert torch.all(lb_crown >= lb_ibp - 1e-6)  # never looser
+        lo, hi = input_box(x, eps)
+        g = torch.Generator().manual_seed(2)
+        worst = torch.full((6,), float("inf"))
+        with torch.no_grad():
+            for _ in range(100):
+                worst = torch.min(worst, margins(model, lo + (hi - lo) * torch.rand(x.shape, generator=g), y))
+            corners = torch.where(torch.rand(x.shape, generator=g) < 0.5, lo, hi)
+            worst = torch.min(worst, margins(model, corners, y))
+        # a PGD point minimising the margin (CE ascent) inside the same box
+        xa = x.clone()
+        for _ in range(20):
+            xa.requires_grad_(True)
+            (gr,) = torch.autograd.grad(nn.functional.cross_entropy(model(xa), y), xa)
+            xa = torch.min(torch.max(xa.detach() + e / 4 * gr.sign(), lo), hi)
+        with torch.no_grad():
+            worst = torch.min(worst, margins(model, xa, y))
+        assert torch.all(lb_crown <= worst + 1e-5)
+        assert torch.all(lb_ibp <= worst + 1e-5)
+
+
+def test_crown_strictly_tighter_somewhere():
+    model = small_model()
+    x = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        eps = torch.full((6,), 0.01)
+        ops = network_ops(model)
+        assert torch.all(margin_lower_bound(ops, x, y, eps, "crown") > margin_lower_bound(ops, x, y, eps, "ibp") + 1e-3)
+
+
+def test_certified_eps_below_attack_eps_and_sound():
+    model = small_model()
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    res = critical_eps(model, x, y, eps_max=0.5, bound="crown", iters=10)
+    cert, atk = res["certified"], res["attack"]
+    assert torch.all(cert <= atk)
+    assert torch.all(cert > 0)
+    # no sampled or attacked point inside a certified ball changes the prediction
+    lo, hi = input_box(x, cert)
+    with torch.no_grad():
+        for _ in range(50):
+            assert torch.equal(model(lo + (hi - lo) * torch.rand_like(x)).argmax(1), y)
+    assert not pgd_per_sample(model, x, y, cert, steps=20).any()
+
+
+def test_unsupported_network_refused_with_the_layer_name():
+    torch.manual_seed(0)
+    net = MultiHeadNet("resnet18", 3, 8, [3], [[0.5] * 3], [[0.2] * 3], width=0.125)
+    with pytest.raises(CmatError, match="BasicBlock") as err:
+        network_ops(net.task_view(0))
+    assert "\n" not in str(err.value)
+
+
+def test_verify_command_writes_verona_csv(individual_run, tmp_path):
+    from click.testing import CliRunner
+
+    from cmat.cli import main
+
+    out, _ = individual_run
+    res = CliRunner().invoke(main, ["verify", str(out), "--task", "1", "--n", "12", "--iters", "6",
+                                    "--out", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "task1_crown.csv").open()))
+    assert list(rows[0]) == ["network", "image_id", "original_label", "epsilon_value", "smallest_sat_value",
+                             "total_time", "verifier"]
+    for r in rows:
+        assert float(r["epsilon_value"]) <= float(r["smallest_sat_value"])
+    assert (tmp_path / "task1_crown_ecdf.png").stat().st_size > 1000
