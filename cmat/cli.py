@@ -194,10 +194,6 @@ def tasks_show(name, as_json):
         click.echo(f"{k}: {v}")
 
 
-def _not_yet(what: str, issue: str):
-    raise CmatError(f"`cmat {what}` is not built yet (planned in {issue})")
-
-
 @main.command()
 @click.option("--tasks", default=None, help="Task sequence (default digits-5split).")
 @click.option("--methods", default="cmat,packnet,anp-vs,at-finetune,at-individual", show_default=True,
@@ -254,10 +250,33 @@ def verify(run_dir, task, n, bound, eps_max, iters, out, data_root, as_json):
         click.echo(f"{k}: {v}")
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def transfer():
-    """Robustness transfer from a robust source to a new task (not built yet)."""
-    _not_yet("transfer", "issue [6]")
+@main.command()
+@click.option("--source", "source", required=True, type=click.Path(), help="Run directory of the robust source.")
+@click.option("--source-task", default=0, show_default=True, type=int)
+@click.option("--tasks", "target", required=True, help="Target task sequence.")
+@click.option("--task", "target_task", default=0, show_default=True, type=int, help="Target task index.")
+@click.option("--strategies", default="linear,tl-1,finetune,lwf,scratch", show_default=True)
+@click.option("--objectives", default="standard,pgd", show_default=True)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False))
+@click.option("--epochs", default=None, type=int)
+@click.option("--eval-samples", default=None, type=int)
+@click.option("--attacks", default="clean,pgd10,pgd40", show_default=True)
+@click.option("--data-root", default=None)
+@click.option("--download", is_flag=True)
+@click.option("--device", default=None)
+@click.option("--set", "set_", multiple=True, help="e.g. --set method_options.lwf_lambda=0.5")
+@click.option("--no-progress", is_flag=True)
+def transfer(source, source_task, target, target_task, strategies, objectives, out, no_progress, **flags):
+    """Adapt a robust source to a target task: linear, tl-K, finetune, lwf vs scratch."""
+    from cmat.transfer import run_transfer
+
+    flags["tasks"] = target
+    report = run_transfer(source, source_task, target, target_task,
+                          [s.strip() for s in strategies.split(",") if s.strip()],
+                          [o.strip() for o in objectives.split(",") if o.strip()], out, _overrides(**flags),
+                          progress=not no_progress)
+    click.echo(report["markdown"])
+    click.echo(f"wrote {out}/transfer.json, transfer.csv, transfer.md, transfer.png")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -94,7 +94,187 @@ def bench_pgd(args) -> dict:
     return out
 
 
-BENCHMARKS = {"pgd": bench_pgd}
+def _masked_and_plain(args, size):
+    """A masked VGG/CNN with two tasks (task 2 picks half of task 1's weights through a
+    piggyback mask) and a plain MultiHeadNet holding task 2's effective weights, BN and head."""
+    from cmat.nn.masked import MaskedMultiHeadNet
+
+    torch.manual_seed(args.seed)
+    mean, std = [0.5] * 3, [0.25] * 3
+    masked = MaskedMultiHeadNet(args.arch, 3, size, width=args.width)
+    masked.add_task(0, 10, mean, std, 1.0)
+    masked.prune_owned(0, 0.5)
+    masked.add_task(1, 10, mean, std, 1.0)
+    for m in masked.masked_layers():
+        m.bits[2] = torch.rand(m.weight.shape) < 0.5
+    masked.eval()
+    plain = MultiHeadNet(args.arch, 3, size, [10], [mean], [std], width=args.width).eval()
+    mlayers = masked.masked_layers()
+    players = [m for m in plain.features.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    mbns = [m.bns["2"] for m in masked.features.modules() if hasattr(m, "bns")]
+    pbns = [m for m in plain.features.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for ml, pl in zip(mlayers, players):
+            pl.weight.copy_(ml.effective_weight(2))
+            if pl.bias is not None:
+                pl.bias.copy_(ml.bias_for(2))
+        for mb, pb in zip(mbns, pbns):
+            pb.load_state_dict(mb.state_dict())
+        plain.heads[0].load_state_dict(masked.heads["1"].state_dict())
+    return masked.task_view(1), plain.task_view(0)
+
+
+def bench_masked(args) -> dict:
+    """Masked network (cached effective weights) against a plain module with the same
+    effective weights: eval forward and PGD-K. ``masked_*_vs_plain`` = plain time / masked time
+    (goal ≥ 0.98: masking is free). The plain side runs unfolded too, so both compute the same."""
+    device = torch.device(args.device)
+    size = 32 if args.arch in ("vgg16", "resnet18") else 16
+    masked, plain = _masked_and_plain(args, size)
+    masked, plain = masked.to(device), plain.to(device)
+    x = torch.rand(args.batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    with torch.no_grad():
+        same = torch.allclose(masked(x), plain(x), atol=1e-4)
+    atk = PGD(8 / 255, 2 / 255, args.steps, fold_bn=False)
+    gen = torch.Generator()
+
+    def fwd(model):
+        with torch.no_grad():
+            model(x)
+
+    times = time_variants({"masked_fwd": lambda: fwd(masked), "plain_fwd": lambda: fwd(plain),
+                           "masked_pgd": lambda: atk(masked, x, y, generator=gen.manual_seed(0)),
+                           "plain_pgd": lambda: atk(plain, x, y, generator=gen.manual_seed(0))},
+                          args.repeats, device, args.clock)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"masked_same_logits": bool(same), **{f"masked_{k}_s": v for k, v in med.items()},
+            "masked_fwd_vs_plain": med["plain_fwd"] / med["masked_fwd"],
+            "masked_pgd_vs_plain": med["plain_pgd"] / med["masked_pgd"]}
+
+
+def bench_at_step(args) -> dict:
+    """One PGD-K adversarial-training step: a plain PyTorch loop (torchattacks-style attack,
+    loss.backward(), SGD) on an unmasked copy of the architecture against our masked CMAT step
+    (cmat's attack, piggyback mask + Adam, owned-weight decay). ``at_step_vs_plain`` = plain
+    time / ours (≥ 1.0: our machinery costs nothing)."""
+    import torch.nn.functional as F
+
+    from cmat.nn.masked import MaskedMultiHeadNet
+
+    device = torch.device(args.device)
+    size = 32 if args.arch in ("vgg16", "resnet18") else 16
+    torch.manual_seed(args.seed)
+    mean, std = [0.5] * 3, [0.25] * 3
+    masked = MaskedMultiHeadNet(args.arch, 3, size, width=args.width)
+    masked.add_task(0, 10, mean, std, 1.0)
+    masked.prune_owned(0, 0.5)
+    masked.add_task(1, 10, mean, std, 1.0)
+    for m in masked.masked_layers():
+        m.start_piggyback(2)
+    masked.to(device)
+    plain = MultiHeadNet(args.arch, 3, size, [10], [mean], [std], width=args.width).to(device)
+    x = torch.rand(args.batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    eps, alpha, steps = 8 / 255, 2 / 255, args.steps
+    view = masked.task_view(1)
+    shared = [m.weight for m in masked.masked_layers()]
+    ids = {id(p) for p in shared}
+    rest = [p for p in masked.task_parameters(1) if id(p) not in ids]
+    sgd = torch.optim.SGD([{"params": shared, "weight_decay": 0.0}, {"params": rest}], lr=0.01, momentum=0.9,
+                          nesterov=True, weight_decay=4e-5)
+    adam = torch.optim.Adam([m.piggy["2"] for m in masked.masked_layers()], lr=5e-4)
+    ours_atk = PGD(eps, alpha, steps)
+    gen = torch.Generator()
+
+    def ours():
+        xa = ours_atk(view, x, y, generator=gen.manual_seed(0))
+        view.train()
+        loss = F.cross_entropy(view(xa), y)
+        sgd.zero_grad(set_to_none=True)
+        adam.zero_grad(set_to_none=True)
+        loss.backward()
+        masked.owned_weight_decay(1, 4e-5)
+        sgd.step()
+        adam.step()
+
+    pview = plain.task_view(0)
+    popt = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=4e-5)
+
+    def reference():
+        pview.eval()
+        xa = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+        for _ in range(steps):
+            xa.requires_grad_(True)
+            g, = torch.autograd.grad(F.cross_entropy(pview(xa), y), xa)
+            xa = torch.min(torch.max(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+        pview.train()
+        loss = F.cross_entropy(pview(xa), y)
+        popt.zero_grad(set_to_none=True)
+        loss.backward()
+        popt.step()
+
+    times = time_variants({"ours": ours, "plain": reference}, args.repeats, device, args.clock)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"at_step_ours_s": med["ours"], "at_step_plain_s": med["plain"], "at_step_vs_plain": med["plain"] / med["ours"]}
+
+
+def bench_store(args) -> dict:
+    """Store bytes for T synthetic tasks on VGG16 (each task owns a share of the weights and a
+    random piggyback mask over the earlier ones) against the float32 weight bytes, with CPG's
+    layout (a float32 piggymask per task) computed beside it."""
+    import tempfile
+
+    import h5py
+
+    from cmat.nn.masked import MaskedMultiHeadNet
+    from cmat.store import write_masks, write_state
+
+    tasks = args.store_tasks
+    torch.manual_seed(args.seed)
+    net = MaskedMultiHeadNet("vgg16", 3, 32, width=args.width)
+    weights = sum(m.weight.numel() for m in net.masked_layers())
+    for t in range(tasks):
+        net.add_task(t, 5, [0.5] * 3, [0.25] * 3, 1.0)
+        if t < tasks - 1:
+            net.prune_owned(t, 1 - 1 / (tasks - t))  # leave room for the remaining tasks
+        if t > 0:
+            for m in net.masked_layers():
+                m.bits[t + 1] = torch.rand(m.weight.shape) < 0.5
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "s.h5"
+        with h5py.File(path, "w") as f:
+            g = f.create_group("n")
+            write_state(g.create_group("state"), net.state_dict())
+            write_masks(g, net)
+        size = path.stat().st_size
+    f32 = 4 * weights
+    cpg = f32 + tasks * 4 * weights + tasks * weights  # weights + float32 piggymask + uint8 owner copy per task
+    return {"store_tasks": tasks, "store_weights": weights, "store_bytes": size, "store_float32_weight_bytes": f32,
+            "store_vs_float32": size / f32, "store_cpg_layout_bytes": cpg, "store_cpg_vs_ours": cpg / size,
+            "store_bytes_per_task": size / tasks}
+
+
+def bench_bounds(args) -> dict:
+    """Bound throughput (samples/s) of IBP and CROWN on the small CNN (8×8, width 0.5)."""
+    from cmat.verify import margin_lower_bound, network_ops
+
+    torch.manual_seed(args.seed)
+    net = MultiHeadNet("smallcnn", 1, 8, [10], [[0.3]], [[0.3]], width=0.5).eval()
+    view = net.task_view(0)
+    x = torch.rand(32, 1, 8, 8)
+    with torch.no_grad():
+        y = view(x).argmax(1)
+        ops = network_ops(view)
+        eps = torch.full((32,), 0.02)
+        times = time_variants({"ibp": lambda: margin_lower_bound(ops, x, y, eps, "ibp"),
+                               "crown": lambda: margin_lower_bound(ops, x, y, eps, "crown")},
+                              args.repeats, torch.device("cpu"), args.clock)
+    return {f"bounds_{k}_samples_per_s": 32 / statistics.median(v) for k, v in times.items()}
+
+
+BENCHMARKS = {"pgd": bench_pgd, "masked": bench_masked, "at_step": bench_at_step, "store": bench_store,
+              "bounds": bench_bounds}
 
 
 def parse_args(argv=None):
@@ -110,6 +290,7 @@ def parse_args(argv=None):
     p.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
                    help="wall: elapsed time; cpu: process CPU time (use with --threads 1 on a busy machine)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--store-tasks", type=int, default=20, help="tasks in the synthetic store benchmark")
     p.add_argument("--quick", action="store_true", help="tiny smoke run: width 0.125, batch 8, 2 steps, 1 repeat")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)

@@ -54,11 +54,6 @@ def test_bad_flags_are_one_line_before_any_output(tmp_path):
     assert not (out / "results.json").exists()
 
 
-def test_unbuilt_commands_say_so():
-    for cmd in ("transfer",):
-        assert "not built yet" in one_line_error(invoke(cmd))
-
-
 def test_eval_and_inspect_a_finished_run(individual_run):
     out, res = individual_run
     ev = invoke("eval", str(out), "--attacks", "clean", "--json")

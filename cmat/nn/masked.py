@@ -24,11 +24,18 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx  # noqa: F401  (is_fx_tracing)
 import torch.nn.functional as F
 from torch import nn
 
 PIGGY_THRESHOLD = 5e-3
 PIGGY_INIT = 1e-2
+
+
+def _tracing() -> bool:
+    """True while torch.fx traces the module (no caching of symbolic values then)."""
+    check = getattr(torch.fx._symbolic_trace, "is_fx_tracing", None)
+    return bool(check and check())
 
 
 class BinarizeSTE(torch.autograd.Function):
@@ -157,7 +164,7 @@ class MaskedLayer(nn.Module):
 
     def effective_weight(self, t: int) -> torch.Tensor:
         out, inp = self.shapes[t]
-        if self.training:
+        if self.training or _tracing():
             w = self.weight[:out, :inp]
             return torch.where(self.owner[:out, :inp] == t, w, w.detach() * self.selection(t))
         key = (self.weight._version, id(self.weight), self.owner._version, self._mask_version,
