@@ -1,0 +1,109 @@
+"""The registry of task sequences and :func:`get_tasks`, the one way to build a sequence.
+
+``SEQUENCES`` maps a sequence name to a :class:`SequenceInfo` (read-only). Each entry says what
+the sequence is (dataset, tasks, classes per task, input shape, training augmentation), whether
+it works offline, and which files it expects under the data root; ``list_sequences()`` gives
+the same as JSON-serialisable dicts (``cmat tasks --json``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Optional
+
+from cmat.errors import CmatError
+from tasks import cifar, digits, mnist, toy
+from tasks.base import TaskSequence
+from tasks.build import resolve_data_root
+
+
+@dataclass(frozen=True)
+class SequenceInfo:
+    """What a sequence is; ``loader(root, download, seed, val_fraction)`` builds its tasks.
+
+    ``files`` are paths relative to the data root (IDX files may also be ``.gz``); an
+    ``offline`` sequence needs no files and ignores the data root.
+    """
+
+    name: str
+    description: str
+    dataset: str
+    num_tasks: int
+    classes_per_task: tuple
+    input_shape: tuple
+    augment: Optional[str]
+    offline: bool
+    files: tuple
+    loader: Callable = field(repr=False, compare=False)
+
+    def as_dict(self) -> dict:
+        """The entry as a JSON-serialisable dict (everything except the loader)."""
+        return {"name": self.name, "description": self.description, "dataset": self.dataset,
+                "num_tasks": self.num_tasks, "classes_per_task": list(self.classes_per_task),
+                "input_shape": list(self.input_shape), "augment": self.augment,
+                "offline": self.offline, "needs_download": not self.offline, "files": list(self.files)}
+
+
+def _entries():
+    yield SequenceInfo(
+        "cifar100-20split", "CIFAR-100 split into its 20 superclasses (alphabetical), 5 fine classes each",
+        "CIFAR-100", 20, (5,) * 20, (3, 32, 32), cifar.AUGMENT, False, cifar.CIFAR100_FILES,
+        cifar.load_cifar100_20split)
+    yield SequenceInfo(
+        "cifar100-10split", "CIFAR-100 in 10 tasks of 10 consecutive fine classes",
+        "CIFAR-100", 10, (10,) * 10, (3, 32, 32), cifar.AUGMENT, False, cifar.CIFAR100_FILES,
+        cifar.load_cifar100_10split)
+    yield SequenceInfo(
+        "cifar10-5split", "CIFAR-10 in 5 tasks of 2 classes (0-1, 2-3, ...)",
+        "CIFAR-10", 5, (2,) * 5, (3, 32, 32), cifar.AUGMENT, False, cifar.CIFAR10_FILES,
+        cifar.load_cifar10_5split)
+    yield SequenceInfo(
+        "mnist-5split", "MNIST in 5 tasks of 2 digits (0-1, 2-3, ...)",
+        "MNIST", 5, (2,) * 5, (1, 28, 28), mnist.AUGMENT, False, mnist.MNIST_FILES,
+        mnist.load_mnist_5split)
+    yield SequenceInfo(
+        "emnist-balanced", "EMNIST balanced, one task of 47 classes (transfer target), MNIST orientation",
+        "EMNIST", 1, (47,), (1, 28, 28), mnist.AUGMENT, False, mnist.EMNIST_FILES,
+        mnist.load_emnist_balanced)
+    yield SequenceInfo(
+        "digits-5split", "scikit-learn's bundled 8x8 digits (1797 images, 20% held out as test), "
+        "5 tasks of 2 digits", "sklearn-digits", 5, (2,) * 5, (1, 8, 8), digits.AUGMENT, True, (),
+        digits.load_digits_5split)
+    yield SequenceInfo(
+        "toy-2task", "deterministic synthetic images (robust patch + non-robust dense template), "
+        "2 tasks; trains in seconds", "synthetic", toy.NUM_TASKS, (toy.NUM_CLASSES,) * toy.NUM_TASKS,
+        toy.INPUT_SHAPE, toy.AUGMENT, True, (), toy.load_toy_2task)
+
+
+SEQUENCES = MappingProxyType({info.name: info for info in _entries()})
+
+
+def sequence_info(name: str) -> SequenceInfo:
+    """The registry entry of ``name``; an unknown name is a :class:`CmatError` listing the valid ones."""
+    try:
+        return SEQUENCES[name]
+    except (KeyError, TypeError):
+        raise CmatError(f"unknown task sequence {name!r}; valid names: {', '.join(SEQUENCES)}") from None
+
+
+def list_sequences() -> list:
+    """Every registered sequence as a JSON-serialisable dict, in registry order."""
+    return [info.as_dict() for info in SEQUENCES.values()]
+
+
+def get_tasks(name: str, data_root=None, download: bool = False, seed: int = 0,
+              val_fraction: float = 0.1) -> TaskSequence:
+    """Build the task sequence ``name``.
+
+    ``data_root``: the argument, else ``$CMAT_DATA``, else ``./data``; ``download=True`` fetches
+    a missing dataset through torchvision (present files are never re-fetched or checksummed).
+    ``seed`` chooses the validation split (``val_fraction`` of each class of each task's
+    training set, stratified). Missing or malformed data, an unknown name or a bad fraction
+    raise a one-line :class:`CmatError`.
+    """
+    info = sequence_info(name)
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise CmatError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    root = resolve_data_root(data_root)
+    tasks = info.loader(root, bool(download), int(seed), float(val_fraction))
+    return TaskSequence(name=name, tasks=tasks)
