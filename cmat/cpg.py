@@ -46,9 +46,6 @@ class CMAT(Method):
 
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
-        unknown = set(cfg.method_options) - set(DEFAULTS)
-        if unknown:
-            raise CmatError(f"unknown cmat option(s) {sorted(unknown)} (valid: {', '.join(DEFAULTS)})")
         self.opts = {**DEFAULTS, **cfg.method_options}
         goal = self.opts["goal"]
         if not (goal in ("individual", "none") or isinstance(goal, (int, float))):

@@ -40,13 +40,13 @@ def test_bench_table_has_every_method(bench_dir):
 
 def test_bench_reuses_finished_runs(bench_dir):
     out, _ = bench_dir
-    stamp = (out / "packnet-s0" / "results.json").stat().st_mtime_ns
-    res = CliRunner().invoke(main, ["bench", "--tasks", "toy-2task", "--methods", "packnet", "--out", str(out),
+    stamps = {m: (out / f"{m}-s0" / "results.json").stat().st_mtime_ns for m in METHODS.split(",")}
+    res = CliRunner().invoke(main, ["bench", "--tasks", "toy-2task", "--methods", METHODS, "--out", str(out),
                                     "--epochs", "2", "--eval-samples", "100", "--attacks", "clean,fgsm,pgd10,pgd40",
                                     "--set", "method_options={goal: none, prune_levels: 1, compact_epochs: 1, retrain_epochs: 1}",
                                     "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert (out / "packnet-s0" / "results.json").stat().st_mtime_ns == stamp
+    assert {m: (out / f"{m}-s0" / "results.json").stat().st_mtime_ns for m in stamps} == stamps
 
 
 def test_bench_plots(bench_dir):

@@ -39,8 +39,9 @@ def test_frozen_parameters_and_bn_buffers_unchanged_by_training(individual_run, 
         first_trained = min(int(n.split(".")[1]) for n in trained)
         assert all(int(n.split(".")[1]) >= first_trained for n in trained)
         assert any(int(n.split(".")[1]) < first_trained for n in last)
+    model.train()  # what the training loop does every epoch: frozen BN layers stay in eval mode
+    assert model.training and model.frozen_bn
     assert all(not bn.training for bn in model.frozen_bn)
-    assert model.training  # the model itself was put back in train mode by the loop
 
 
 def test_bad_strategy_is_one_line(individual_run):
@@ -55,7 +56,7 @@ def test_transfer_command_and_linear_probe_keeps_robustness(individual_run, tmp_
     out, _ = individual_run
     res = CliRunner().invoke(main, ["transfer", "--source", str(out), "--source-task", "0", "--tasks", "toy-2task",
                                     "--task", "1", "--strategies", "linear,finetune,lwf,scratch",
-                                    "--objectives", "standard", "--epochs", "4", "--eval-samples", "200",
+                                    "--objectives", "standard", "--epochs", "4",
                                     "--out", str(tmp_path), "--no-progress"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "transfer.json").read_text())
