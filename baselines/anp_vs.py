@@ -10,8 +10,8 @@ time z = E[π]·1[E[π] > 1e-3] (channels at or below 1e-3 are pruned). The trai
 
 with h the masked activations, x_adv from the run's objective attack (PGD by default; with the
 ``standard`` objective the adversarial terms drop out), N the training-set size. Options
-(``method_options``): ``kl_weight`` β (1.0), ``vs_weight`` λ (0.01), ``mask_lr_scale`` (10:
-the mask parameters' learning rate relative to the weights').
+(``method_options``): ``kl_weight`` β (1.0), ``vs_weight`` λ (0.01), ``mask_lr`` (Adam's
+learning rate for the mask parameters log a, log b; 0.01).
 """
 from __future__ import annotations
 
@@ -50,13 +50,13 @@ class BetaBernoulliMask(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        # softplus⁻¹: a ≈ 9, b ≈ 1 → E[π] ≈ 0.9 at the start
-        self.a_raw = nn.Parameter(torch.full((channels,), math.log(math.expm1(9.0))))
-        self.b_raw = nn.Parameter(torch.full((channels,), math.log(math.expm1(1.0))))
+        # a = 9, b = 1 → E[π] = 0.9 at the start; log-parameterised so Adam moves them by factors
+        self.log_a = nn.Parameter(torch.full((channels,), math.log(9.0)))
+        self.log_b = nn.Parameter(torch.zeros(channels))
         self.last = None
 
     def ab(self):
-        return F.softplus(self.a_raw) + 1e-4, F.softplus(self.b_raw) + 1e-4
+        return self.log_a.clamp(-8, 8).exp(), self.log_b.clamp(-8, 8).exp()
 
     def expected(self) -> torch.Tensor:
         return kumaraswamy_mean(*self.ab())
@@ -90,10 +90,10 @@ class ANPVS(Method):
 
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
-        opts = {"kl_weight": 1.0, "vs_weight": 0.01, "mask_lr_scale": 10.0, **cfg.method_options}
+        opts = {"kl_weight": 1.0, "vs_weight": 0.01, "mask_lr": 0.01, **cfg.method_options}
         self.kl_weight = float(opts["kl_weight"])
         self.vs_weight = float(opts["vs_weight"])
-        self.mask_lr_scale = float(opts["mask_lr_scale"])
+        self.mask_lr = float(opts["mask_lr"])
         self.nets = []
         self.decisions = {"tasks": []}
 
@@ -137,10 +137,9 @@ class ANPVS(Method):
         mask_params = [p for m in self.masks(net) for p in m.parameters()]
         ids = {id(p) for p in mask_params}
         weights = [p for p in net.parameters() if id(p) not in ids]
-        lr = self.cfg.train.lr
-        groups = [{"params": weights}, {"params": mask_params, "lr": lr * self.mask_lr_scale, "weight_decay": 0.0}]
-        trainer.fit(net.task_view(0), None, task, t, snapshot=net, param_groups=groups,
-                    loss_fn=self.loss(net, len(task.train)))
+        adam = torch.optim.Adam(mask_params, lr=self.mask_lr)
+        trainer.fit(net.task_view(0), None, task, t, snapshot=net, param_groups=[{"params": weights}],
+                    extra_optimizers=[adam], loss_fn=self.loss(net, len(task.train)))
         pruned, total = self.channel_sparsity(net)
         self.decisions["tasks"].append({"task": t, "channels_pruned": pruned, "channels": total,
                                         "channel_sparsity": pruned / max(total, 1)})

@@ -1,0 +1,308 @@
+"""Task sequences and loaders: registry, real-format parsing (on fake files), splits, errors."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import tasks
+from cmat.errors import CmatError
+try:
+    from tests import fakedata
+except ImportError:  # tests/ is not a package: pytest put it on sys.path
+    import fakedata
+
+ALL_NAMES = ["cifar100-20split", "cifar100-10split", "cifar10-5split", "mnist-5split",
+             "emnist-balanced", "digits-5split", "toy-2task"]
+FILE_BACKED = [n for n in ALL_NAMES if n not in ("digits-5split", "toy-2task")]
+
+
+@pytest.fixture(scope="module")
+def cifar100_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("c100")
+    return root, fakedata.write_cifar100(root)
+
+
+@pytest.fixture(scope="module")
+def cifar10_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("c10")
+    fakedata.write_cifar10(root)
+    return root
+
+
+def _ids(data):
+    return set(fakedata.decode_ids(data.images).tolist())
+
+
+def check_task_contract(task, shape, augment):
+    """Labels 0..C-1 (all present), float [0,1] items of the right shape, disjoint splits."""
+    c = task.num_classes
+    for split in (task.train, task.val, task.test):
+        assert split.images.dtype == torch.uint8 and split.labels.dtype == torch.int64
+        assert tuple(split.images.shape[1:]) == shape
+        assert sorted(split.labels.unique().tolist()) == list(range(c))
+    assert task.train.augment == augment and task.val.augment is None and task.test.augment is None
+    x, y = task.val[0]
+    assert x.dtype == torch.float32 and tuple(x.shape) == shape and 0.0 <= x.min() and x.max() <= 1.0
+    assert isinstance(y, int) and 0 <= y < c
+    xs, _ = task.test.tensors()
+    assert xs.dtype == torch.float32 and 0.0 <= xs.min() and xs.max() <= 1.0
+    assert len(task.mean) == len(task.std) == shape[0]
+
+
+# --- registry -------------------------------------------------------------------------------
+
+def test_list_sequences_has_all_names_and_is_json():
+    listed = tasks.list_sequences()
+    assert [d["name"] for d in listed] == ALL_NAMES
+    assert json.loads(json.dumps(listed)) == listed
+    for d in listed:
+        info = tasks.SEQUENCES[d["name"]]
+        assert d["num_tasks"] == info.num_tasks == len(d["classes_per_task"])
+        assert len(d["input_shape"]) == 3
+        assert d["offline"] == (d["name"] in ("digits-5split", "toy-2task")) == (not d["files"])
+
+
+def test_unknown_sequence_is_one_line_error_listing_names():
+    with pytest.raises(CmatError) as err:
+        tasks.get_tasks("cifar1000")
+    msg = str(err.value)
+    assert "\n" not in msg and "cifar1000" in msg
+    assert all(name in msg for name in ALL_NAMES)
+
+
+def test_registry_is_read_only():
+    with pytest.raises(TypeError):
+        tasks.SEQUENCES["x"] = None
+
+
+# --- CIFAR-100 ------------------------------------------------------------------------------
+
+def test_cifar100_20split_superclasses_alphabetical_grouped_by_data(cifar100_root):
+    root, info = cifar100_root
+    seq = tasks.get_tasks("cifar100-20split", data_root=root)
+    assert len(seq) == 20 and seq.name == "cifar100-20split"
+    assert info["coarse_names"] != sorted(info["coarse_names"])  # the fake meta is shuffled
+    assert seq.task_names == sorted(info["coarse_names"])
+    for task in seq:
+        coarse = info["coarse_names"].index(task.name)
+        fines = sorted(np.flatnonzero(info["fine_to_coarse"] == coarse).tolist())
+        assert task.classes == [info["fine_names"][f] for f in fines]
+        for split in (task.train, task.val, task.test):
+            fine_of_image = split.images[:, 0, 0, 0].numpy()   # red pixel 0 = fine label
+            coarse_of_image = split.images[:, 1, 0, 0].numpy()  # green pixel 0 = coarse label
+            assert (coarse_of_image == coarse).all()
+            assert (fine_of_image == np.array(fines)[split.labels.numpy()]).all()  # 0..4 by fine id
+        check_task_contract(task, (3, 32, 32), "crop-flip")
+
+
+def test_cifar100_20split_splits_disjoint_and_sized(cifar100_root):
+    root, _ = cifar100_root
+    seq = tasks.get_tasks("cifar100-20split", data_root=root)
+    for task in seq:  # 5 fine classes × 10 training images, × 2 test images
+        assert (len(task.train), len(task.val), len(task.test)) == (45, 5, 10)
+        assert torch.bincount(task.val.labels).tolist() == [1] * 5
+        tr, va, te = _ids(task.train), _ids(task.val), _ids(task.test)
+        assert not (tr & va) and not (tr & te) and not (va & te)
+        assert min(te) >= fakedata.TEST_ID_OFFSET > max(tr | va)
+
+
+def test_cifar100_10split_consecutive_fine_ids(cifar100_root):
+    root, info = cifar100_root
+    seq = tasks.get_tasks("cifar100-10split", data_root=root)
+    assert len(seq) == 10
+    for j, task in enumerate(seq):
+        assert task.classes == info["fine_names"][10 * j:10 * j + 10]
+        fine = task.test.images[:, 0, 0, 0].numpy()
+        assert (fine == 10 * j + task.test.labels.numpy()).all()
+
+
+def test_mean_std_are_train_split_statistics(cifar100_root):
+    root, _ = cifar100_root
+    task = tasks.get_tasks("cifar100-10split", data_root=root)[3]
+    x, _ = task.train.tensors()
+    x = x.double()
+    assert np.allclose(task.mean, x.mean(dim=(0, 2, 3)).numpy(), atol=1e-9)
+    assert np.allclose(task.std, x.std(dim=(0, 2, 3), unbiased=False).numpy(), atol=1e-9)
+
+
+# --- CIFAR-10 -------------------------------------------------------------------------------
+
+def test_cifar10_5split_pairs_sizes_and_stratified_val(cifar10_root):
+    seq = tasks.get_tasks("cifar10-5split", data_root=cifar10_root)
+    assert seq.task_names == ["airplane-automobile", "bird-cat", "deer-dog", "frog-horse", "ship-truck"]
+    for j, task in enumerate(seq):
+        assert task.classes == fakedata.CIFAR10_NAMES[2 * j:2 * j + 2]
+        assert (len(task.train), len(task.val), len(task.test)) == (90, 10, 20)
+        assert torch.bincount(task.val.labels).tolist() == [5, 5]  # 10% of each class
+        assert (task.train.images[:, 0, 0, 0] == 2 * j + task.train.labels).all()
+        tr, va, te = _ids(task.train), _ids(task.val), _ids(task.test)
+        assert len(tr | va) == 100 and not (tr & va) and not ((tr | va) & te)
+        check_task_contract(task, (3, 32, 32), "crop-flip")
+
+
+def test_val_split_follows_seed(cifar10_root):
+    def val_ids(seed):
+        return [sorted(_ids(t.val)) for t in tasks.get_tasks("cifar10-5split", data_root=cifar10_root, seed=seed)]
+
+    assert val_ids(0) == val_ids(0)
+    assert val_ids(0) != val_ids(1)
+    first = val_ids(0)
+    assert first[0] != first[1]  # tasks draw independent splits
+
+
+def test_val_fraction_argument(cifar10_root):
+    task = tasks.get_tasks("cifar10-5split", data_root=cifar10_root, val_fraction=0.2)[0]
+    assert (len(task.train), len(task.val)) == (80, 20)
+    with pytest.raises(CmatError):
+        tasks.get_tasks("cifar10-5split", data_root=cifar10_root, val_fraction=1.5)
+
+
+def test_data_root_from_environment(cifar10_root, monkeypatch):
+    monkeypatch.setenv("CMAT_DATA", str(cifar10_root))
+    assert len(tasks.get_tasks("cifar10-5split")) == 5
+
+
+def test_present_files_are_never_downloaded(cifar10_root, monkeypatch):
+    import torchvision.datasets
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("download attempted although the files exist")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", refuse)
+    assert len(tasks.get_tasks("cifar10-5split", data_root=cifar10_root, download=True)) == 5
+
+
+def test_download_flag_fetches_through_torchvision(tmp_path, monkeypatch):
+    import torchvision.datasets
+    calls = []
+
+    def fake_cifar10(root, train=True, download=False, **kwargs):
+        calls.append((root, download))
+        fakedata.write_cifar10(root)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_cifar10)
+    seq = tasks.get_tasks("cifar10-5split", data_root=tmp_path / "new", download=True)
+    assert len(seq) == 5 and calls == [(str(tmp_path / "new"), True)]
+
+
+def test_failed_download_is_one_line_error(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading cifar-10-python.tar.gz:\nTried https://...")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(CmatError) as err:
+        tasks.get_tasks("cifar10-5split", data_root=tmp_path, download=True)
+    assert "\n" not in str(err.value) and "CIFAR-10" in str(err.value)
+
+
+# --- MNIST / EMNIST -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_5split_reads_idx_plain_and_gz(tmp_path, gz):
+    fakedata.write_mnist(tmp_path, gz=gz)
+    seq = tasks.get_tasks("mnist-5split", data_root=tmp_path)
+    assert seq.task_names == [f"digits-{2 * j}-{2 * j + 1}" for j in range(5)]
+    for j, task in enumerate(seq):
+        assert task.classes == [str(2 * j), str(2 * j + 1)]
+        assert (len(task.train), len(task.val), len(task.test)) == (36, 4, 10)
+        assert (task.train.images[:, 0, 0, 0] == 2 * j + task.train.labels).all()
+        check_task_contract(task, (1, 28, 28), None)
+
+
+def test_emnist_balanced_is_transposed_to_mnist_orientation(tmp_path):
+    fakedata.write_emnist(tmp_path)
+    seq = tasks.get_tasks("emnist-balanced", data_root=tmp_path)
+    assert len(seq) == 1
+    task = seq[0]
+    assert task.num_classes == 47 and task.classes[:11] == [str(d) for d in range(10)] + ["A"]
+    assert task.classes[-11:] == list("abdefghnqrt")
+    check_task_contract(task, (1, 28, 28), None)
+    img = task.test.images[:, 0]
+    row = fakedata.EMNIST_BAR_ROW
+    assert (img[:, 3:, row] == 255).all()       # the stored bright row is now a column
+    assert not (img[:, row, 3:] == 255).all()
+    assert (img[:, 0, 0] == task.test.labels).all()
+    stored = img.transpose(1, 2).unsqueeze(1)  # back to the file's orientation for the ids
+    assert min(fakedata.decode_ids(stored)) >= fakedata.TEST_ID_OFFSET
+    assert (len(task.train) + len(task.val), len(task.test)) == (47 * 4, 47)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", FILE_BACKED)
+def test_missing_dataset_is_one_line_error_naming_path_and_flag(tmp_path, name):
+    with pytest.raises(CmatError) as err:
+        tasks.get_tasks(name, data_root=tmp_path)
+    msg = str(err.value)
+    expected = tmp_path / tasks.SEQUENCES[name].files[0]
+    assert "\n" not in msg and str(expected) in msg
+    assert "--download" in msg and "--data-root" in msg
+
+
+def test_partly_missing_dataset_names_the_missing_file(tmp_path):
+    fakedata.write_mnist(tmp_path)
+    (tmp_path / "MNIST/raw/t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(CmatError, match="t10k-labels-idx1-ubyte"):
+        tasks.get_tasks("mnist-5split", data_root=tmp_path)
+
+
+def test_malformed_files_are_one_line_errors_naming_the_file(tmp_path):
+    fakedata.write_mnist(tmp_path)
+    path = tmp_path / "MNIST/raw/train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-7])  # truncated
+    with pytest.raises(CmatError) as err:
+        tasks.get_tasks("mnist-5split", data_root=tmp_path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+    fakedata.write_cifar10(tmp_path)
+    meta = tmp_path / "cifar-10-batches-py/batches.meta"
+    meta.write_bytes(b"not a pickle\n")
+    with pytest.raises(CmatError) as err:
+        tasks.get_tasks("cifar10-5split", data_root=tmp_path)
+    assert str(meta) in str(err.value) and "\n" not in str(err.value)
+
+    batch = tmp_path / "cifar-10-batches-py/data_batch_3"
+    fakedata.write_cifar10(tmp_path)
+    with open(batch, "wb") as f:
+        pickle.dump({"data": np.zeros((4, 100), np.uint8), "labels": [0, 1, 2, 3]}, f)
+    with pytest.raises(CmatError, match="data_batch_3"):
+        tasks.get_tasks("cifar10-5split", data_root=tmp_path)
+
+
+# --- offline sequences ----------------------------------------------------------------------
+
+def test_digits_offline_all_1797_images(tmp_path):
+    seq = tasks.get_tasks("digits-5split", data_root=tmp_path / "nothing-here")
+    assert len(seq) == 5
+    assert sum(len(t.train) + len(t.val) + len(t.test) for t in seq) == 1797
+    for j, task in enumerate(seq):
+        assert task.classes == [str(2 * j), str(2 * j + 1)]
+        check_task_contract(task, (1, 8, 8), None)
+        n_test = len(task.test)
+        assert 0.18 < n_test / (n_test + len(task.train) + len(task.val)) < 0.22
+    assert max(int(t.train.images.max()) for t in seq) == 255
+    other = tasks.get_tasks("digits-5split", seed=1)
+    assert all(torch.equal(a.test.images, b.test.images) for a, b in zip(seq, other))  # fixed test set
+    assert not all(torch.equal(a.val.images, b.val.images) for a, b in zip(seq, other))
+
+
+def test_toy_is_deterministic_and_offline(tmp_path):
+    a = tasks.get_tasks("toy-2task")
+    b = tasks.get_tasks("toy-2task", data_root=tmp_path / "nothing-here")
+    assert len(a) == 2 and a.task_names != [] and a.task_names == b.task_names
+    for ta, tb in zip(a, b):
+        for split in ("train", "val", "test"):
+            assert torch.equal(getattr(ta, split).images, getattr(tb, split).images)
+            assert torch.equal(getattr(ta, split).labels, getattr(tb, split).labels)
+        assert ta.mean == tb.mean and ta.std == tb.std
+        check_task_contract(ta, tasks.SEQUENCES["toy-2task"].input_shape, tasks.SEQUENCES["toy-2task"].augment)
+    assert not torch.equal(a[0].test.images, a[1].test.images)
+    c = tasks.get_tasks("toy-2task", seed=1)
+    assert torch.equal(a[0].test.images, c[0].test.images)  # the data is fixed ...
+    assert not torch.equal(a[0].val.images, c[0].val.images)  # ... the seed picks the val split
