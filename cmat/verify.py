@@ -303,8 +303,12 @@ def _intersect(a, b):
     return torch.max(a[0], b[0]), torch.min(a[1], b[1])
 
 
-def crown(ops: list, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
-    """Lower bounds of ``spec @ f(x)`` (spec: N×K×classes) over the box [lo, hi], CROWN ∩ IBP."""
+def crown(ops: list, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor, max_neurons: int = 512) -> torch.Tensor:
+    """Lower bounds of ``spec @ f(x)`` (spec: N×K×classes) over the box [lo, hi], CROWN ∩ IBP.
+
+    Pre-activation bounds of a ReLU layer are tightened by CROWN for its unstable neurons
+    when there are at most ``max_neurons`` of them (cost grows with that count); a wider
+    layer keeps its IBP bounds, which is sound, only looser."""
     bounds: list = []
     out = ibp(ops, lo, hi, bounds)
     bounds.append(out)  # bounds[i]: input of ops[i]; bounds[-1]: the output
@@ -318,7 +322,7 @@ def crown(ops: list, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor) -> 
             continue
         l0, u0 = bounds[i][0].flatten(1), bounds[i][1].flatten(1)
         idx = ((l0 < 0) & (u0 > 0)).any(0).nonzero().squeeze(1)  # only unstable neurons need CROWN
-        if idx.numel() == 0:
+        if idx.numel() == 0 or idx.numel() > max_neurons:
             continue
         dim = l0.shape[1]
         rows = torch.zeros(idx.numel(), dim, dtype=lo.dtype, device=lo.device)

@@ -113,7 +113,7 @@ def test_verify_command_writes_verona_csv(individual_run, tmp_path):
     from cmat.cli import main
 
     out, _ = individual_run
-    res = CliRunner().invoke(main, ["verify", str(out), "--task", "1", "--n", "12", "--iters", "6",
+    res = CliRunner().invoke(main, ["verify", str(out), "--task", "1", "--n", "6", "--iters", "5",
                                     "--out", str(tmp_path), "--json"])
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader((tmp_path / "task1_crown.csv").open()))
