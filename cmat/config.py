@@ -76,7 +76,7 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     tasks: str = "digits-5split"
-    method: str = "at-individual"
+    method: str = "cmat"
     seed: int = 0
     device: str = "auto"
     deterministic: bool = False
