@@ -8,14 +8,19 @@ from cmat.errors import CmatError
 
 
 def summary_table(results: dict) -> str:
-    """Per task (after the last task) accuracy under each attack, then ACC, BWT, forgetting."""
+    """Per task (after the last task) accuracy under each attack plus the method's per-task
+    decisions (sparsity, width) where it has them; then average, BWT, forgetting and cost."""
     names = list(results["acc"])
     last = {n: results["acc"][n][-1] for n in names}
+    records = {r["task"]: r for r in results.get("decisions", {}).get("tasks", [])}
+    extra = [k for k in ("sparsity", "channel_sparsity", "width") if any(k in r for r in records.values())]
     width = max(12, max(len(t) for t in results["task_names"]) + 2)
     lines = [f"{results['method']} / {results['objective']} on {results['tasks']}",
-             f"{'task':<{width}}" + "".join(f"{n:>9}" for n in names)]
+             f"{'task':<{width}}" + "".join(f"{n:>9}" for n in names) + "".join(f"{k:>17}" for k in extra)]
     for j, tname in enumerate(results["task_names"]):
-        lines.append(f"{tname:<{width}}" + "".join(f"{last[n][j]:>9.4f}" for n in names))
+        rec = records.get(j, {})
+        cells = "".join(f"{rec[k]:>17.3f}" if k in rec else f"{'':>17}" for k in extra)
+        lines.append(f"{tname:<{width}}" + "".join(f"{last[n][j]:>9.4f}" for n in names) + cells)
     for key, label in (("acc", "average"), ("bwt", "BWT"), ("forgetting", "forgetting")):
         lines.append(f"{label:<{width}}" + "".join(f"{results['summary'][n][key]:>9.4f}" for n in names))
     cost = results["cost"]
