@@ -132,7 +132,8 @@ class Attack:
                 return self._run(model, grad_model, x, y, generator).detach()
 
     def params(self) -> dict:
-        raise NotImplementedError
+        """The attack's settings (``attack``, ``eps``, ``alpha``, ``steps``, ...); subclasses extend."""
+        return {"attack": type(self).__name__}
 
     def __repr__(self) -> str:
         p = self.params()

@@ -9,6 +9,7 @@ what to save: the list of networks and, per task, ``(network index, head index)`
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ def _import_builtin() -> None:
         importlib.import_module(module)
 
 
-class Method:
+class Method(ABC):
     """Base class. Subclasses set ``name`` and override the hooks they need."""
 
     name = "base"
@@ -63,8 +64,9 @@ class Method:
     def before_task(self, t: int, task) -> None:
         pass
 
+    @abstractmethod
     def train_task(self, t: int, task, trainer) -> None:
-        raise NotImplementedError
+        """Train task t (call ``trainer.fit`` with the parameters and hooks it needs)."""
 
     def after_task(self, t: int, task) -> None:
         pass
@@ -79,8 +81,10 @@ class Method:
         returned them, and the decisions so far)."""
         raise CmatError(f"method {self.name} cannot resume from a checkpoint")
 
+    @abstractmethod
     def networks(self) -> list:
-        raise NotImplementedError
+        """The networks the store saves, in a fixed order."""
 
+    @abstractmethod
     def task_slots(self) -> list:
-        raise NotImplementedError
+        """Per trained task: ``(index into networks(), head index)``."""

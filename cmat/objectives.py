@@ -22,6 +22,7 @@ Training attacks never update BN running statistics: they are generated in eval 
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,7 @@ class BatchStatsView(nn.Module):
             return self.model(x)
 
 
-class Objective:
+class Objective(ABC):
     name = "base"
     adversarial = True
     replays = 1
@@ -77,8 +78,9 @@ class Objective:
     def attack_view(self, model: nn.Module) -> nn.Module:
         return BatchStatsView(model) if self.cfg.bn == "batch" else model
 
+    @abstractmethod
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
-        raise NotImplementedError
+        """``(loss, logits)`` for one minibatch; ``model`` is in train mode."""
 
     def after_backward(self) -> None:
         """Called after ``loss.backward()`` and before the optimiser step."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Optional
 
@@ -39,17 +40,20 @@ from cmat.errors import CmatError
 # ----------------------------------------------------------------------------- operations
 
 
-class Affine:
+class Affine(ABC):
     """An affine map ``x ↦ A x + b``; ``linear`` applies A, ``abs_linear`` applies |A|."""
 
+    @abstractmethod
     def forward(self, x):
-        raise NotImplementedError
+        """A x + b."""
 
+    @abstractmethod
     def linear(self, x):
-        raise NotImplementedError
+        """A x."""
 
+    @abstractmethod
     def abs_linear(self, r):
-        raise NotImplementedError
+        """|A| r (for interval radii)."""
 
     def vjp(self, lam: torch.Tensor, in_shape: tuple) -> torch.Tensor:
         """``Λ A`` for Λ of shape (N, K, *out_shape): the rows pulled back to the input."""
