@@ -79,6 +79,7 @@ class RunConfig:
     method: str = "cmat"
     seed: int = 0
     device: str = "auto"
+    threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default (all cores)
     deterministic: bool = False
     data_root: Optional[str] = None
     download: bool = False
@@ -229,6 +230,8 @@ def validate(cfg: RunConfig) -> None:
         raise CmatError(f"objective.bn must be eval or batch, got {cfg.objective.bn!r}")
     if cfg.eval.samples is not None and cfg.eval.samples < 1:
         raise CmatError(f"eval.samples must be ≥ 1, got {cfg.eval.samples}")
+    if cfg.threads < 0:
+        raise CmatError(f"threads must be ≥ 0, got {cfg.threads}")
     if cfg.model.width <= 0:
         raise CmatError(f"model.width must be > 0, got {cfg.model.width}")
 

@@ -204,6 +204,8 @@ class Run:
             state = read_checkpoint(checkpoint, cfg)
         self.out.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.seed, cfg.deterministic)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         atomic_write_text(self.out / "config.yaml", config_mod.to_yaml(cfg))
         logger = RunLogger(self.out)
         try:

@@ -34,7 +34,8 @@ PIGGY_INIT = 1e-2
 
 def _tracing() -> bool:
     """True while torch.fx traces the module (no caching of symbolic values then)."""
-    check = getattr(torch.fx._symbolic_trace, "is_fx_tracing", None)
+    mod = torch.fx._symbolic_trace
+    check = getattr(mod, "is_fx_tracing_symbolic_tracing", None) or getattr(mod, "is_fx_tracing", None)
     return bool(check and check())
 
 
