@@ -35,7 +35,7 @@ PIGGY_INIT = 1e-2
 def _tracing() -> bool:
     """True while torch.fx traces the module (no caching of symbolic values then)."""
     mod = torch.fx._symbolic_trace
-    check = getattr(mod, "is_fx_tracing_symbolic_tracing", None) or getattr(mod, "is_fx_tracing", None)
+    check = getattr(mod, "is_fx_symbolic_tracing", None) or getattr(mod, "is_fx_tracing", None)
     return bool(check and check())
 
 
