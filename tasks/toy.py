@@ -40,12 +40,13 @@ NUM_CLASSES = 4
 INPUT_SHAPE = (3, 16, 16)
 AUGMENT = None  # a crop would move the class-specific patch cells
 TRAIN_PER_CLASS = 300  # before the validation split
-TEST_PER_CLASS = 200
+TEST_PER_CLASS = 100
 BACKGROUND = 0.5
 NOISE = 0.08
 TEMPLATE_AMPLITUDE = 0.06
 PATCH_AMPLITUDE = 0.4
 PATCH_SIZE = 4
+TEMPLATE_TILE = 4
 CONFLICT = 0.05
 SEED = 20250611  # the data's fixed seed
 
@@ -54,7 +55,9 @@ def _structure() -> tuple:
     """Templates ``(task, class, C, H, W)`` in {-1, +1}, patch cells ``(task, class) -> (row, col)``
     (disjoint across tasks) and each task's patch sign (+1 bright, -1 dark)."""
     rng = np.random.default_rng([SEED, 0])
-    templates = rng.choice(np.array([-1.0, 1.0]), size=(NUM_TASKS, NUM_CLASSES) + INPUT_SHAPE)
+    c, h, w = INPUT_SHAPE
+    tiles = rng.choice(np.array([-1.0, 1.0]), size=(NUM_TASKS, NUM_CLASSES, c, TEMPLATE_TILE, TEMPLATE_TILE))
+    templates = np.tile(tiles, (1, 1, 1, h // TEMPLATE_TILE, w // TEMPLATE_TILE))
     side = INPUT_SHAPE[1] // PATCH_SIZE
     cells = rng.permutation(side * side)[:NUM_TASKS * NUM_CLASSES].reshape(NUM_TASKS, NUM_CLASSES)
     corners = np.stack([cells // side, cells % side], axis=-1) * PATCH_SIZE

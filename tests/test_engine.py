@@ -79,7 +79,7 @@ def test_store_round_trip_reproduces_results(individual_run):
 
 @pytest.mark.parametrize("objective", ["trades", "fast", "free"])
 def test_other_objectives_train(tmp_path, objective):
-    res = run_quick(tmp_path, method="at-individual", objective=objective, epochs=4,
+    res = run_quick(tmp_path, method="at-individual", objective=objective, epochs=2,
                     eval={"attacks": ["clean", "pgd10"]})
     chance = 1.0 / 2
     assert res["summary"]["clean"]["acc"] > chance + 0.2
