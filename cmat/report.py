@@ -117,19 +117,21 @@ def plot_run(run_dir, samples: int = 200, data_root=None) -> list:
     label = {m: (m or r.get("method", "run")) for m, r in results.items()}
     out = p / "plots"
     out.mkdir(exist_ok=True)
-    figures = {}
+    curves = {label[m]: sweeps(d, samples, data_root) for m, d in run_dirs.items()}
+    (out / "sweeps.json").write_text(json.dumps(curves, indent=1))
+    makers = {}
     for m, res in results.items():
         for name, mat in res["acc"].items():
-            figures[f"matrix_{label[m]}_{name}"] = accuracy_matrix_figure(mat, f"{label[m]} {name}")
-    figures["tasks_bars"] = task_bars_figure({label[m]: r for m, r in results.items()})
-    curves = {label[m]: sweeps(d, samples, data_root) for m, d in run_dirs.items()}
-    figures["acc_vs_eps"] = curves_figure({m: c["eps"] for m, c in curves.items()}, "eps", "PGD-10 accuracy over ε")
-    figures["acc_vs_steps"] = curves_figure({m: c["steps"] for m, c in curves.items()}, "steps",
-                                            "PGD accuracy over steps at the preset ε")
-    (out / "sweeps.json").write_text(json.dumps(curves, indent=1))
+            makers[f"matrix_{label[m]}_{name}"] = (lambda mat=mat, t=f"{label[m]} {name}": accuracy_matrix_figure(mat, t))
+    makers["tasks_bars"] = lambda: task_bars_figure({label[m]: r for m, r in results.items()})
+    makers["acc_vs_eps"] = lambda: curves_figure({m: c["eps"] for m, c in curves.items()}, "eps",
+                                                 "PGD-10 accuracy over ε")
+    makers["acc_vs_steps"] = lambda: curves_figure({m: c["steps"] for m, c in curves.items()}, "steps",
+                                                   "PGD accuracy over steps at the preset ε")
     logger = RunLogger(p)
     paths = []
-    for name, fig in figures.items():
+    for name, make in makers.items():  # one figure open at a time
+        fig = make()
         path = out / f"{name}.png"
         fig.savefig(path, dpi=110)
         logger.figure(f"plots/{name}", fig, 0)
