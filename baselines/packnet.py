@@ -29,11 +29,8 @@ class PackNet(Method):
 
     def _fit(self, t, task, trainer, epochs, tag):
         wd = self.cfg.train.weight_decay
-        shared = [m.weight for m in self.net.masked_layers()]
-        ids = {id(p) for p in shared}
-        rest = [p for p in self.net.task_parameters(t) if id(p) not in ids]
-        groups = [{"params": shared, "weight_decay": 0.0}, {"params": rest, "weight_decay": wd}]
-        trainer.fit(self.net.task_view(t), None, task, t, snapshot=self.net, epochs=epochs, param_groups=groups,
+        trainer.fit(self.net.task_view(t), None, task, t, snapshot=self.net, epochs=epochs,
+                    param_groups=self.net.param_groups(t, wd),
                     after_backward=lambda: self.net.owned_weight_decay(t, wd), tag=tag)
 
     def train_task(self, t, task, trainer):

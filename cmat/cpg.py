@@ -109,10 +109,7 @@ class CMAT(Method):
     # ----- pieces --------------------------------------------------------------------------
     def _fit(self, t, task, trainer, epochs, tag):
         wd = self.cfg.train.weight_decay
-        shared = [m.weight for m in self.net.masked_layers()]
-        ids = {id(p) for p in shared}
-        rest = [p for p in self.net.task_parameters(t) if id(p) not in ids]
-        groups = [{"params": shared, "weight_decay": 0.0}, {"params": rest, "weight_decay": wd}]
+        groups = self.net.param_groups(t, wd)
         masks = [m.piggy[str(t + 1)] for m in self.net.masked_layers() if str(t + 1) in m.piggy]
         extra = [torch.optim.Adam(masks, lr=float(self.opts["mask_lr"]))] if masks else []
         trainer.fit(self.net.task_view(t), None, task, t, snapshot=self.net, epochs=epochs, param_groups=groups,

@@ -178,11 +178,7 @@ def bench_at_step(args) -> dict:
     y = torch.randint(0, 10, (args.batch,), device=device)
     eps, alpha, steps = 8 / 255, 2 / 255, args.steps
     view = masked.task_view(1)
-    shared = [m.weight for m in masked.masked_layers()]
-    ids = {id(p) for p in shared}
-    rest = [p for p in masked.task_parameters(1) if id(p) not in ids]
-    sgd = torch.optim.SGD([{"params": shared, "weight_decay": 0.0}, {"params": rest}], lr=0.01, momentum=0.9,
-                          nesterov=True, weight_decay=4e-5)
+    sgd = torch.optim.SGD(masked.param_groups(1, 4e-5), lr=0.01, momentum=0.9, nesterov=True)
     adam = torch.optim.Adam([m.piggy["2"] for m in masked.masked_layers()], lr=5e-4)
     ours_atk = PGD(eps, alpha, steps)
     gen = torch.Generator()

@@ -340,42 +340,45 @@ class MaskedMultiHeadNet(nn.Module):
             if m.weight.grad is not None:
                 m.weight.grad.add_(torch.where(m.owner == t + 1, m.weight.detach(), 0.0), alpha=weight_decay)
 
+    @staticmethod
     @torch.no_grad()
+    def _release_smallest(m: MaskedLayer, tid: int, k: int) -> None:
+        """Release the ``k`` smallest-magnitude weights owned by ``tid``: owner → 0, weight → 0."""
+        if k <= 0:
+            return
+        own_idx = (m.owner == tid).flatten().nonzero().squeeze(1)
+        mags = m.weight.detach().abs().flatten()[own_idx]
+        drop = own_idx[torch.topk(mags, k, largest=False).indices]
+        m.owner.view(-1)[drop] = 0
+        m.weight.view(-1)[drop] = 0.0
+        m._mask_version += 1
+
     def prune_to(self, t: int, sparsity: float, initial: list) -> None:
         """Release task t's smallest weights until, in every layer, ``sparsity`` of the
         ``initial[i]`` weights it owned before compaction are released (cumulative)."""
         for m, n0 in zip(self.masked_layers(), initial):
-            own = m.owner == t + 1
-            k = int(round(sparsity * n0)) - (n0 - int(own.sum()))
-            if k <= 0:
-                continue
-            own_idx = own.flatten().nonzero().squeeze(1)
-            mags = m.weight.detach().abs().flatten()[own_idx]
-            drop = own_idx[torch.topk(mags, k, largest=False).indices]
-            m.owner.view(-1)[drop] = 0
-            m.weight.view(-1)[drop] = 0.0
-            m._mask_version += 1
+            owned = int((m.owner == t + 1).sum())
+            self._release_smallest(m, t + 1, int(round(sparsity * n0)) - (n0 - owned))
 
-    @torch.no_grad()
     def prune_owned(self, t: int, fraction: float) -> dict:
-        """Release the smallest-magnitude ``fraction`` of task t's weights in every layer:
-        owner → 0 and weight → 0 (so later tasks find them free). Returns per-layer counts."""
+        """Release the smallest-magnitude ``fraction`` of task t's weights in every layer (so
+        later tasks find them free). Returns per-layer ``(released, owned before)``."""
         counts = {}
         for i, m in enumerate(self.masked_layers()):
-            own = m.owner == t + 1
-            n = int(own.sum())
+            n = int((m.owner == t + 1).sum())
             k = int(round(fraction * n))
-            if k == 0:
-                counts[i] = (0, n)
-                continue
-            own_idx = own.flatten().nonzero().squeeze(1)
-            mags = m.weight.detach().abs().flatten()[own_idx]
-            drop = own_idx[torch.topk(mags, k, largest=False).indices]
-            m.owner.view(-1)[drop] = 0
-            m.weight.view(-1)[drop] = 0.0
-            m._mask_version += 1
+            self._release_smallest(m, t + 1, k)
             counts[i] = (k, n)
         return counts
+
+    def param_groups(self, t: int, weight_decay: float) -> list:
+        """SGD groups for training task t: the shared weights without optimiser weight decay
+        (apply :meth:`owned_weight_decay` after backward instead) and t's own biases, BN and
+        head with it."""
+        shared = [m.weight for m in self.masked_layers()]
+        ids = {id(p) for p in shared}
+        rest = [p for p in self.task_parameters(t) if id(p) not in ids]
+        return [{"params": shared, "weight_decay": 0.0}, {"params": rest, "weight_decay": weight_decay}]
 
     def ownership(self) -> list:
         """Per masked layer: ``{owner id: count}`` over the physical weight tensor."""
