@@ -46,7 +46,6 @@ NOISE = 0.08
 TEMPLATE_AMPLITUDE = 0.06
 PATCH_AMPLITUDE = 0.4
 PATCH_SIZE = 4
-TEMPLATE_TILE = 4
 CONFLICT = 0.05
 SEED = 20250611  # the data's fixed seed
 
@@ -55,9 +54,7 @@ def _structure() -> tuple:
     """Templates ``(task, class, C, H, W)`` in {-1, +1}, patch cells ``(task, class) -> (row, col)``
     (disjoint across tasks) and each task's patch sign (+1 bright, -1 dark)."""
     rng = np.random.default_rng([SEED, 0])
-    c, h, w = INPUT_SHAPE
-    tiles = rng.choice(np.array([-1.0, 1.0]), size=(NUM_TASKS, NUM_CLASSES, c, TEMPLATE_TILE, TEMPLATE_TILE))
-    templates = np.tile(tiles, (1, 1, 1, h // TEMPLATE_TILE, w // TEMPLATE_TILE))
+    templates = rng.choice(np.array([-1.0, 1.0]), size=(NUM_TASKS, NUM_CLASSES) + INPUT_SHAPE)
     side = INPUT_SHAPE[1] // PATCH_SIZE
     cells = rng.permutation(side * side)[:NUM_TASKS * NUM_CLASSES].reshape(NUM_TASKS, NUM_CLASSES)
     corners = np.stack([cells // side, cells % side], axis=-1) * PATCH_SIZE
@@ -85,10 +82,9 @@ def generate(task: int, split: str) -> tuple:
     wrong = rng.random(n) < CONFLICT
     patch_class = np.where(wrong, (y + rng.integers(1, NUM_CLASSES, n)) % NUM_CLASSES, y)
     _add_patches(x, corners[task, patch_class], signs[task] * PATCH_AMPLITUDE)
-    for other in range(NUM_TASKS):
-        if other != task:
-            x += TEMPLATE_AMPLITUDE * templates[other, rng.integers(0, NUM_CLASSES, n)]
-            _add_patches(x, corners[other, rng.integers(0, NUM_CLASSES, n)], signs[other] * PATCH_AMPLITUDE)
+    for other in range(task):  # distractors: the features of every earlier task, label-free
+        x += TEMPLATE_AMPLITUDE * templates[other, rng.integers(0, NUM_CLASSES, n)]
+        _add_patches(x, corners[other, rng.integers(0, NUM_CLASSES, n)], signs[other] * PATCH_AMPLITUDE)
     images = np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
     return images, y
 
