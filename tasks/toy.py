@@ -25,9 +25,11 @@ PGD adversarial training cannot use the template and learns the patch -- about 9
 PGD accuracy (the 5% of conflicting images cap both). See the measured numbers below.
 
 Measured (``cmat.nn.MultiHeadNet("smallcnn")``, width 1, Adam 1e-3, batch 128, 5 epochs on
-task 0's 1080 training images, 2 CPU threads; test = 800 images; PGD ε = 8/255, α = 2/255,
-10 steps, random start, eval mode; AT = PGD-7 training):
-MEASUREMENTS
+task 0's 1080 training images; test = 800 images then; PGD ε = 8/255, α = 2/255, 10 steps,
+random start, eval mode; AT = PGD-7 training): standard training clean 0.92, PGD-10 0.006;
+AT clean 0.94, PGD-10 0.94, PGD-40 0.94; AT fine-tuned on task 1 afterwards: task 0 clean falls
+to 0.25 (forgetting). With cmat's toy preset (SGD, width 0.5, PGD-5 training, 4 epochs) the
+at-finetune baseline goes from 0.94 to 0.58 clean on task 0 after task 1.
 """
 from __future__ import annotations
 
