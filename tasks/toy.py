@@ -84,9 +84,10 @@ def generate(task: int, split: str) -> tuple:
     wrong = rng.random(n) < CONFLICT
     patch_class = np.where(wrong, (y + rng.integers(1, NUM_CLASSES, n)) % NUM_CLASSES, y)
     _add_patches(x, corners[task, patch_class], signs[task] * PATCH_AMPLITUDE)
-    for other in range(task):  # distractors: the features of every earlier task, label-free
-        x += TEMPLATE_AMPLITUDE * templates[other, rng.integers(0, NUM_CLASSES, n)]
-        _add_patches(x, corners[other, rng.integers(0, NUM_CLASSES, n)], signs[other] * PATCH_AMPLITUDE)
+    for other in range(NUM_TASKS):  # distractors: the other tasks' features, label-free
+        if other != task:
+            x += TEMPLATE_AMPLITUDE * templates[other, rng.integers(0, NUM_CLASSES, n)]
+            _add_patches(x, corners[other, rng.integers(0, NUM_CLASSES, n)], signs[other] * PATCH_AMPLITUDE)
     images = np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
     return images, y
 
