@@ -40,7 +40,7 @@ def one_line(text) -> str:
 def missing_data_error(dataset: str, path: Path) -> CmatError:
     """The error for a dataset absent under the data root (names the path and the flags)."""
     return CmatError(one_line(
-        f"{dataset} not found: expected {path}; pass --download to fetch it, or --data-root DIR "
+        f"{dataset} not found: expected {os.path.abspath(path)}; pass --download to fetch it, or --data-root DIR "
         f"(or ${DATA_ENV}) to point at a directory that holds it"))
 
 

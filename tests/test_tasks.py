@@ -275,6 +275,19 @@ def test_malformed_files_are_one_line_errors_naming_the_file(tmp_path):
         tasks.get_tasks("cifar10-5split", data_root=tmp_path)
 
 
+def test_registry_matches_built_sequences(tmp_path, cifar100_root, cifar10_root):
+    fakedata.write_mnist(tmp_path)
+    fakedata.write_emnist(tmp_path)
+    roots = {"cifar100-20split": cifar100_root[0], "cifar100-10split": cifar100_root[0],
+             "cifar10-5split": cifar10_root}
+    for name, info in tasks.SEQUENCES.items():
+        seq = tasks.get_tasks(name, data_root=roots.get(name, tmp_path))
+        assert len(seq) == info.num_tasks
+        assert [t.num_classes for t in seq] == list(info.classes_per_task)
+        assert all(t.input_shape == info.input_shape and t.train.augment == info.augment for t in seq)
+        assert len(set(seq.task_names)) == len(seq)
+
+
 # --- offline sequences ----------------------------------------------------------------------
 
 def test_digits_offline_all_1797_images(tmp_path):
