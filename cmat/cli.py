@@ -77,19 +77,26 @@ def _overrides(**flags) -> dict:
 @click.option("--force", is_flag=True, help="Overwrite a finished run in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def run(out, config_file, resume, force, no_progress, **flags):
-    """Train a method over a task sequence and evaluate it after every task."""
+    """Train a method over a task sequence and evaluate it after every task.
+
+    Under ``torchrun --nproc_per_node N -m cmat run ...`` it trains data-parallel (DDP); rank 0
+    writes the run directory and prints."""
     from cmat import config as config_mod
+    from cmat.distributed import is_main_process
     from cmat.engine import Run
 
     cfg = config_mod.resolve(flags.get("tasks"), config_file, _overrides(**flags))
     out = Path(out or Path("checkpoints") / f"{cfg.tasks}-{cfg.method}-{cfg.objective.name}-s{cfg.seed}")
-    if (out / "results.json").exists() and not force:
+    main_process = is_main_process()
+    if main_process and (out / "results.json").exists() and not force:
         raise CmatError(f"{out} already holds a finished run; pass --force to overwrite or choose another --out")
-    if force and out.exists():
+    if main_process and force and out.exists():
         for name in ("results.json", "store.h5", "log.jsonl", "config.yaml", "checkpoint.h5"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "tb", ignore_errors=True)
     results = Run(cfg, out, progress=not no_progress, resume=resume).execute()
+    if not main_process:
+        return
     from cmat.report import summary_table
 
     click.echo(summary_table(results))
@@ -114,7 +121,8 @@ def eval_cmd(run_dir, attacks, samples, data_root, device, as_json):
     cfg = loaded.config
     names = [a.strip() for a in attacks.split(",")] if attacks else list(cfg.eval.attacks)
     build_attacks(names, cfg.threat.eps, cfg.threat.alpha)  # validate names first
-    seq = get_tasks(cfg.tasks, data_root=data_root or cfg.data_root, seed=cfg.seed)
+    seq = get_tasks(cfg.tasks, data_root=data_root or cfg.data_root, seed=cfg.seed,
+                    val_fraction=cfg.train.val_fraction)
     dev = resolve_device(device)
     samples = samples if samples is not None else cfg.eval.samples
     per_task = []

@@ -46,6 +46,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     select: str = "auto"
+    val_fraction: float = 0.1  # of each class's training images, held out for validation
     val_attack_samples: int = 512
 
 
@@ -222,6 +223,8 @@ def validate(cfg: RunConfig) -> None:
         raise CmatError(f"train.batch_size must be ≥ 1, got {cfg.train.batch_size}")
     if cfg.train.schedule not in ("cosine", "step", "constant"):
         raise CmatError(f"train.schedule must be cosine, step or constant, got {cfg.train.schedule!r}")
+    if not 0 < cfg.train.val_fraction < 1:
+        raise CmatError(f"train.val_fraction must be in (0, 1), got {cfg.train.val_fraction}")
     if cfg.train.select not in ("auto", "robust", "clean", "last"):
         raise CmatError(f"train.select must be auto, robust, clean or last, got {cfg.train.select!r}")
     if cfg.objective.steps < 1:

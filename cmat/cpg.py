@@ -17,6 +17,9 @@ For each task t, on one masked network (:mod:`cmat.nn.masked`):
    snapshot per level instead of CPG's separate run per level: it chooses the same way as long
    as the metric falls with sparsity, and costs one ramp); the pruned weights are released.
 
+The goal test is ``metric ≥ goal − tol`` with ``tol = max(tolerance, tolerance_samples / n)``
+(n validation images behind the metric), so a tolerance never falls below one image.
+
 Goal (``goal``): ``individual`` — the validation metric of an individually trained model of
 the same objective on task t (trained here, or read from ``individual_run``, an at-individual
 run directory); a number; or ``none`` (no growth, compaction to ``max_sparsity``). The metric
@@ -35,7 +38,7 @@ from cmat.errors import CmatError
 from cmat.methods import Method, register
 from cmat.nn.masked import MaskedMultiHeadNet
 
-DEFAULTS = {"goal": "individual", "tolerance": 0.02, "max_width": 1.5, "width_step": 0.5,
+DEFAULTS = {"goal": "individual", "tolerance": 0.02, "tolerance_samples": 1, "max_width": 1.5, "width_step": 0.5,
             "max_sparsity": 0.9, "prune_levels": 5, "compact_epochs": None, "mask_lr": 5e-4,
             "compact_last": True, "individual_run": None}
 
@@ -66,7 +69,7 @@ class CMAT(Method):
     def train_task(self, t, task, trainer):
         opts = self.opts
         goal = self._goal(t, task, trainer)
-        tol = float(opts["tolerance"])
+        tol = self._tolerance(task, trainer)
         self._fit(t, task, trainer, None, "train")
         metric = self._metric(t, task, trainer)
         trained = metric
@@ -118,6 +121,14 @@ class CMAT(Method):
     def _metric(self, t, task, trainer, model=None) -> float:
         val = trainer.validate(model if model is not None else self.net.task_view(t), task, t)
         return val["robust"] if trainer.objective.adversarial else val["clean"]
+
+    def _tolerance(self, task, trainer) -> float:
+        """``max(tolerance, tolerance_samples / n)``, n = the validation images behind the metric:
+        on a small validation set a tolerance below one image would make the goal test noise."""
+        n = len(task.val)
+        if trainer.objective.adversarial:
+            n = min(n, self.cfg.train.val_attack_samples)
+        return max(float(self.opts["tolerance"]), float(self.opts["tolerance_samples"]) / max(n, 1))
 
     def _goal(self, t, task, trainer):
         goal = self.opts["goal"]

@@ -75,11 +75,12 @@ class Trainer:
     the objective's ``loss(model, x, y, generator) -> (loss, logits)`` (ANP-VS).
     """
 
-    def __init__(self, cfg, device, logger: RunLogger, progress: bool = True):
+    def __init__(self, cfg, device, logger: RunLogger, progress: bool = True, dist=None):
         self.cfg = cfg
         self.device = device
         self.logger = logger
         self.progress = progress
+        self.dist = dist  # a cmat.distributed.Dist under torchrun, else None
         self.objective = make_objective(cfg.objective, cfg.threat)
         self.val_attack = PGD(eps=cfg.threat.eps, alpha=cfg.threat.alpha, steps=10)
         self.global_step = 0
@@ -91,6 +92,8 @@ class Trainer:
         return sel
 
     def validate(self, model, task, t: int) -> dict:
+        if self.dist is not None:
+            self.dist.sync_buffers(model)  # identical BN statistics, so identical decisions
         x, y = task.val.tensors()
         clean = robust_accuracy(model, x, y, None, device=self.device)
         k = min(self.cfg.train.val_attack_samples, len(y))
@@ -111,20 +114,25 @@ class Trainer:
         iters = epochs * math.ceil(len(task.train) / tc.batch_size) * obj.replays
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.schedule, iters))
         obj.reset()
+        train_model = self.dist.wrap(model, self.device) if self.dist is not None else model
         metric = self.selection_metric()
         best, best_state, best_epoch, history = -1.0, None, -1, []
         bar = tqdm(total=iters, desc=f"task {t} {tag}", leave=False, disable=not self.progress, unit="it")
         for epoch in range(epochs):
             model.train()
             gen = generator(self.cfg.seed, tag, t, epoch)
+            attack_gen = gen if self.dist is None else self.dist.attack_generator(self.cfg.seed, tag, t, epoch)
             tot_loss, tot_correct, tot_n = 0.0, 0, 0
             for x, y in batches(task.train, tc.batch_size, gen, self.device):
+                scale = 1.0
+                if self.dist is not None:  # every rank draws the global batch, trains on its shard
+                    x, y, scale = self.dist.shard(x, y)
                 for _ in range(obj.replays):
-                    loss, logits = (loss_fn or obj.loss)(model, x, y, gen)
+                    loss, logits = (loss_fn or obj.loss)(train_model, x, y, attack_gen)
                     opt.zero_grad(set_to_none=True)
                     for extra in extra_optimizers:
                         extra.zero_grad(set_to_none=True)
-                    loss.backward()
+                    (loss * scale if scale != 1.0 else loss).backward()
                     obj.after_backward()
                     if after_backward is not None:
                         after_backward()
@@ -181,16 +189,26 @@ class Run:
         self.progress = progress
         self.verbose = verbose
         self.resume = resume
+        self.dist = None  # set under torchrun (cmat.distributed)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run directory and prints (rank 0, or no torchrun)."""
+        return self.dist is None or self.dist.is_main
 
     def say(self, msg: str) -> None:
-        if self.verbose:
+        if self.verbose and self.is_main:
             tqdm.write(msg)
 
     def execute(self) -> dict:
         cfg = self.cfg
-        seq = get_tasks(cfg.tasks, data_root=cfg.data_root, download=cfg.download, seed=cfg.seed)
+        seq = get_tasks(cfg.tasks, data_root=cfg.data_root, download=cfg.download, seed=cfg.seed,
+                    val_fraction=cfg.train.val_fraction)
         method_cls = method_class(cfg.method)
         device = resolve_device(cfg.device)
+        self._join_torchrun(device)
+        if self.dist is not None and device.type == "cuda":
+            device = torch.device("cuda", self.dist.local_rank)
         attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha,
                                 n_classes=max(t.num_classes for t in seq))
         make_objective(cfg.objective, cfg.threat)  # validate before any output is written
@@ -202,12 +220,14 @@ class Run:
             if not checkpoint.exists():
                 raise CmatError(f"nothing to resume in {self.out} (no checkpoint.h5)")
             state = read_checkpoint(checkpoint, cfg)
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.seed, cfg.deterministic)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        atomic_write_text(self.out / "config.yaml", config_mod.to_yaml(cfg))
-        logger = RunLogger(self.out)
+        if self.is_main:
+            atomic_write_text(self.out / "config.yaml", config_mod.to_yaml(cfg))
+        logger = RunLogger(self.out, enabled=self.is_main)
         try:
             return self._loop(seq, method_cls, device, attacks, logger, state)
         except KeyboardInterrupt:
@@ -219,13 +239,22 @@ class Run:
             raise CmatError("interrupted before the first task finished; nothing to resume") from None
         finally:
             logger.close()
+            if self.dist is not None:
+                self.dist.close()
+
+    def _join_torchrun(self, device) -> None:
+        from cmat import distributed
+
+        if distributed.world_size() > 1:
+            distributed.check_supported(self.cfg.method, self.cfg.objective.name)
+        self.dist = distributed.from_env(device)
 
     def _loop(self, seq, method_cls, device, attacks, logger, state) -> dict:
         from cmat.store import save_checkpoint, save_run
 
         cfg = self.cfg
         method = method_cls(cfg, seq, device)
-        trainer = Trainer(cfg, device, logger, self.progress)
+        trainer = Trainer(cfg, device, logger, self.progress and self.is_main, self.dist)
         acc = {name: [] for name in attacks}
         last: dict = {}
         spent, first = 0.0, 0
@@ -256,11 +285,13 @@ class Run:
                 acc[name].append(row[name])
             logger.event(kind="eval", task=t, acc={n: row[n] for n in attacks})
             self.say("[cmat]   " + "  ".join(f"{n}={sum(r) / len(r):.3f}" for n, r in row.items()))
-            if t < len(seq) - 1:
+            if t < len(seq) - 1 and self.is_main:
                 save_checkpoint(self.out / "checkpoint.h5", method, seq, cfg,
                                 {"completed": t + 1, "acc": acc, "last": last, "train_seconds": time.time() - start,
                                  "global_step": trainer.global_step}, torch.get_rng_state())
         train_seconds = time.time() - start
+        if not self.is_main:
+            return {}
         store_path = save_run(self.out / "store.h5", method, seq, cfg)
         results = {
             "format": "cmat-results", "version": 1, "method": cfg.method, "objective": cfg.objective.name,

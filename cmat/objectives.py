@@ -30,6 +30,7 @@ from torch import nn
 
 from cmat.attacks import FGSM, PGD
 from cmat.config import ObjectiveConfig, ThreatConfig
+from cmat.distributed import unwrap
 from cmat.errors import CmatError
 
 
@@ -76,6 +77,9 @@ class Objective(ABC):
         self.alpha = float(threat.alpha)
 
     def attack_view(self, model: nn.Module) -> nn.Module:
+        """The module attacks run on: the plain module (never a DDP wrapper: input gradients
+        need no gradient synchronisation), seen with batch statistics when ``bn: batch``."""
+        model = unwrap(model)
         return BatchStatsView(model) if self.cfg.bn == "batch" else model
 
     @abstractmethod

@@ -79,7 +79,8 @@ def sweeps(run_dir: Path, samples: int = 200, data_root=None) -> dict:
 
     run = cmat.load(run_dir)
     cfg = run.config
-    seq = get_tasks(cfg.tasks, data_root=data_root or cfg.data_root, seed=cfg.seed)
+    seq = get_tasks(cfg.tasks, data_root=data_root or cfg.data_root, seed=cfg.seed,
+                    val_fraction=cfg.train.val_fraction)
     eps, alpha = cfg.threat.eps, cfg.threat.alpha
     eps_values = [0.0, eps / 4, eps / 2, eps, 1.5 * eps, 2 * eps]
     step_values = [1, 2, 5, 10, 20, 40]

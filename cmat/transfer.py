@@ -151,7 +151,8 @@ def run_transfer(source_dir, source_task: int, target_tasks: str, target_task: i
         raise CmatError(f"source task {source_task} out of range (0..{len(run.task_names) - 1})")
     source_view = run.model(source_task)
     cfg = config_mod.resolve(target_tasks, None, cfg_overrides)
-    seq = get_tasks(cfg.tasks, data_root=cfg.data_root, download=cfg.download, seed=cfg.seed)
+    seq = get_tasks(cfg.tasks, data_root=cfg.data_root, download=cfg.download, seed=cfg.seed,
+                    val_fraction=cfg.train.val_fraction)
     if not 0 <= target_task < len(seq):
         raise CmatError(f"target task {target_task} out of range (0..{len(seq) - 1})")
     task = seq[target_task]

@@ -449,7 +449,8 @@ def verify_run(run_dir, task: int, n: int, bound: str = "crown", eps_max: Option
         raise CmatError(f"task {task} out of range: the run has tasks 0..{len(run.task_names) - 1}")
     if bound not in ("ibp", "crown"):
         raise CmatError(f"unknown bound {bound!r} (valid: ibp, crown)")
-    seq = get_tasks(cfg.tasks, data_root=data_root or cfg.data_root, seed=cfg.seed)
+    seq = get_tasks(cfg.tasks, data_root=data_root or cfg.data_root, seed=cfg.seed,
+                    val_fraction=cfg.train.val_fraction)
     model = run.model(task)
     network_ops(model)  # refuse unsupported networks before any work
     x, y = seq[task].test.tensors(torch.arange(min(n, len(seq[task].test))))
