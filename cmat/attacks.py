@@ -128,7 +128,10 @@ class Attack:
                     raise CmatError(f"attack inputs must be images in [0, 1] (normalise inside the model), "
                                     f"got values in [{float(lo):.3g}, {float(hi):.3g}]")
             with eval_mode(model), torch.enable_grad():
-                grad_model = fold_batchnorm(model) if self.fold_bn and isinstance(model, nn.Module) else model
+                grad_model = model
+                if self.fold_bn and isinstance(model, nn.Module):
+                    plain = getattr(model, "plain_equivalent", None)  # masked nets export plain layers
+                    grad_model = fold_batchnorm(plain() if plain is not None else model)
                 return self._run(model, grad_model, x, y, generator).detach()
 
     def params(self) -> dict:

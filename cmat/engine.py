@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
+from cmat import accel
 from cmat import config as config_mod
 from cmat.attacks import PGD
 from cmat.errors import CmatError
@@ -114,6 +115,7 @@ class Trainer:
         iters = epochs * math.ceil(len(task.train) / tc.batch_size) * obj.replays
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.schedule, iters))
         obj.reset()
+        accel.prepare_model(self.cfg.accel, model)
         train_model = self.dist.wrap(model, self.device) if self.dist is not None else model
         metric = self.selection_metric()
         best, best_state, best_epoch, history = -1.0, None, -1, []
@@ -127,8 +129,10 @@ class Trainer:
                 scale = 1.0
                 if self.dist is not None:  # every rank draws the global batch, trains on its shard
                     x, y, scale = self.dist.shard(x, y)
+                x = accel.prepare_batch(self.cfg.accel, x)
                 for _ in range(obj.replays):
-                    loss, logits = (loss_fn or obj.loss)(train_model, x, y, attack_gen)
+                    with accel.autocast(self.cfg.accel, self.device):
+                        loss, logits = (loss_fn or obj.loss)(train_model, x, y, attack_gen)
                     opt.zero_grad(set_to_none=True)
                     for extra in extra_optimizers:
                         extra.zero_grad(set_to_none=True)

@@ -1,11 +1,12 @@
 """Masked multi-task layers: effective weights, gradient rules, STE, growth, pruning, store."""
 import h5py
+import pytest
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cmat.nn.backbones import build_network
-from cmat.nn.masked import PIGGY_THRESHOLD, MaskedLinear, MaskedMultiHeadNet
+from cmat.nn.masked import PIGGY_THRESHOLD, MaskedConv2d, MaskedLayer, MaskedLinear, MaskedMultiHeadNet
 from cmat.store import read_masks, read_state, write_masks, write_state
 
 MEAN, STD = [0.5] * 3, [0.25] * 3
@@ -144,3 +145,26 @@ def test_masked_store_round_trip_with_bitpacking(tmp_path):
     # packed over selectable positions only: far fewer bytes than one byte per weight
     total = sum(m.weight.numel() for m in net.masked_layers())
     assert sum(sizes) < total / 8
+
+
+@pytest.mark.parametrize("arch,size", [("smallcnn", 16), ("resnet18", 8)])
+def test_plain_export_computes_the_masked_task_and_attacks_fold_it(arch, size):
+    from cmat.attacks import PGD
+    from cmat.nn.fuse import foldable_pairs
+
+    net = two_task_net(arch, size, grow=1.5)
+    x = torch.rand(6, 3, size, size)
+    y = torch.randint(0, 4, (6,))
+    for t in (0, 1):
+        view = net.task_view(t).eval()
+        plain = view.plain_equivalent()
+        assert not any(isinstance(m, MaskedLayer) for m in plain.modules())
+        assert torch.equal(plain(x), view(x))  # the same function, bit for bit
+        assert len(foldable_pairs(plain)) == sum(isinstance(m, MaskedConv2d) for m in net.features.modules())
+    view = net.task_view(1).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    a = PGD(8 / 255, 2 / 255, 5, random_start=False)(view, x, y)
+    b = PGD(8 / 255, 2 / 255, 5, random_start=False, fold_bn=False)(view, x, y)
+    assert (a == b).float().mean() > 0.99  # folded export: the same attack up to rounding
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    assert view.train().plain_equivalent() is view  # training mode: no snapshot export

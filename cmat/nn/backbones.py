@@ -151,6 +151,12 @@ class TaskView(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x, self.task)
 
+    def plain_equivalent(self) -> nn.Module:
+        """A module of plain layers computing this view's eval-mode function, for attacks'
+        input gradients (BN folding then applies): the masked network's export, else itself."""
+        export = getattr(self.net, "plain_task_view", None)
+        return export(self.task) if export is not None and not self.training else self
+
 
 def build_network(spec: dict) -> nn.Module:
     """Rebuild a :class:`MultiHeadNet` (or a masked network) from its ``spec``; the caller loads

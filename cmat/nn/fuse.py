@@ -92,7 +92,8 @@ def foldable_pairs(model: nn.Module) -> list:
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A shallow copy of ``model`` with its foldable conv→BN pairs folded; ``model`` itself when
     there is nothing to fold. ``model`` is not mutated (contract and conditions: module doc)."""
-    if not any(type(m) in CONV_BN.values() for m in model.modules()):
+    kinds = {type(m) for m in model.modules()}
+    if not (kinds & set(CONV_BN.values()) and kinds & set(CONV_BN)):  # no pair possible: skip the trace
         return model
     pairs = foldable_pairs(model)
     if not pairs:

@@ -187,6 +187,14 @@ class MaskedLayer(nn.Module):
         return self.owner == t
 
 
+def _holding(layer: nn.Module, weight: torch.Tensor, bias) -> nn.Module:
+    """``layer`` (built on the meta device) with ``weight``/``bias`` as frozen parameters."""
+    layer._parameters["weight"] = nn.Parameter(weight.detach(), requires_grad=False)
+    if bias is not None:
+        layer._parameters["bias"] = nn.Parameter(bias.detach(), requires_grad=False)
+    return layer
+
+
 class MaskedConv2d(MaskedLayer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
         super().__init__()
@@ -199,6 +207,14 @@ class MaskedConv2d(MaskedLayer):
     def forward(self, x):
         t = self.task
         return F.conv2d(x, self.effective_weight(t), self.bias_for(t), self.stride, self.padding)
+
+    def plain_layer(self, t: int) -> nn.Conv2d:
+        """The ``nn.Conv2d`` task t's eval-mode forward computes (weights: module doc)."""
+        w = self.effective_weight(t)
+        bias = self.bias_for(t)
+        conv = nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), self.stride, self.padding,
+                         bias=bias is not None, device="meta")
+        return _holding(conv, w, bias)
 
     def extra_repr(self):
         return f"{self.base_in}, {self.base_out}, kernel={tuple(self.weight.shape[2:])}, stride={self.stride}"
@@ -215,8 +231,25 @@ class MaskedLinear(MaskedLayer):
         t = self.task
         return F.linear(x, self.effective_weight(t), self.bias_for(t))
 
+    def plain_layer(self, t: int) -> nn.Linear:
+        """The ``nn.Linear`` task t's eval-mode forward computes (weights: module doc)."""
+        w = self.effective_weight(t)
+        bias = self.bias_for(t)
+        return _holding(nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device="meta"), w, bias)
+
     def extra_repr(self):
         return f"{self.base_in}, {self.base_out}"
+
+
+class _PlainTaskNet(nn.Module):
+    """``head(features(norm(x)))`` -- one task of a masked network, exported to plain layers."""
+
+    def __init__(self, norm: nn.Module, features: nn.Module, head: nn.Module):
+        super().__init__()
+        self.norm, self.features, self.head = norm, features, head
+
+    def forward(self, x):
+        return self.head(self.features(self.norm(x)))
 
 
 class TaskBatchNorm2d(nn.Module):
@@ -316,6 +349,25 @@ class MaskedMultiHeadNet(nn.Module):
         from cmat.nn.backbones import TaskView
 
         return TaskView(self, task)
+
+    @torch.no_grad()
+    def plain_task_view(self, task: int) -> nn.Module:
+        """Task ``task``'s eval-mode classifier built from plain layers: every masked layer
+        becomes an ``nn.Conv2d``/``nn.Linear`` holding its effective weight (the cached tensor,
+        not a copy; ``requires_grad=False``) and every task BN the task's ``nn.BatchNorm2d``. It
+        computes exactly what ``net(x, task)`` computes in eval mode and is a snapshot: build it
+        inside one attack call, after the weights last changed. Attacks fold BN into it."""
+        from cmat.nn.fuse import _with_replaced
+
+        tid = task + 1
+        replace = {}
+        for name, m in self.features.named_modules():
+            if isinstance(m, MaskedLayer):
+                replace[name] = m.plain_layer(tid)
+            elif isinstance(m, TaskBatchNorm2d):
+                replace[name] = m.bns[str(tid)]
+        return _PlainTaskNet(self.norms[str(task)], _with_replaced(self.features, replace, ""),
+                             self.heads[str(task)])
 
     def task_parameters(self, t: int) -> list:
         """Parameters that training task t may change: the shared weights (gradients only on
