@@ -137,7 +137,7 @@ class ANPVS(Method):
         mask_params = [p for m in self.masks(net) for p in m.parameters()]
         ids = {id(p) for p in mask_params}
         weights = [p for p in net.parameters() if id(p) not in ids]
-        adam = torch.optim.Adam(mask_params, lr=self.mask_lr)
+        adam = torch.optim.Adam(mask_params, lr=self.mask_lr, fused=True)
         trainer.fit(net.task_view(0), None, task, t, snapshot=net, param_groups=[{"params": weights}],
                     extra_optimizers=[adam], loss_fn=self.loss(net, len(task.train)))
         pruned, total = self.channel_sparsity(net)

@@ -114,7 +114,7 @@ class CMAT(Method):
         wd = self.cfg.train.weight_decay
         groups = self.net.param_groups(t, wd)
         masks = [m.piggy[str(t + 1)] for m in self.net.masked_layers() if str(t + 1) in m.piggy]
-        extra = [torch.optim.Adam(masks, lr=float(self.opts["mask_lr"]))] if masks else []
+        extra = [torch.optim.Adam(masks, lr=float(self.opts["mask_lr"]), fused=True)] if masks else []
         trainer.fit(self.net.task_view(t), None, task, t, snapshot=self.net, epochs=epochs, param_groups=groups,
                     after_backward=lambda: self.net.owned_weight_decay(t, wd), extra_optimizers=extra, tag=tag)
 

@@ -153,16 +153,17 @@ def bench_masked(args) -> dict:
             "masked_pgd_vs_plain": med["plain_pgd"] / med["masked_pgd"]}
 
 
-def bench_at_step(args) -> dict:
-    """One PGD-K adversarial-training step: a plain PyTorch loop (torchattacks-style attack,
-    loss.backward(), SGD) on an unmasked copy of the architecture against our masked CMAT step
-    (cmat's attack, piggyback mask + Adam, owned-weight decay). ``at_step_vs_plain`` = plain
-    time / ours (≥ 1.0: our machinery costs nothing)."""
+def _cmat_at_step(args, device, accel_cfg=None):
+    """A closure doing one masked CMAT PGD-K training step on task 2 of a two-task masked
+    network (attack with cmat's PGD, piggyback mask + Adam, owned-weight decay, SGD), the way
+    ``Trainer.fit`` does it, optionally under ``accel_cfg`` (bf16 / channels_last)."""
     import torch.nn.functional as F
 
+    from cmat import accel
+    from cmat.config import AccelConfig
     from cmat.nn.masked import MaskedMultiHeadNet
 
-    device = torch.device(args.device)
+    accel_cfg = accel_cfg or AccelConfig()
     size = 32 if args.arch in ("vgg16", "resnet18") else 16
     torch.manual_seed(args.seed)
     mean, std = [0.5] * 3, [0.25] * 3
@@ -173,20 +174,20 @@ def bench_at_step(args) -> dict:
     for m in masked.masked_layers():
         m.start_piggyback(2)
     masked.to(device)
-    plain = MultiHeadNet(args.arch, 3, size, [10], [mean], [std], width=args.width).to(device)
-    x = torch.rand(args.batch, 3, size, size, device=device)
+    accel.prepare_model(accel_cfg, masked)
+    x = accel.prepare_batch(accel_cfg, torch.rand(args.batch, 3, size, size, device=device))
     y = torch.randint(0, 10, (args.batch,), device=device)
-    eps, alpha, steps = 8 / 255, 2 / 255, args.steps
     view = masked.task_view(1)
-    sgd = torch.optim.SGD(masked.param_groups(1, 4e-5), lr=0.01, momentum=0.9, nesterov=True)
-    adam = torch.optim.Adam([m.piggy["2"] for m in masked.masked_layers()], lr=5e-4)
-    ours_atk = PGD(eps, alpha, steps)
+    sgd = torch.optim.SGD(masked.param_groups(1, 4e-5), lr=0.01, momentum=0.9, nesterov=True, fused=True)
+    adam = torch.optim.Adam([m.piggy["2"] for m in masked.masked_layers()], lr=5e-4, fused=True)
+    atk = PGD(8 / 255, 2 / 255, args.steps)
     gen = torch.Generator()
 
-    def ours():
-        xa = ours_atk(view, x, y, generator=gen.manual_seed(0))
-        view.train()
-        loss = F.cross_entropy(view(xa), y)
+    def step():
+        with accel.autocast(accel_cfg, device):
+            xa = atk(view, x, y, generator=gen.manual_seed(0))
+            view.train()
+            loss = F.cross_entropy(view(xa), y)
         sgd.zero_grad(set_to_none=True)
         adam.zero_grad(set_to_none=True)
         loss.backward()
@@ -194,6 +195,24 @@ def bench_at_step(args) -> dict:
         sgd.step()
         adam.step()
 
+    return step
+
+
+def bench_at_step(args) -> dict:
+    """One PGD-K adversarial-training step: a plain PyTorch loop (torchattacks-style attack,
+    loss.backward(), SGD) on an unmasked copy of the architecture against our masked CMAT step
+    (:func:`_cmat_at_step`). ``at_step_vs_plain`` = plain time / ours (≥ 1.0: our machinery
+    costs nothing)."""
+    import torch.nn.functional as F
+
+    device = torch.device(args.device)
+    size = 32 if args.arch in ("vgg16", "resnet18") else 16
+    ours = _cmat_at_step(args, device)
+    torch.manual_seed(args.seed)
+    plain = MultiHeadNet(args.arch, 3, size, [10], [[0.5] * 3], [[0.25] * 3], width=args.width).to(device)
+    x = torch.rand(args.batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    eps, alpha, steps = 8 / 255, 2 / 255, args.steps
     pview = plain.task_view(0)
     popt = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=4e-5)
 
@@ -213,6 +232,23 @@ def bench_at_step(args) -> dict:
     times = time_variants({"ours": ours, "plain": reference}, args.repeats, device, args.clock)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"at_step_ours_s": med["ours"], "at_step_plain_s": med["plain"], "at_step_vs_plain": med["plain"] / med["ours"]}
+
+
+def bench_accel(args) -> dict:
+    """The GPU fast paths on our masked CMAT step: float32 against bf16 autocast and against
+    channels_last. ``accel_<variant>_speedup`` = float32 time / variant time (> 1: faster).
+    Measure on the device you train on; on CPUs without bf16 units both are slower."""
+    from cmat.config import AccelConfig
+
+    device = torch.device(args.device)
+    variants = {"fp32": _cmat_at_step(args, device),
+                "bf16": _cmat_at_step(args, device, AccelConfig(bf16=True)),
+                "channels_last": _cmat_at_step(args, device, AccelConfig(channels_last=True))}
+    times = time_variants(variants, args.repeats, device, args.clock)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"accel_device": str(device), **{f"accel_{k}_s": v for k, v in med.items()},
+            "accel_bf16_speedup": med["fp32"] / med["bf16"],
+            "accel_channels_last_speedup": med["fp32"] / med["channels_last"]}
 
 
 def bench_store(args) -> dict:
@@ -269,7 +305,7 @@ def bench_bounds(args) -> dict:
     return {f"bounds_{k}_samples_per_s": 32 / statistics.median(v) for k, v in times.items()}
 
 
-BENCHMARKS = {"pgd": bench_pgd, "masked": bench_masked, "at_step": bench_at_step, "store": bench_store,
+BENCHMARKS = {"pgd": bench_pgd, "masked": bench_masked, "at_step": bench_at_step, "accel": bench_accel, "store": bench_store,
               "bounds": bench_bounds}
 
 
