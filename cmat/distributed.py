@@ -6,7 +6,10 @@ process group (NCCL on GPUs, gloo on CPU). The contract:
 
 - **Same decisions everywhere.** Every rank builds the same data, seeds the same generators and
   draws the same permutation and augmentation of every *global* batch of ``train.batch_size``
-  images; rank r trains on the r-th contiguous shard (:meth:`Dist.shard`).
+  images; rank r trains on the r-th contiguous shard (:meth:`Dist.shard`). The per-epoch
+  generator plays the role of ``DistributedSampler.set_epoch`` (a new permutation every epoch,
+  the same on every rank), and unlike a per-rank sampler it keeps the global batch -- and so
+  the result -- equal to the single-process run's.
 - **Attacks on the unwrapped module.** The objective's attack runs on the plain module of the
   rank (input gradients only, no gradient synchronisation); then one forward/backward of the
   :class:`~torch.nn.parallel.DistributedDataParallel` wrapper on the adversarial shard

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from torch.autograd.graph import increment_version
 from tqdm import tqdm
 
 from cmat import accel
@@ -62,6 +63,17 @@ def lr_lambda(schedule: str, total: int) -> Callable:
     if schedule == "step":
         return lambda i: 0.1 ** (int(i >= 0.5 * total) + int(i >= 0.75 * total))
     return lambda i: 1.0
+
+
+def optimizer_step(opt: torch.optim.Optimizer) -> None:
+    """``opt.step()``, then bump the version counter of every parameter it may have updated.
+
+    Fused optimisers (used here: one kernel per group, 3-4× faster on CPU) write parameters
+    in place *without* bumping their version counters, and cached state keyed on them -- the
+    eval-mode effective weights of :mod:`cmat.nn.masked` -- would otherwise go stale.
+    """
+    opt.step()
+    increment_version([p for group in opt.param_groups for p in group["params"] if p.grad is not None])
 
 
 class Trainer:
@@ -141,9 +153,9 @@ class Trainer:
                     obj.after_backward()
                     if after_backward is not None:
                         after_backward()
-                    opt.step()
+                    optimizer_step(opt)
                     for extra in extra_optimizers:
-                        extra.step()
+                        optimizer_step(extra)
                     if after_step is not None:
                         after_step()
                     sched.step()

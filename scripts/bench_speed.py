@@ -161,6 +161,7 @@ def _cmat_at_step(args, device, accel_cfg=None):
 
     from cmat import accel
     from cmat.config import AccelConfig
+    from cmat.engine import optimizer_step
     from cmat.nn.masked import MaskedMultiHeadNet
 
     accel_cfg = accel_cfg or AccelConfig()
@@ -192,8 +193,8 @@ def _cmat_at_step(args, device, accel_cfg=None):
         adam.zero_grad(set_to_none=True)
         loss.backward()
         masked.owned_weight_decay(1, 4e-5)
-        sgd.step()
-        adam.step()
+        optimizer_step(sgd)
+        optimizer_step(adam)
 
     return step
 

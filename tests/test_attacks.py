@@ -364,6 +364,21 @@ def test_fold_skips_train_mode_and_batch_statistics_wrappers():
     assert fold_batchnorm(wrapped) is wrapped
 
 
+def test_fold_pairs_traced_once_and_retraced_when_modes_change(monkeypatch):
+    from cmat.nn import fuse
+
+    calls = []
+    real = fuse.foldable_pairs
+    monkeypatch.setattr(fuse, "foldable_pairs", lambda m: calls.append(1) or real(m))
+    view = tiny_net().task_view(0).eval()
+    first = fuse.fold_batchnorm(view)
+    second = fuse.fold_batchnorm(view)
+    assert len(calls) == 1 and first is not view and second is not view
+    view.train()  # training flags are part of the signature: BN in train mode must not fold
+    assert any(isinstance(m, nn.BatchNorm2d) for m in fuse.fold_batchnorm(view).modules())
+    assert len(calls) == 2
+
+
 def test_fold_leaves_shared_and_untraceable_modules_alone():
     conv, bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
     twice = nn.Sequential(conv, bn, nn.ReLU(), conv, bn).eval()  # the same pair called twice

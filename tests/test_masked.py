@@ -168,3 +168,27 @@ def test_plain_export_computes_the_masked_task_and_attacks_fold_it(arch, size):
     assert (a == b).float().mean() > 0.99  # folded export: the same attack up to rounding
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
     assert view.train().plain_equivalent() is view  # training mode: no snapshot export
+
+
+def test_eval_cache_follows_fused_optimizer_steps():
+    """Fused optimisers do not bump version counters; the trainer's step does it for them, so
+    the cached eval-mode effective weights never go stale."""
+    from cmat.engine import optimizer_step
+
+    net = two_task_net()
+    view = net.task_view(1)
+    x = torch.rand(4, 3, 16, 16)
+    sgd = torch.optim.SGD(net.param_groups(1, 0.0), lr=0.5, fused=True)
+    adam = torch.optim.Adam([m.piggy["2"] for m in net.masked_layers()], lr=0.01, fused=True)
+    before = view.eval()(x)  # fills the cache
+    view.train()
+    F.cross_entropy(view(x), torch.tensor([0, 1, 2, 3])).backward()
+    optimizer_step(sgd)
+    optimizer_step(adam)
+    after = view.eval()(x)
+    fresh = two_task_net()  # same construction, then the stepped tensors, no cache
+    fresh.load_state_dict(net.state_dict())
+    for a, b in zip(fresh.masked_layers(), net.masked_layers()):
+        a.owner.copy_(b.owner)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, fresh.task_view(1).eval()(x))

@@ -13,7 +13,9 @@ original, which is never mutated. Folded weights are snapshots (``requires_grad=
 is meant for computing input gradients inside one attack call, then thrown away; rebuild it after
 the weights or BN statistics change.
 
-Which pairs fold is decided by tracing the module once with ``torch.fx``: a pair folds when the
+Which pairs fold is decided by tracing the module with ``torch.fx`` (cached per module object,
+as long as its module tree, training flags and hooks are unchanged -- the graph of a module is
+assumed to be a function of those): a pair folds when the
 conv (exactly ``nn.Conv1d/2d/3d``) is called once, its only consumer is the BN (exactly
 ``nn.BatchNorm1d/2d/3d`` with running statistics), the BN was in eval mode *when called during the
 trace* (a wrapper that switches BN to batch statistics inside its forward keeps them), neither
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import weakref
 
 import torch
 import torch.fx as fx
@@ -89,13 +92,38 @@ def foldable_pairs(model: nn.Module) -> list:
     return pairs
 
 
+_PAIRS_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _signature(model: nn.Module) -> tuple:
+    """What the traced pairs depend on: the module tree (identities), training flags, hooks."""
+    return tuple((name, id(m), m.training, bool(m._forward_hooks or m._forward_pre_hooks))
+                 for name, m in model.named_modules(remove_duplicate=False))
+
+
+def cached_foldable_pairs(model: nn.Module) -> list:
+    """:func:`foldable_pairs`, traced once per module and signature (module tree, training flags,
+    hooks) -- an attack calls this every time, and a trace costs ~20-30 ms. A module may instead
+    carry its pairs as ``model.foldable_pairs`` (exports built to one fixed layout do)."""
+    given = getattr(model, "foldable_pairs", None)
+    if isinstance(given, list):
+        return given
+    sig = _signature(model)
+    hit = _PAIRS_CACHE.get(model)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    pairs = foldable_pairs(model)
+    _PAIRS_CACHE[model] = (sig, pairs)
+    return pairs
+
+
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A shallow copy of ``model`` with its foldable conv→BN pairs folded; ``model`` itself when
     there is nothing to fold. ``model`` is not mutated (contract and conditions: module doc)."""
     kinds = {type(m) for m in model.modules()}
     if not (kinds & set(CONV_BN.values()) and kinds & set(CONV_BN)):  # no pair possible: skip the trace
         return model
-    pairs = foldable_pairs(model)
+    pairs = cached_foldable_pairs(model)
     if not pairs:
         return model
     modules = dict(model.named_modules())

@@ -361,6 +361,7 @@ class MaskedMultiHeadNet(nn.Module):
         self.norms = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.multipliers: dict = {}
+        self._fold_pairs = None  # conv→BN pairs of the plain export (same for every task)
         self.spec = {"arch": arch, "in_channels": int(in_channels), "input_size": int(input_size),
                      "width": float(width), "masked": True, "tasks": []}
 
@@ -413,7 +414,7 @@ class MaskedMultiHeadNet(nn.Module):
         not a copy; ``requires_grad=False``) and every task BN the task's ``nn.BatchNorm2d``. It
         computes exactly what ``net(x, task)`` computes in eval mode and is a snapshot: build it
         inside one attack call, after the weights last changed. Attacks fold BN into it."""
-        from cmat.nn.fuse import _with_replaced
+        from cmat.nn.fuse import _with_replaced, foldable_pairs
 
         tid = task + 1
         replace = {}
@@ -422,8 +423,12 @@ class MaskedMultiHeadNet(nn.Module):
                 replace[name] = m.plain_layer(tid)
             elif isinstance(m, TaskBatchNorm2d):
                 replace[name] = m.bns[str(tid)]
-        return _PlainTaskNet(self.norms[str(task)], _with_replaced(self.features, replace, ""),
-                             self.heads[str(task)])
+        net = _PlainTaskNet(self.norms[str(task)], _with_replaced(self.features, replace, ""),
+                            self.heads[str(task)])
+        if self._fold_pairs is None:  # every export has the same layout: trace it once
+            self._fold_pairs = foldable_pairs(net)
+        net.foldable_pairs = self._fold_pairs
+        return net
 
     def task_parameters(self, t: int) -> list:
         """Parameters that training task t may change: the shared weights (gradients only on
