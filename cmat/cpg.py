@@ -10,7 +10,9 @@ For each task t, on one masked network (:mod:`cmat.nn.masked`):
    multiplier is below ``max_width`` (1.5), the width multiplier grows by ``width_step`` (0.5);
    every masked layer's channels grow by √multiplier (so the parameter count grows about by
    the multiplier), the new entries are t's, earlier tasks keep their slice; retrain.
-3. **compact** — gradual magnitude pruning of t's weights per layer on the Zhu–Gupta cubic
+3. **compact** — (towards the goal, or towards the metric reached if growth could not reach the
+   goal, so a task never keeps capacity that does not help it) gradual magnitude pruning of
+   t's weights per layer on the Zhu–Gupta cubic
    schedule s_k = s_f·(1 − (1 − k/K)³), k = 1..K (``max_sparsity`` s_f = 0.9,
    ``prune_levels`` K = 5), retraining ``compact_epochs`` under the objective after each step;
    the largest sparsity whose validation metric still meets the goal is kept (one ramp with a
@@ -80,15 +82,19 @@ class CMAT(Method):
             self._fit(t, task, trainer, None, f"grow{self.width:g}")
             metric = self._metric(t, task, trainer)
         grown = metric
+        # a goal still missed at the width cap is replaced by what was reached: compaction then
+        # keeps that (within the tolerance) and still releases what does not contribute --
+        # otherwise the task would keep every weight and leave later tasks no free capacity
+        compact_goal = grown if goal is not None and grown < goal - tol else goal
         sparsity = 0.0
         if opts["compact_last"] or t < len(self.seq) - 1:
-            sparsity, metric = self._compact(t, task, trainer, goal, tol, metric)
+            sparsity, metric = self._compact(t, task, trainer, compact_goal, tol, metric)
         picked = self._picked_fraction(t)
         for m in self.net.masked_layers():
             if str(t + 1) in m.piggy:
                 m.finish_piggyback(t + 1)
-        record = {"task": t, "goal": goal, "val_after_train": trained, "val_after_grow": grown,
-                  "width": self.width, "sparsity": sparsity, "val_final": metric, "picked_fraction": picked}
+        record = {"task": t, "goal": goal, "compact_goal": compact_goal, "val_after_train": trained,
+                  "val_after_grow": grown, "width": self.width, "sparsity": sparsity, "val_final": metric, "picked_fraction": picked}
         self.decisions["tasks"].append(record)
         for key in ("sparsity", "width", "val_final"):
             trainer.logger.scalar(f"cmat/{key}", record[key], t)

@@ -83,7 +83,9 @@ def test_unreachable_goal_grows_and_old_task_stays_identical(tmp_path):
                     method_options={**CMAT_OPTS, "goal": 1.5, "prune_levels": 1})
     rec = res["decisions"]["tasks"]
     assert rec[0]["width"] == 1.5 and rec[1]["width"] == 1.5
-    assert rec[0]["sparsity"] == 0.0  # the goal is never met, so nothing is pruned
+    # the goal is never met: compaction keeps what growth reached (within the 0.02 tolerance)
+    assert rec[0]["compact_goal"] == rec[0]["val_after_grow"] < 1.5
+    assert rec[0]["val_final"] >= rec[0]["compact_goal"] - 0.02
     for mat in res["acc"].values():
         assert mat[1][0] == mat[0][0]
 
