@@ -220,15 +220,15 @@ class Run:
     def execute(self) -> dict:
         cfg = self.cfg
         seq = get_tasks(cfg.tasks, data_root=cfg.data_root, download=cfg.download, seed=cfg.seed,
-                    val_fraction=cfg.train.val_fraction)
+                        val_fraction=cfg.train.val_fraction)
         method_cls = method_class(cfg.method)
         device = resolve_device(cfg.device)
-        self._join_torchrun(device)
-        if self.dist is not None and device.type == "cuda":
-            device = torch.device("cuda", self.dist.local_rank)
         attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha,
                                 n_classes=max(t.num_classes for t in seq))
         make_objective(cfg.objective, cfg.threat)  # validate before any output is written
+        self._join_torchrun(device)
+        if self.dist is not None and device.type == "cuda":
+            device = torch.device("cuda", self.dist.local_rank)
         checkpoint = self.out / "checkpoint.h5"
         state = None
         if self.resume:
