@@ -40,8 +40,8 @@ from cmat.errors import CmatError
 from cmat.methods import Method, register
 from cmat.nn.masked import MaskedMultiHeadNet
 
-DEFAULTS = {"goal": "individual", "tolerance": 0.02, "tolerance_samples": 1, "max_width": 1.5, "width_step": 0.5,
-            "max_sparsity": 0.9, "prune_levels": 5, "compact_epochs": None, "mask_lr": 5e-4,
+DEFAULTS = {"goal": "individual", "tolerance": 0.02, "tolerance_samples": 1, "max_width": 1.5,
+            "width_step": 0.5, "max_sparsity": 0.9, "prune_levels": 5, "compact_epochs": None, "mask_lr": 5e-4,
             "compact_last": True, "individual_run": None}
 
 
@@ -94,7 +94,8 @@ class CMAT(Method):
             if str(t + 1) in m.piggy:
                 m.finish_piggyback(t + 1)
         record = {"task": t, "goal": goal, "compact_goal": compact_goal, "val_after_train": trained,
-                  "val_after_grow": grown, "width": self.width, "sparsity": sparsity, "val_final": metric, "picked_fraction": picked}
+                  "val_after_grow": grown, "width": self.width, "sparsity": sparsity, "val_final": metric,
+                  "picked_fraction": picked}
         self.decisions["tasks"].append(record)
         for key in ("sparsity", "width", "val_final"):
             trainer.logger.scalar(f"cmat/{key}", record[key], t)
@@ -191,9 +192,6 @@ class CMAT(Method):
             return None
         sel, total = 0, 0
         for m in self.net.masked_layers():
-            s = m.selection(t + 1).detach()
-            out, inp = m.shapes[t + 1]
-            o = m.owner[:out, :inp]
-            sel += int(s.sum())
-            total += int(((o > 0) & (o < t + 1)).sum())
+            sel += int(m.picked(t + 1).sum())
+            total += int(m.region_masks(t + 1)[1].sum())
         return sel / max(total, 1)

@@ -91,9 +91,6 @@ class Dist:
             if buf.is_floating_point():
                 dist.broadcast(buf.data, src=0)
 
-    def barrier(self) -> None:
-        dist.barrier()
-
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -39,18 +39,6 @@ def _tracing() -> bool:
     return bool(check and check())
 
 
-class BinarizeSTE(torch.autograd.Function):
-    """``1[m > threshold]`` forward, identity (straight-through) backward."""
-
-    @staticmethod
-    def forward(ctx, m, threshold):
-        return (m > threshold).to(m.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
 class EffectiveWeight(torch.autograd.Function):
     """``W_t = W ⊙ used`` with ``used = own ∨ (old ∧ P_t)`` (bool, computed by the caller), in one
     multiply; backward: ``∂/∂W = g ⊙ own`` (only task t's weights learn) and, when a real mask
@@ -97,6 +85,7 @@ class MaskedLayer(nn.Module):
         self._mask_version = 0
         self._cache: dict = {}
         self._region_cache: dict = {}
+        self._owned_cache: dict = {}
 
     # ----- structure -------------------------------------------------------------------
     def task_shape(self, multiplier: float) -> tuple:
@@ -173,6 +162,7 @@ class MaskedLayer(nn.Module):
         self.bits = {k: fn(v) for k, v in self.bits.items()}
         self._cache = {}
         self._region_cache = {}
+        self._owned_cache = {}
         return self
 
     # ----- effective weights --------------------------------------------------------------
@@ -189,40 +179,31 @@ class MaskedLayer(nn.Module):
         self._region_cache[t] = (key, masks)
         return masks
 
-    def selection(self, t: int) -> torch.Tensor:
-        """Float {0,1} (STE while training) mask of the earlier tasks' weights task t uses."""
+    def picked(self, t: int) -> torch.Tensor:
+        """Bool mask (task t's slice) of the earlier tasks' weights task t uses: ``old ∧ P_t``
+        (``P_t ≡ 1`` without a piggyback mask)."""
         out, inp = self.shapes[t]
         _, old = self.region_masks(t)
         key = str(t)
         if key in self.piggy:
-            return BinarizeSTE.apply(self.piggy[key][:out, :inp], PIGGY_THRESHOLD) * old
+            return old & (self.piggy[key].detach()[:out, :inp] > PIGGY_THRESHOLD)
         if t in self.bits:
-            return (self.bits[t][:out, :inp] & old).to(self.weight.dtype)
-        return old.to(self.weight.dtype)
-
-    def _used(self, t: int, own: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-        """Bool mask of the weights task t's effective weight keeps (without graph)."""
-        out, inp = self.shapes[t]
-        key = str(t)
-        if key in self.piggy:
-            return own | (old & (self.piggy[key].detach()[:out, :inp] > PIGGY_THRESHOLD))
-        if t in self.bits:
-            return own | (old & self.bits[t][:out, :inp])
-        return own | old
+            return old & self.bits[t][:out, :inp]
+        return old
 
     def effective_weight(self, t: int) -> torch.Tensor:
         out, inp = self.shapes[t]
         own, old = self.region_masks(t)
         if self.training or _tracing():
             piggy = self.piggy[str(t)][:out, :inp] if str(t) in self.piggy else None
-            return EffectiveWeight.apply(self.weight[:out, :inp], piggy, own, old, self._used(t, own, old))
+            return EffectiveWeight.apply(self.weight[:out, :inp], piggy, own, old, own | self.picked(t))
         key = (self.weight._version, id(self.weight), self.owner._version, self._mask_version,
                self.piggy[str(t)]._version if str(t) in self.piggy else -1)
         hit = self._cache.get(t)
         if hit is not None and hit[0] == key:
             return hit[1]
         with torch.no_grad():
-            eff = (self.weight[:out, :inp] * self._used(t, own, old)).contiguous()
+            eff = (self.weight[:out, :inp] * (own | self.picked(t))).contiguous()
         self._cache[t] = (key, eff)
         return eff
 
@@ -231,16 +212,12 @@ class MaskedLayer(nn.Module):
 
     def owned_float(self, t: int) -> torch.Tensor:
         """``1.0`` where ``O == t`` over the full weight (cached until the owner tensor changes)."""
-        key = (id(self.owner), self.owner._version, "float")
-        hit = self._region_cache.get(("owned", t))
+        key = (id(self.owner), self.owner._version)
+        hit = self._owned_cache.get(t)
         if hit is None or hit[0] != key:
             hit = (key, (self.owner == t).to(self.weight.dtype))
-            self._region_cache[("owned", t)] = hit
+            self._owned_cache[t] = hit
         return hit[1]
-
-    def owned(self, t: int) -> torch.Tensor:
-        """Bool mask (full physical shape) of the weights owned by task t."""
-        return self.owner == t
 
 
 def _holding(layer: nn.Module, weight: torch.Tensor, bias) -> nn.Module:
@@ -425,9 +402,10 @@ class MaskedMultiHeadNet(nn.Module):
                 replace[name] = m.bns[str(tid)]
         net = _PlainTaskNet(self.norms[str(task)], _with_replaced(self.features, replace, ""),
                             self.heads[str(task)])
-        if self._fold_pairs is None:  # every export has the same layout: trace it once
+        if self._fold_pairs is None and not self.training:  # eval exports share one layout: trace once
             self._fold_pairs = foldable_pairs(net)
-        net.foldable_pairs = self._fold_pairs
+        if not self.training:
+            net.foldable_pairs = self._fold_pairs
         return net
 
     def task_parameters(self, t: int) -> list:
