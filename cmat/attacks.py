@@ -43,7 +43,17 @@ from cmat.errors import CmatError
 from cmat.nn.fuse import fold_batchnorm
 
 LOSSES = ("ce", "cw")
-ATTACK_FORMS = "clean, fgsm, pgdN, pgdN-cw, apgd-ce, apgd-t (N = steps, e.g. pgd10)"
+ATTACK_FORMS = "clean, fgsm, pgdN, pgdN-cw, apgd-ce, apgd-t, aa (N = steps, e.g. pgd10)"
+CROSSING = 2.5  # an evaluation PGD-k must be able to travel CROSSING·ε: α·k ≥ 2.5ε
+
+
+def sound_alpha(eps: float, alpha: float, steps: int) -> float:
+    """The step size of an evaluation/validation PGD-``steps``: α' = max(α, 2.5·ε/steps).
+
+    k steps of α' can cross the ε-ball (α'·k ≥ 2.5ε, the robustness library's convention);
+    with the threat model's α alone, e.g. MNIST's α = 0.01, ε = 0.3, PGD-10 travels 0.1 < ε and
+    is weaker than FGSM. Training attacks keep the preset's α (see ``cmat.config.validate``)."""
+    return max(float(alpha), CROSSING * float(eps) / int(steps))
 
 
 # ----------------------------------------------------------------------------- losses
@@ -291,23 +301,104 @@ class AutoPGD(Attack):
             return atk(x, y)
 
 
+# ----------------------------------------------------------------------------- AutoAttack
+
+class AutoAttack(Attack):
+    """Standard AutoAttack (Croce & Hein 2020), L∞: APGD-CE (100 steps), APGD-T (targeted DLR,
+    100 steps, min(9, C−1) targets), FAB-T (100 steps, min(9, C−1) targets) and Square (5,000
+    queries), each run through torchattacks on the examples that no earlier component fooled;
+    per example the first adversarial that fools ``model`` is returned (else the input).
+
+    Components that need more classes than the task's head has are left out and listed in
+    ``params()["components"]``: the DLR losses of APGD-T need C ≥ 4 (so a 2-class task runs
+    APGD-CE, FAB-T and Square). Each component's seed is drawn from ``generator`` and it runs
+    inside ``torch.random.fork_rng``, so a seeded call is repeatable and the global RNG is
+    untouched."""
+
+    def __init__(self, eps: float = 8 / 255, n_classes: int = 10, steps: int = 100, n_queries: int = 5000,
+                 fold_bn: bool = True):
+        try:
+            import torchattacks
+        except ImportError:
+            raise CmatError("AutoAttack (aa) needs torchattacks: pip install cmat[test]") from None
+        self.eps = _number("eps", eps, positive=False)
+        self.n_classes = _count("n_classes", n_classes)
+        if self.n_classes < 2:
+            raise CmatError("AutoAttack needs a head of at least 2 classes")
+        self.steps = _count("steps", steps)
+        self.n_queries = _count("n_queries", n_queries)
+        self.fold_bn = bool(fold_bn)
+        self._ta = torchattacks
+
+    @property
+    def components(self) -> list:
+        return ["apgd-ce"] + (["apgd-t"] if self.n_classes >= 4 else []) + ["fab-t", "square"]
+
+    def params(self) -> dict:
+        return {"attack": "AutoAttack", "eps": self.eps, "alpha": None, "steps": self.steps,
+                "n_queries": self.n_queries, "n_classes": self.n_classes, "components": self.components}
+
+    def _component(self, name: str, grad_model, seed: int):
+        ta, targets = self._ta, min(9, self.n_classes - 1)
+        if name == "apgd-ce":
+            return ta.APGD(grad_model, norm="Linf", eps=self.eps, steps=self.steps, loss="ce", seed=seed)
+        if name == "apgd-t":
+            atk = ta.APGDT(grad_model, norm="Linf", eps=self.eps, steps=self.steps, n_classes=self.n_classes, seed=seed)
+        elif name == "fab-t":
+            atk = ta.FAB(grad_model, norm="Linf", eps=self.eps, steps=self.steps, multi_targeted=True,
+                         n_classes=self.n_classes, seed=seed)
+        else:
+            return ta.Square(grad_model, norm="Linf", eps=self.eps, n_queries=self.n_queries, seed=seed)
+        atk.n_target_classes = targets
+        return atk
+
+    def _run(self, model, grad_model, x, y, generator):
+        device = generator.device if generator is not None else torch.device("cpu")
+        seeds = torch.randint(2 ** 31 - 1, (len(self.components),), generator=generator, device=device).tolist()
+        x_adv = x.clone()
+        with torch.no_grad():
+            alive = (model(x).argmax(1) == y).nonzero().squeeze(1)
+        cuda = [x.device.index if x.device.index is not None else torch.cuda.current_device()] if x.is_cuda else []
+        for name, seed in zip(self.components, seeds):
+            if alive.numel() == 0:
+                break
+            with torch.random.fork_rng(devices=cuda):
+                cand = self._component(name, grad_model, int(seed))(x[alive], y[alive])
+            # torchattacks returns points in the ball up to rounding; keep ours exactly inside it
+            cand = (x[alive] + (cand - x[alive]).clamp(-self.eps, self.eps)).clamp(0, 1)
+            with torch.no_grad():
+                fooled = model(cand).argmax(1) != y[alive]
+            x_adv[alive[fooled]] = cand[fooled]
+            alive = alive[~fooled]
+        return x_adv
+
+
 # ----------------------------------------------------------------------------- names
 
 _PGD_NAME = re.compile(r"pgd(\d+)(-cw)?")
 
 
-def make_attack(name: str, eps: float, alpha: float, n_classes: Optional[int] = None) -> Optional[Attack]:
+def make_attack(name: str, eps: float, alpha: float, n_classes: Optional[int] = None,
+                alphas: Optional[dict] = None) -> Optional[Attack]:
     """The attack for an evaluation name: ``clean`` → None, ``fgsm`` (one step of ε, no random
-    start), ``pgdN`` / ``pgdN-cw`` (N steps of α, random start, CE / CW loss), ``apgd-ce``
-    (100 steps), ``apgd-t`` (100 steps, targeted DLR over ``n_classes − 1`` targets)."""
+    start), ``pgdN`` / ``pgdN-cw`` (N steps, random start, CE / CW loss, step
+    ``alphas[name]`` if the user set one, else :func:`sound_alpha` (ε, α, N)), ``apgd-ce``
+    (100 steps), ``apgd-t`` (100 steps, targeted DLR over ``n_classes − 1`` targets), ``aa``
+    (:class:`AutoAttack` for a head of ``n_classes``)."""
     key = str(name).strip().lower()
+    alphas = alphas or {}
     if key == "clean":
         return None
     if key == "fgsm":
         return FGSM(eps)
     match = _PGD_NAME.fullmatch(key)
     if match:
-        return PGD(eps, alpha, int(match[1]), random_start=True, loss="cw" if match[2] else "ce")
+        steps = int(match[1])
+        step = alphas[key] if key in alphas else sound_alpha(_number("eps", eps, False),
+                                                             _number("alpha", alpha, True), max(steps, 1))
+        return PGD(eps, step, steps, random_start=True, loss="cw" if match[2] else "ce")
+    if key == "aa":
+        return AutoAttack(eps, n_classes=n_classes if n_classes is not None else 10)
     if key == "apgd-ce":
         return AutoPGD(eps, loss="ce")
     if key == "apgd-t":

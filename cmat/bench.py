@@ -1,9 +1,11 @@
 """``cmat bench``: several methods, one configuration, one harness, the same seeds.
 
 Each (method, seed) runs into ``OUT/<method>-s<seed>/`` (a finished run with the same
-configuration is reused), then ``bench.csv`` (one row per method) and ``bench.md`` (mean ± std
-over seeds) are written and the table is returned for printing. Every method name is checked
-before anything trains.
+configuration is reused), then ``bench.csv`` (one row per method), ``bench.md`` (mean ± std
+over seeds, the run budget, and exact paired McNemar tests of every method against the
+reference method — ``cmat`` when it is in the list — on the per-image ``worst`` outcomes of
+the same images and seeds) and ``bench.json`` are written and the table is returned for
+printing. Every method name is checked before anything trains.
 """
 from __future__ import annotations
 
@@ -20,12 +22,16 @@ from cmat import config as config_mod
 from cmat.engine import Run, atomic_write_text
 from cmat.errors import CmatError
 from cmat.methods import method_class
+from cmat.metrics import mcnemar_exact
 
-COLUMNS = ("clean", "fgsm", "pgd10", "pgd40")
+ORDER = ("clean", "fgsm", "pgd10", "pgd40", "apgd-ce", "apgd-t", "aa", "worst")
+LABELS = {"clean": "clean", "fgsm": "FGSM", "pgd10": "PGD-10", "pgd40": "PGD-40", "apgd-ce": "APGD-CE",
+          "apgd-t": "APGD-T", "aa": "AA", "worst": "worst"}
+ALPHA = 0.05  # significance level of the paired tests
 
 
 def _reusable(run_dir: Path, cfg) -> bool:
-    if not (run_dir / "results.json").exists() or not (run_dir / "config.yaml").exists():
+    if not all((run_dir / f).exists() for f in ("results.json", "config.yaml", "eval.h5")):
         return False
     stored = yaml.safe_load((run_dir / "config.yaml").read_text())
     return stored == yaml.safe_load(config_mod.to_yaml(cfg))
@@ -47,40 +53,94 @@ def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True) -> dic
             cfg.method, cfg.seed = m, int(seed)
             run_dir = out / f"{m}-s{seed}"
             if _reusable(run_dir, cfg):
+                if verbose:
+                    print(f"[{m} s{seed}] reusing the finished run in {run_dir}")
                 runs.append(json.loads((run_dir / "results.json").read_text()))
                 continue
-            for name in ("results.json", "store.h5", "checkpoint.h5"):
+            for name in ("results.json", "store.h5", "checkpoint.h5", "eval.h5"):
                 (run_dir / name).unlink(missing_ok=True)
-            runs.append(Run(cfg, run_dir, progress=progress, verbose=verbose).execute())
+            runs.append(Run(cfg, run_dir, progress=progress, verbose=verbose, label=f"{m} s{seed}").execute())
         per_method[m] = runs
-    rows = [aggregate(m, runs) for m, runs in per_method.items()]
-    atomic_write_text(out / "bench.csv", to_csv(rows))
-    atomic_write_text(out / "bench.md", to_markdown(rows, base_cfg, seeds))
-    atomic_write_text(out / "bench.json", json.dumps({"tasks": base_cfg.tasks, "seeds": list(seeds), "rows": rows}, indent=1))
-    return {"rows": rows, "markdown": to_markdown(rows, base_cfg, seeds)}
+    columns = [c for c in ORDER if all(c in r["summary"] for runs in per_method.values() for r in runs)]
+    rows = [aggregate(m, runs, columns) for m, runs in per_method.items()]
+    reference = "cmat" if "cmat" in methods else methods[0]
+    tests = paired_tests(out, methods, seeds, reference)
+    budget = run_budget(base_cfg, per_method[methods[0]][0], seeds)
+    md = to_markdown(rows, columns, base_cfg, seeds, budget, reference, tests)
+    atomic_write_text(out / "bench.csv", to_csv(rows, columns))
+    atomic_write_text(out / "bench.md", md)
+    atomic_write_text(out / "bench.json", json.dumps({"tasks": base_cfg.tasks, "seeds": list(seeds), "columns": columns,
+                                                      "rows": rows, "budget": budget, "reference": reference,
+                                                      "mcnemar": tests}, indent=1))
+    return {"rows": rows, "markdown": md}
 
 
-def aggregate(method: str, runs: list) -> dict:
+def aggregate(method: str, runs: list, columns) -> dict:
     """Mean and std over seeds of the average accuracies, macro-F1, BWT, forgetting, cost."""
     row = {"method": method, "seeds": len(runs)}
-    for name in COLUMNS:
-        vals = [r["summary"][name]["acc"] for r in runs if name in r["summary"]]
-        row[name] = float(np.mean(vals)) if vals else float("nan")
-        row[f"{name}_std"] = float(np.std(vals)) if vals else float("nan")
+    for name in columns:
+        vals = [r["summary"][name]["acc"] for r in runs]
+        row[name] = float(np.mean(vals))
+        row[f"{name}_std"] = float(np.std(vals))
+        if len(runs) == 1 and "ci95" in runs[0]["summary"][name]:
+            row[f"{name}_ci95"] = runs[0]["summary"][name]["ci95"]
+    row["n_images"] = int(np.mean([r["summary"]["clean"].get("n", 0) for r in runs]))
     row["f1_clean"] = float(np.mean([np.mean(r["f1"]["clean"]) for r in runs]))
     row["f1_pgd10"] = float(np.mean([np.mean(r["f1"]["pgd10"]) for r in runs if "pgd10" in r["f1"]] or [np.nan]))
+    robust = "worst" if "worst" in columns else "pgd10" if "pgd10" in columns else "clean"
     for key in ("bwt", "forgetting"):
         row[key] = float(np.mean([r["summary"]["clean"][key] for r in runs]))
-        if all("pgd10" in r["summary"] for r in runs):
-            row[f"{key}_pgd10"] = float(np.mean([r["summary"]["pgd10"][key] for r in runs]))
+        row[f"{key}_robust"] = float(np.mean([r["summary"][robust][key] for r in runs]))
+    row["robust_column"] = robust
     row["params"] = int(np.mean([r["cost"]["params_total"] for r in runs]))
     row["store_bytes"] = int(np.mean([r["cost"]["store_bytes"] for r in runs]))
     row["train_seconds"] = float(np.mean([r["cost"]["train_seconds"] for r in runs]))
     return row
 
 
-def to_csv(rows: list) -> str:
-    keys = ["method", *COLUMNS] + [k for k in rows[0] if k not in ("method", *COLUMNS)]
+def paired_tests(out: Path, methods, seeds, reference: str, column: str = "worst") -> dict:
+    """Exact McNemar test of each method against ``reference`` on the per-image ``column``
+    outcomes, pooled over tasks and seeds (pairs = the same test image, task and seed), plus
+    one test per seed. Runs whose evaluated images differ cannot be paired (an error)."""
+    from cmat.outcomes import read_outcomes
+
+    def bits(m, seed):
+        o = read_outcomes(out / f"{m}-s{seed}" / "eval.h5")
+        if column not in o["correct"]:
+            raise CmatError(f"{out / f'{m}-s{seed}'} has no per-image '{column}' outcomes")
+        return o["indices"], np.concatenate(o["correct"][column])
+
+    results = {}
+    ref = {s: bits(reference, s) for s in seeds}
+    for m in methods:
+        if m == reference:
+            continue
+        pooled_a, pooled_b, per_seed = [], [], {}
+        for s in seeds:
+            idx, b = bits(m, s)
+            ref_idx, a = ref[s]
+            if len(idx) != len(ref_idx) or any(not np.array_equal(i, r) for i, r in zip(idx, ref_idx)):
+                raise CmatError(f"{m} and {reference} (seed {s}) were evaluated on different images; cannot pair them")
+            per_seed[str(s)] = mcnemar_exact(a, b)
+            pooled_a.append(a)
+            pooled_b.append(b)
+        results[m] = {"column": column, "pooled": mcnemar_exact(np.concatenate(pooled_a), np.concatenate(pooled_b)),
+                      "per_seed": per_seed}
+    return results
+
+
+def run_budget(cfg, results: dict, seeds) -> dict:
+    """What the numbers were bought with, so a reduced-budget table cannot pass for a full one."""
+    ev = results.get("eval", {})
+    return {"tasks": cfg.tasks, "objective": cfg.objective.name, "objective_steps": cfg.objective.steps,
+            "epochs": cfg.train.epochs, "eval_samples": cfg.eval.samples, "images_per_task": ev.get("n"),
+            "test_images_per_task": ev.get("n_test"), "attacks": results["attacks"], "seeds": list(seeds),
+            "threat": {"eps": cfg.threat.eps, "alpha": cfg.threat.alpha}, "arch": cfg.model.arch,
+            "method_options": cfg.method_options}
+
+
+def to_csv(rows: list, columns) -> str:
+    keys = ["method", *columns] + [k for k in rows[0] if k not in ("method", *columns)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
@@ -89,16 +149,61 @@ def to_csv(rows: list) -> str:
     return buf.getvalue()
 
 
-def to_markdown(rows: list, cfg, seeds) -> str:
+def _attack_text(name: str, p: dict) -> str:
+    if name == "clean":
+        return None
+    if name == "aa":
+        return f"aa = AutoAttack ({', '.join(p.get('components', []))}; {p['steps']} steps, {p['n_queries']} queries)"
+    alpha = "adaptive" if p.get("alpha") is None else f"{p['alpha']:.4g}"
+    return f"{name}: ε {p['eps']:.4g}, α {alpha}, {p['steps']} steps"
+
+
+def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, tests: dict) -> str:
+    n_img = budget.get("images_per_task") or []
+    scope = (f"a seeded subset of {cfg.eval.samples} test images per task" if cfg.eval.samples is not None
+             and n_img != budget.get("test_images_per_task") else "the whole test set of every task")
     head = (f"# cmat bench: {cfg.tasks}, objective {cfg.objective.name}, ε = {cfg.threat.eps:.4g}, "
-            f"α = {cfg.threat.alpha:.4g}, seeds {','.join(map(str, seeds))}\n\n"
-            "Average accuracy over tasks after the last task (mean ± std over seeds); F1 = macro-F1 "
-            "(clean); BWT and forgetting on clean accuracy.\n\n")
-    cols = ["method", "clean", "FGSM", "PGD-10", "PGD-40", "F1", "BWT", "forgetting", "params", "store MB", "train s"]
+            f"seeds {','.join(map(str, seeds))}\n\n"
+            f"Average accuracy over tasks after the last task (mean ± std over seeds), every column on {scope}; "
+            "`worst` = correct clean and under every attack run (per image). F1 = macro-F1 (clean); "
+            f"BWT and forgetting on clean and on `{rows[0]['robust_column']}` accuracy.\n\n")
+    cols = ["method"] + [LABELS.get(c, c) for c in columns] + ["F1", "BWT", "forgetting",
+                                                               f"BWT ({rows[0]['robust_column']})", "params",
+                                                               "store MB", "train s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = [r["method"]] + [f"{r[c]:.4f} ± {r[c + '_std']:.4f}" for c in COLUMNS]
-        cells += [f"{r['f1_clean']:.4f}", f"{r['bwt']:+.4f}", f"{r['forgetting']:.4f}", f"{r['params']:,}",
-                  f"{r['store_bytes'] / 1e6:.2f}", f"{r['train_seconds']:.0f}"]
+        cells = [r["method"]] + [f"{r[c]:.4f} ± {r[c + '_std']:.4f}" for c in columns]
+        cells += [f"{r['f1_clean']:.4f}", f"{r['bwt']:+.4f}", f"{r['forgetting']:.4f}", f"{r['bwt_robust']:+.4f}",
+                  f"{r['params']:,}", f"{r['store_bytes'] / 1e6:.2f}", f"{r['train_seconds']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    return head + "\n".join(lines) + "\n"
+    text = head + "\n".join(lines) + "\n"
+    if rows and all(f"{c}_ci95" in rows[0] for c in columns):
+        text += (f"\nOne seed: 95% Wilson intervals pooled over the {rows[0]['n_images']} evaluated images "
+                 "(a seed's spread is not in them):\n\n")
+        text += "| method | " + " | ".join(LABELS.get(c, c) for c in columns) + " |\n|" + "---|" * (len(columns) + 1) + "\n"
+        for r in rows:
+            text += f"| {r['method']} | " + " | ".join(f"[{r[c + '_ci95'][0]:.3f}, {r[c + '_ci95'][1]:.3f}]"
+                                                       for c in columns) + " |\n"
+    if tests:
+        text += (f"\n## Paired comparison against {reference}: exact McNemar test on `worst`\n\n"
+                 f"Pairs are the same test image of the same task and seed; `{reference} only` counts images "
+                 f"{reference} keeps (correct under every attack) and the method loses, and vice versa. "
+                 f"Significant means p < {ALPHA} (two-sided, no correction for multiple comparisons).\n\n"
+                 f"| method | pairs | {reference} only | method only | p (pooled) | significant | p per seed |\n"
+                 "|---|---|---|---|---|---|---|\n")
+        for m, t in tests.items():
+            p = t["pooled"]
+            verdict = (f"yes ({reference} better)" if p["a_only"] > p["b_only"] else "yes (method better)") \
+                if p["p"] < ALPHA else "no"
+            seeds_p = ", ".join(f"s{s}: {v['p']:.3g}" for s, v in t["per_seed"].items())
+            text += f"| {m} | {p['n']} | {p['a_only']} | {p['b_only']} | {p['p']:.3g} | {verdict} | {seeds_p} |\n"
+    text += "\n## Run budget\n\n"
+    text += (f"- tasks `{budget['tasks']}`, arch `{budget['arch']}`, objective `{budget['objective']}` "
+             f"({budget['objective_steps']} attack steps), {budget['epochs']} epochs per task and phase\n"
+             f"- threat ε = {budget['threat']['eps']:.4g}, training α = {budget['threat']['alpha']:.4g}\n"
+             f"- evaluation images per task: {', '.join(map(str, n_img))} "
+             f"(eval samples: {budget['eval_samples'] if budget['eval_samples'] is not None else 'all'})\n"
+             f"- attacks: " + "; ".join(t for t in (_attack_text(n, p) for n, p in budget["attacks"].items()) if t) + "\n"
+             f"- seeds: {', '.join(map(str, budget['seeds']))}\n"
+             f"- method options: {json.dumps(budget['method_options']) if budget['method_options'] else 'defaults'}\n")
+    return text

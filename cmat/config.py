@@ -7,6 +7,8 @@ The resolved configuration is written as ``config.yaml`` beside every output.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,12 +68,16 @@ class ObjectiveConfig:
 
 @dataclass
 class EvalConfig:
-    """The harness: attacks run after each task on every seen task. ``samples``: attack a fixed
-    seeded subset of this many test images per task (clean always uses the whole test set)."""
+    """The harness: attacks run after each task on every seen task (``worst``, the per-image
+    worst case over all of them, is always added). ``samples``: evaluate a fixed seeded subset
+    of this many test images per task — every column, clean included, is then on that subset
+    (the full-set clean accuracy is reported separately). ``alphas``: per-attack step size, e.g.
+    ``{pgd10: 0.01}``; an evaluation PGD-k otherwise uses α = max(threat α, 2.5·ε/k)."""
 
-    attacks: list = field(default_factory=lambda: ["clean", "fgsm", "pgd10", "pgd40"])
+    attacks: list = field(default_factory=lambda: ["clean", "fgsm", "pgd10", "pgd40", "aa"])
     samples: Optional[int] = None
     batch_size: int = 256
+    alphas: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -159,7 +165,7 @@ def _merge(obj: Any, data: dict, where: str = "") -> None:
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             _merge(current, value, path)
-        elif key == "method_options":
+        elif key in ("method_options", "alphas"):
             current.update(_coerce(value, dict, path))
         else:
             setattr(obj, key, _coerce(value, hints[key], path))
@@ -241,6 +247,17 @@ def validate(cfg: RunConfig) -> None:
         raise CmatError(f"train.select must be auto, robust, clean or last, got {cfg.train.select!r}")
     if cfg.objective.steps < 1:
         raise CmatError(f"objective.steps must be ≥ 1, got {cfg.objective.steps}")
+    reach = cfg.objective.steps * cfg.threat.alpha
+    if cfg.objective.name in ("pgd", "trades") and reach < cfg.threat.eps * (1 - 1e-9):
+        need = math.ceil(cfg.threat.eps / cfg.threat.alpha - 1e-9)
+        raise CmatError(f"the training attack cannot reach the ε-ball's boundary: objective.steps × threat.alpha = "
+                        f"{cfg.objective.steps} × {cfg.threat.alpha:.4g} = {reach:.4g} < threat.eps = {cfg.threat.eps:.4g}; "
+                        f"set objective.steps ≥ {need} or threat.alpha ≥ {cfg.threat.eps / cfg.objective.steps:.4g}")
+    for name, value in cfg.eval.alphas.items():
+        if not re.fullmatch(r"pgd\d+(-cw)?", str(name)):
+            raise CmatError(f"eval.alphas: {name!r} is not a PGD attack name (e.g. pgd10, pgd40-cw)")
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+            raise CmatError(f"eval.alphas.{name} must be a positive number, got {value!r}")
     if cfg.objective.bn not in ("eval", "batch"):
         raise CmatError(f"objective.bn must be eval or batch, got {cfg.objective.bn!r}")
     if cfg.eval.samples is not None and cfg.eval.samples < 1:

@@ -19,6 +19,10 @@ For each task t, on one masked network (:mod:`cmat.nn.masked`):
    snapshot per level instead of CPG's separate run per level: it chooses the same way as long
    as the metric falls with sparsity, and costs one ramp); the pruned weights are released.
 
+An individual goal no better than chance (1/C + one validation image) is unreliable: the run
+warns, records ``goal_reliable: false`` and trains the task to its best effort (growth to the
+width cap, then compaction keeping what was reached) instead of compacting towards chance.
+
 The goal test is ``metric ≥ goal − tol`` with ``tol = max(tolerance, tolerance_samples / n)``
 (n validation images behind the metric), so a tolerance never falls below one image.
 
@@ -35,6 +39,7 @@ import copy
 import math
 
 import torch
+from tqdm import tqdm
 
 from cmat.errors import CmatError
 from cmat.methods import Method, register
@@ -72,10 +77,17 @@ class CMAT(Method):
         opts = self.opts
         goal = self._goal(t, task, trainer)
         tol = self._tolerance(task, trainer)
+        reliable = self._goal_reliable(goal, task, trainer)
+        if not reliable:
+            trainer.logger.event(kind="warning", task=t, message="goal at chance")
+            tqdm.write(f"[{trainer.label.strip() or 'cmat'}] warning: task {t + 1} ({task.name}): the individual goal model reached {goal:.3f}, "
+                       f"no better than chance ({1 / task.num_classes:.3f}) + one validation image; "
+                       "training this task to its best effort (growing to the width cap) instead")
         self._fit(t, task, trainer, None, "train")
         metric = self._metric(t, task, trainer)
         trained = metric
-        while goal is not None and metric < goal - tol and self.width + opts["width_step"] <= opts["max_width"] + 1e-9:
+        target = goal if reliable else float("inf")  # best effort: grow until the cap
+        while target is not None and metric < target - tol and self.width + opts["width_step"] <= opts["max_width"] + 1e-9:
             self.width += float(opts["width_step"])
             self.net.add_task(t, task.num_classes, task.mean, task.std, math.sqrt(self.width))
             trainer.logger.scalar(f"task_{t}/width", self.width, t)
@@ -85,7 +97,7 @@ class CMAT(Method):
         # a goal still missed at the width cap is replaced by what was reached: compaction then
         # keeps that (within the tolerance) and still releases what does not contribute --
         # otherwise the task would keep every weight and leave later tasks no free capacity
-        compact_goal = grown if goal is not None and grown < goal - tol else goal
+        compact_goal = grown if target is not None and grown < target - tol else goal
         sparsity = 0.0
         if opts["compact_last"] or t < len(self.seq) - 1:
             sparsity, metric = self._compact(t, task, trainer, compact_goal, tol, metric)
@@ -93,7 +105,7 @@ class CMAT(Method):
         for m in self.net.masked_layers():
             if str(t + 1) in m.piggy:
                 m.finish_piggyback(t + 1)
-        record = {"task": t, "goal": goal, "compact_goal": compact_goal, "val_after_train": trained,
+        record = {"task": t, "goal": goal, "goal_reliable": reliable, "compact_goal": compact_goal, "val_after_train": trained,
                   "val_after_grow": grown, "width": self.width, "sparsity": sparsity, "val_final": metric,
                   "picked_fraction": picked}
         self.decisions["tasks"].append(record)
@@ -136,6 +148,17 @@ class CMAT(Method):
         if trainer.objective.adversarial:
             n = min(n, self.cfg.train.val_attack_samples)
         return max(float(self.opts["tolerance"]), float(self.opts["tolerance_samples"]) / max(n, 1))
+
+    def _goal_reliable(self, goal, task, trainer) -> bool:
+        """False when an individual-model goal is no better than chance plus one validation
+        image (1/C + 1/n): compacting towards it would release the capacity a learnable task
+        needs. Numeric goals and ``none`` are the user's choice and always count as reliable."""
+        if goal is None or self.opts["goal"] != "individual":
+            return True
+        n = len(task.val)
+        if trainer.objective.adversarial:
+            n = min(n, self.cfg.train.val_attack_samples)
+        return goal > 1.0 / task.num_classes + 1.0 / max(n, 1) + 1e-12
 
     def _goal(self, t, task, trainer):
         goal = self.opts["goal"]

@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from cmat import accel
 from cmat import config as config_mod
-from cmat.attacks import PGD
+from cmat.attacks import PGD, sound_alpha
 from cmat.errors import CmatError
-from cmat.evaluate import attack_params, build_attacks, evaluate_task, robust_accuracy
+from cmat.evaluate import WORST, attack_params, build_attacks, evaluate_task, model_fingerprint, robust_accuracy
 from cmat.methods import method_class
-from cmat.metrics import summarize
+from cmat.metrics import summarize, wilson_interval
 from cmat.objectives import make_objective
 from cmat.seeding import generator, seed_everything
 from cmat.tblog import RunLogger
@@ -95,8 +95,15 @@ class Trainer:
         self.progress = progress
         self.dist = dist  # a cmat.distributed.Dist under torchrun, else None
         self.objective = make_objective(cfg.objective, cfg.threat)
-        self.val_attack = PGD(eps=cfg.threat.eps, alpha=cfg.threat.alpha, steps=10)
+        # validation (model selection, CMAT's goal/grow/compact decisions) uses a PGD-10 whose
+        # steps can cross the ball, like the evaluation's
+        self.val_attack = PGD(eps=cfg.threat.eps, alpha=sound_alpha(cfg.threat.eps, cfg.threat.alpha, 10), steps=10)
         self.global_step = 0
+        self.label = ""      # e.g. "packnet s0 " under cmat bench: names the run on progress bars
+        self.n_tasks = None  # for "task 2/5" on progress bars (1-based, as everywhere a user reads)
+
+    def task_label(self, t: int) -> str:
+        return f"{self.label}task {t + 1}" + (f"/{self.n_tasks}" if self.n_tasks else "")
 
     def selection_metric(self) -> str:
         sel = self.cfg.train.select
@@ -132,7 +139,7 @@ class Trainer:
         train_model = self.dist.wrap(model, self.device) if self.dist is not None else model
         metric = self.selection_metric()
         best, best_state, best_epoch, history = -1.0, None, -1, []
-        bar = tqdm(total=iters, desc=f"task {t} {tag}", leave=False, disable=not self.progress, unit="it")
+        bar = tqdm(total=iters, desc=f"{self.task_label(t)} {tag}", leave=False, disable=not self.progress, unit="it")
         for epoch in range(epochs):
             model.train()
             gen = generator(self.cfg.seed, tag, t, epoch)
@@ -200,12 +207,14 @@ class Run:
     uninterrupted run gets. The finished run replaces it by ``store.h5`` and ``results.json``.
     """
 
-    def __init__(self, cfg, out, progress: bool = True, verbose: bool = True, resume: bool = False):
+    def __init__(self, cfg, out, progress: bool = True, verbose: bool = True, resume: bool = False,
+                 label: Optional[str] = None):
         self.cfg = cfg
         self.out = Path(out)
         self.progress = progress
         self.verbose = verbose
         self.resume = resume
+        self.label = label  # names the run on every line it prints (cmat bench: "packnet s0")
         self.dist = None  # set under torchrun (cmat.distributed)
 
     @property
@@ -215,7 +224,7 @@ class Run:
 
     def say(self, msg: str) -> None:
         if self.verbose and self.is_main:
-            tqdm.write(msg)
+            tqdm.write(f"[{self.label or 'cmat'}] {msg}")
 
     def execute(self) -> dict:
         cfg = self.cfg
@@ -224,7 +233,7 @@ class Run:
         method_cls = method_class(cfg.method)
         device = resolve_device(cfg.device)
         attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha,
-                                n_classes=max(t.num_classes for t in seq))
+                                n_classes=max(t.num_classes for t in seq), alphas=cfg.eval.alphas)
         make_objective(cfg.objective, cfg.threat)  # validate before any output is written
         self._join_torchrun(device)
         if self.dist is not None and device.type == "cuda":
@@ -267,57 +276,91 @@ class Run:
         self.dist = distributed.from_env(device)
 
     def _loop(self, seq, method_cls, device, attacks, logger, state) -> dict:
+        from cmat.outcomes import write_outcomes
         from cmat.store import save_checkpoint, save_run
 
         cfg = self.cfg
         method = method_cls(cfg, seq, device)
         trainer = Trainer(cfg, device, logger, self.progress and self.is_main, self.dist)
-        acc = {name: [] for name in attacks}
+        trainer.label, trainer.n_tasks = (f"{self.label} " if self.label else ""), len(seq)
+        columns = list(attacks) + ([WORST] if any(a is not None for a in attacks.values()) else [])
+        acc = {name: [] for name in columns}
+        clean_full: list = []
         last: dict = {}
         spent, first = 0.0, 0
         if state is not None:
             method.restore([net.to(device) for net in state["networks"]], state["decisions"])
             acc, last, spent, first = state["acc"], state["last"], state["train_seconds"], state["completed"]
+            clean_full = state.get("clean_full", acc.get("clean", []))
             trainer.global_step = state["global_step"]
             torch.set_rng_state(state["rng"])
-            self.say(f"[cmat] resuming after task {first}/{len(seq)}")
+            self.say(f"resuming after task {first}/{len(seq)}")
         start = time.time() - spent
+        final: list = []
+        cache, previous = {}, {}  # (task, model fingerprint) → evaluation; task → its latest one
         for t in range(first, len(seq)):
             task = seq[t]
-            self.say(f"[cmat] task {t + 1}/{len(seq)}: {task.name} ({task.num_classes} classes, "
+            self.say(f"task {t + 1}/{len(seq)}: {task.name} ({task.num_classes} classes, "
                      f"{len(task.train)} train / {len(task.val)} val / {len(task.test)} test)")
             method.before_task(t, task)
             method.train_task(t, task, trainer)
             method.after_task(t, task)
-            row = {name: [] for name in attacks}
+            row = {name: [] for name in columns}
+            full_row, final = [], []
+            bar = tqdm(total=(t + 1) * (len(attacks) - 1), desc=f"{trainer.task_label(t)} eval", leave=False,
+                       disable=not (self.progress and self.is_main), unit="attack")
             for j in range(t + 1):
-                task_attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, seq[j].num_classes)
-                res = evaluate_task(method.model_for(j), seq[j].test, task_attacks, seq[j].num_classes,
-                                    cfg.seed, j, cfg.eval.samples, cfg.eval.batch_size, device)
-                for name in attacks:
+                task_attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, seq[j].num_classes,
+                                             alphas=cfg.eval.alphas)
+
+                def status(name, j=j):
+                    bar.set_postfix_str(f"task {j + 1} {seq[j].name}: {name}")
+                    bar.update(1)
+
+                model = method.model_for(j)
+                key = (j, model_fingerprint(model))
+                if key in cache:  # unchanged since its last evaluation: the same bits, no attacks
+                    res = cache[key]
+                    bar.update(len(task_attacks) - 1)
+                else:
+                    res = evaluate_task(model, seq[j].test, task_attacks, seq[j].num_classes,
+                                        cfg.seed, j, cfg.eval.samples, cfg.eval.batch_size, device, progress=status)
+                    cache = {k: v for k, v in cache.items() if v is not previous.get(j)}
+                    cache[key], previous[j] = res, res
+                for name in columns:
                     row[name].append(res[name]["acc"])
-                    logger.scalar(f"eval/{name}/task_{j}", res[name]["acc"], t)
-                last[str(j)] = res
-            for name in attacks:
+                    logger.scalar(f"eval/{name}/task_{j + 1}_{seq[j].name}", res[name]["acc"], t + 1)
+                full_row.append(res["clean"]["acc_full"])
+                last[str(j)] = {name: {k: res[name][k] for k in ("acc", "f1", "n")} for name in columns}
+                final.append(res)
+            bar.close()
+            for name in columns:
                 acc[name].append(row[name])
-            logger.event(kind="eval", task=t, acc={n: row[n] for n in attacks})
-            self.say("[cmat]   " + "  ".join(f"{n}={sum(r) / len(r):.3f}" for n, r in row.items()))
+            clean_full.append(full_row)
+            logger.event(kind="eval", task=t, acc={n: row[n] for n in columns})
+            self.say("  after task {}: ".format(t + 1) + "  ".join(f"{n}={sum(r) / len(r):.3f}" for n, r in row.items()))
             if t < len(seq) - 1 and self.is_main:
                 save_checkpoint(self.out / "checkpoint.h5", method, seq, cfg,
-                                {"completed": t + 1, "acc": acc, "last": last, "train_seconds": time.time() - start,
-                                 "global_step": trainer.global_step}, torch.get_rng_state())
+                                {"completed": t + 1, "acc": acc, "clean_full": clean_full, "last": last,
+                                 "train_seconds": time.time() - start, "global_step": trainer.global_step},
+                                torch.get_rng_state())
         train_seconds = time.time() - start
         if not self.is_main:
             return {}
         store_path = save_run(self.out / "store.h5", method, seq, cfg)
+        write_outcomes(self.out / "eval.h5", seq.task_names, final)
         results = {
             "format": "cmat-results", "version": 1, "method": cfg.method, "objective": cfg.objective.name,
             "tasks": cfg.tasks, "task_names": seq.task_names,
             "threat": {"eps": cfg.threat.eps, "alpha": cfg.threat.alpha},
-            "attacks": attack_params(attacks),
+            "attacks": self._attack_params(seq),
+            "eval": {"samples": cfg.eval.samples, "n": [final[j]["clean"]["n"] for j in range(len(seq))],
+                     "n_test": [final[j]["clean"]["n_full"] for j in range(len(seq))],
+                     "robust_counts_clean_correct_only": True},
             "acc": acc,
-            "f1": {name: [last[str(j)][name]["f1"] for j in range(len(seq))] for name in attacks},
-            "summary": {name: summarize(acc[name]) for name in attacks},
+            "clean_full": {"acc": clean_full, "summary": summarize(clean_full)},
+            "f1": {name: [last[str(j)][name]["f1"] for j in range(len(seq))] for name in columns},
+            "summary": {name: self._summary(acc[name], [res[name]["correct"] for res in final]) for name in columns},
             "decisions": method.decisions,
             "cost": {"train_seconds": train_seconds,
                      "params_total": sum(p.numel() for net in method.networks() for p in net.parameters()),
@@ -328,6 +371,28 @@ class Run:
         (self.out / "checkpoint.h5").unlink(missing_ok=True)
         self._figure(logger, acc, len(seq))
         return results
+
+    @staticmethod
+    def _summary(mat, correct_per_task) -> dict:
+        """ACC/BWT/forgetting of the matrix, plus ``n`` and the Wilson 95% interval pooled over
+        every evaluated image of every task after the last task."""
+        k = int(sum(int(c.sum()) for c in correct_per_task))
+        n = int(sum(len(c) for c in correct_per_task))
+        return {**summarize(mat), "n": n, "correct": k, "ci95": list(wilson_interval(k, n))}
+
+    def _attack_params(self, seq) -> dict:
+        """Every attack's parameters as run (α actually used; for ``aa`` the components per task)."""
+        cfg = self.cfg
+        out = attack_params(build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha,
+                                          max(t.num_classes for t in seq), alphas=cfg.eval.alphas))
+        if "aa" in out:
+            per_task = [build_attacks(["aa"], cfg.threat.eps, cfg.threat.alpha, seq[j].num_classes)["aa"].components
+                        for j in range(len(seq))]
+            out["aa"]["components"] = sorted({c for comps in per_task for c in comps},
+                                             key=["apgd-ce", "apgd-t", "fab-t", "square"].index)
+            out["aa"]["components_per_task"] = per_task
+            out["aa"].pop("n_classes", None)
+        return out
 
     def _figure(self, logger, acc, n_tasks) -> None:
         if not logger.enabled:

@@ -1,26 +1,41 @@
 """The evaluation harness: accuracy and macro-F1 of one task's model under configured attacks.
 
-Contract: clean accuracy uses the whole test set; attacks use all of it or a fixed seeded
-subset of ``samples`` images. Each (task, attack) pair draws its random starts from its own
-generator seeded by ``(seed, task, attack name)``, so a repeated evaluation of the same model is
-bit-identical — which is what makes "zero forgetting" checkable as equality.
+Contract of :func:`evaluate_task`:
+
+- **One denominator.** Every column (clean included) is computed on the same images: the whole
+  test set, or a fixed seeded subset of ``samples`` images. The clean accuracy on the whole
+  test set is reported beside it (``acc_full``/``n_full`` of the ``clean`` entry).
+- **Robust means correct at every point found.** An image counts as robust to an attack only if
+  it is classified correctly clean *and* at the attack's point (x itself lies in the ε-ball), so
+  attacks only run on the clean-correct images and no robust number can exceed clean.
+- **Worst case.** ``worst``: an image counts only if it is correct clean and survives every
+  attack that was run (per image, never estimated from the columns).
+- **Repeatable.** Each (task, attack) pair draws its random starts from its own generator seeded
+  by ``(seed, task, attack name)``, so a repeated evaluation of the same model is bit-identical —
+  which is what makes "zero forgetting" checkable as equality.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from cmat.attacks import PGD, make_attack
+from cmat.attacks import PGD, make_attack, sound_alpha
 from cmat.metrics import macro_f1
 from cmat.seeding import derived_seed, generator
 
+WORST = "worst"
 
-def build_attacks(names, eps: float, alpha: float, n_classes: Optional[int] = None) -> dict:
-    """Attack objects by evaluation name (``clean`` → None), validating every name."""
-    return {name: make_attack(name, eps=eps, alpha=alpha, n_classes=n_classes) for name in names}
+
+def build_attacks(names, eps: float, alpha: float, n_classes: Optional[int] = None,
+                  alphas: Optional[dict] = None) -> dict:
+    """Attack objects by evaluation name (``clean`` → None, always present and first),
+    validating every name; ``worst`` is derived per image, not an attack, and is skipped."""
+    names = ["clean"] + [n for n in names if str(n).strip().lower() not in ("clean", WORST)]
+    return {name: make_attack(name, eps=eps, alpha=alpha, n_classes=n_classes, alphas=alphas) for name in names}
 
 
 def attack_params(attacks: dict) -> dict:
@@ -51,17 +66,59 @@ def predictions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack=None,
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
+def _entry(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
+    correct = (pred == y).numpy()
+    return {"acc": float(correct.mean()) if len(y) else 0.0, "f1": macro_f1(pred.numpy(), y.numpy(), num_classes),
+            "n": int(len(y)), "correct": correct}
+
+
+@torch.no_grad()
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of what an evaluation of ``model`` depends on: the architecture and every tensor
+    of its eval-mode plain export (masked networks: task j's effective weights, BN, head).
+    Evaluation is a deterministic function of the model and the seeds, so two evaluations of
+    models with the same fingerprint give bit-identical results — the engine reuses them for
+    tasks a later task did not change (CMAT/PackNet/individual models), which keeps the cost
+    of ``aa`` after every task linear instead of quadratic in the number of tasks."""
+    model.eval()
+    export = model.plain_equivalent() if hasattr(model, "plain_equivalent") else model
+    h = hashlib.sha256(repr(export).encode())
+    for name, value in export.state_dict().items():
+        v = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
+        h.update(v.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def evaluate_task(model: nn.Module, data, attacks: dict, num_classes: int, seed: int, task: int,
-                  samples: Optional[int] = None, batch_size: int = 256, device="cpu") -> dict:
-    """``{attack: {"acc", "f1", "n"}}`` for one task's model on a dataset (``ImageData``)."""
+                  samples: Optional[int] = None, batch_size: int = 256, device="cpu", progress=None) -> dict:
+    """``{column: {"acc", "f1", "n", "correct"}}`` for one task's model on a dataset
+    (``ImageData``): one entry per attack name plus ``worst`` when an attack ran; ``correct`` is
+    the per-image outcome (bool array over ``clean["indices"]``, the evaluated test images);
+    ``clean`` also holds ``acc_full``/``n_full``, clean accuracy on the whole test set.
+    ``progress(name)`` is called before each attack (for status lines)."""
     x, y = data.tensors()
+    pred_full = predictions(model, x, y, None, None, batch_size, device)
     subset = eval_subset(len(y), samples, seed, task)
-    results = {}
+    indices = torch.arange(len(y)) if subset is None else subset
+    xs, ys, clean_pred = x[indices], y[indices], pred_full[indices]
+    alive = (clean_pred == ys).nonzero().squeeze(1)
+    results, worst_pred = {}, clean_pred.clone()
     for name, atk in attacks.items():
-        xs, ys = (x, y) if (atk is None or subset is None) else (x[subset], y[subset])
-        pred = predictions(model, xs, ys, atk, generator(seed, "eval", task, name), batch_size, device)
-        results[name] = {"acc": float((pred == ys).float().mean()) if len(ys) else 0.0,
-                         "f1": macro_f1(pred.numpy(), ys.numpy(), num_classes), "n": int(len(ys))}
+        pred = clean_pred.clone()
+        if atk is not None and alive.numel():
+            if progress is not None:
+                progress(name)
+            pred[alive] = predictions(model, xs[alive], ys[alive], atk, generator(seed, "eval", task, name),
+                                      batch_size, device)
+            first_break = (worst_pred == ys) & (pred != ys)
+            worst_pred[first_break] = pred[first_break]
+        results[name] = _entry(pred, ys, num_classes)
+    clean = results.setdefault("clean", _entry(clean_pred, ys, num_classes))
+    clean.update(acc_full=float((pred_full == y).float().mean()) if len(y) else 0.0, n_full=int(len(y)),
+                 indices=indices.numpy())
+    if any(atk is not None for atk in attacks.values()):
+        results[WORST] = _entry(worst_pred, ys, num_classes)
     return results
 
 
@@ -73,25 +130,29 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, 
 
 def eps_sweep(model, x, y, eps_values, steps: int = 10, alpha_ratio: float = 0.25, seed: int = 0,
               batch_size: int = 256, device="cpu") -> list:
-    """PGD accuracy over ε (α = alpha_ratio·ε): ``[{"eps", "alpha", "steps", "acc"}]``."""
+    """PGD accuracy over ε, α = :func:`sound_alpha` (ε, alpha_ratio·ε, steps) so the steps can
+    cross every ball: ``[{"eps", "alpha", "steps", "acc"}]``."""
     rows = []
     for eps in eps_values:
         if eps == 0:
             acc = robust_accuracy(model, x, y, None, None, batch_size, device)
             rows.append({"eps": 0.0, "alpha": 0.0, "steps": 0, "acc": acc})
             continue
-        atk = PGD(eps=eps, alpha=alpha_ratio * eps, steps=steps)
+        step = sound_alpha(eps, alpha_ratio * eps, steps)
+        atk = PGD(eps=eps, alpha=step, steps=steps)
         acc = robust_accuracy(model, x, y, atk, generator(seed, "eps-sweep", eps), batch_size, device)
-        rows.append({"eps": float(eps), "alpha": alpha_ratio * eps, "steps": steps, "acc": acc})
+        rows.append({"eps": float(eps), "alpha": step, "steps": steps, "acc": acc})
     return rows
 
 
 def steps_sweep(model, x, y, eps: float, alpha: float, steps_values, seed: int = 0,
                 batch_size: int = 256, device="cpu") -> list:
-    """PGD accuracy over the number of steps at fixed ε and α ("accuracy over difficulty")."""
+    """PGD accuracy over the number of steps k at fixed ε ("accuracy over difficulty"), each with
+    α = :func:`sound_alpha` (ε, alpha, k)."""
     rows = []
     for steps in steps_values:
-        atk = PGD(eps=eps, alpha=alpha, steps=int(steps))
+        step = sound_alpha(eps, alpha, int(steps))
+        atk = PGD(eps=eps, alpha=step, steps=int(steps))
         acc = robust_accuracy(model, x, y, atk, generator(seed, "steps-sweep", steps), batch_size, device)
-        rows.append({"eps": eps, "alpha": alpha, "steps": int(steps), "acc": acc})
+        rows.append({"eps": eps, "alpha": step, "steps": int(steps), "acc": acc})
     return rows

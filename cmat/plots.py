@@ -1,4 +1,12 @@
-"""Matplotlib figures (Agg backend, no screen needed)."""
+"""Matplotlib figures (Agg backend, no screen needed).
+
+Contract: every ``*_figure`` function returns a new ``Figure`` (the caller saves and closes it)
+laid out with matplotlib's constrained layout, so tick labels, colourbars and legends fit
+inside the canvas without ``bbox_inches="tight"``. Legends sit outside the axes and never
+cover data. Colours are colour-blind friendly (Okabe–Ito); a given attack name always gets
+the same colour. Accuracy heat maps use ``viridis`` on a fixed 0..1 scale, label their axes
+with task names and write each cell's value in black or white, whichever reads on that cell.
+"""
 from __future__ import annotations
 
 import matplotlib
@@ -7,44 +15,129 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+# Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442", "#000000")
+ATTACK_COLOURS = {"clean": "#0072B2", "fgsm": "#56B4E9", "pgd10": "#E69F00", "pgd40": "#D55E00",
+                  "aa": "#CC79A7", "worst": "#000000"}
+BAR_ATTACKS = ("clean", "fgsm", "pgd10", "pgd40", "aa", "worst")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+MATRIX_CMAP = "viridis"
 
-def accuracy_matrix_figure(acc, title: str = ""):
-    """Heat map of the lower-triangular matrix ``acc[i][j]`` (row: after task i; column: task j)."""
+
+# ----------------------------------------------------------------------------- heat maps
+
+def text_colour(value: float, cmap=MATRIX_CMAP) -> str:
+    """``"black"`` or ``"white"``: black when the cell colour of ``value`` (on the 0..1 scale of
+    ``cmap``) has luminance > 0.5 (Rec. 709 weights of the sRGB channels), white otherwise."""
+    r, g, b, _ = plt.get_cmap(cmap)(float(np.clip(value, 0.0, 1.0)))
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 else "white"
+
+
+def _matrix(acc) -> np.ndarray:
     t = len(acc)
     mat = np.full((t, t), np.nan)
     for i, row in enumerate(acc):
         mat[i, : len(row)] = row
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * t, 0.8 + 0.5 * t))
-    im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
-    if t <= 10:
+    return mat
+
+
+def draw_accuracy_matrix(ax, acc, task_names=None, title: str = "", ylabels: bool = True):
+    """Draw the lower-triangular ``acc[i][j]`` (row i: after training task i; column j: the
+    evaluated task) on ``ax``; untrained cells stay light grey. Returns the ``AxesImage``."""
+    mat = _matrix(acc)
+    t = len(mat)
+    names = list(task_names) if task_names is not None and len(task_names) >= t else [str(j) for j in range(t)]
+    cmap = plt.get_cmap(MATRIX_CMAP).with_extremes(bad="#eeeeee")
+    im = ax.imshow(mat, vmin=0, vmax=1, cmap=cmap)
+    if t <= 12:
+        size = 9 if t <= 6 else 7
         for i in range(t):
-            for j in range(i + 1):
-                ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
-    ax.set_xlabel("evaluated task j")
-    ax.set_ylabel("after training task i")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
+            for j in range(t):
+                if np.isfinite(mat[i, j]):
+                    ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=size,
+                            color=text_colour(mat[i, j]))
+    ax.set_xticks(np.arange(t))
+    ax.set_xticklabels(names[:t], rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_yticks(np.arange(t))
+    ax.set_yticklabels(names[:t] if ylabels else [], fontsize=8)
+    ax.set_xlabel("evaluated task")
+    if ylabels:
+        ax.set_ylabel("after training task")
+    ax.set_title(title, fontsize=10)
+    return im
+
+
+def accuracy_matrix_figure(acc, title: str = "", task_names=None):
+    """Heat map of one accuracy matrix ``acc[i][j]`` with a 0..1 colourbar; ticks are the task
+    names when given (else task indices)."""
+    t = len(acc)
+    fig, ax = plt.subplots(figsize=(2.6 + 0.55 * t, 2.2 + 0.5 * t), layout="constrained")
+    im = draw_accuracy_matrix(ax, acc, task_names, title)
+    fig.colorbar(im, ax=ax, label="accuracy", shrink=0.9)
     return fig
 
 
-def task_bars_figure(results_by_method: dict, attacks=("clean", "pgd10", "pgd40")):
-    """Per-task grouped bars (after the last task) of each attack, one panel per method."""
+def accuracy_grid_figure(panels: dict, attack: str, max_cols: int = 4):
+    """One figure per attack: a heat map per method (``panels``: method → ``(acc, task_names)``)
+    on a shared 0..1 scale with one colourbar; task names label the first column's rows."""
+    n = max(len(panels), 1)
+    cols = min(n, max_cols)
+    rows = -(-n // cols)
+    t = max((len(acc) for acc, _ in panels.values()), default=1)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(5.2, 2.0 + (0.8 + 0.5 * t) * cols), 0.6 + (1.6 + 0.5 * t) * rows),
+                             squeeze=False, layout="constrained")
+    im = None
+    for k, (method, (acc, names)) in enumerate(panels.items()):
+        im = draw_accuracy_matrix(axes.flat[k], acc, names, method, ylabels=(k % cols == 0))
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if im is not None:
+        fig.colorbar(im, ax=axes, label="accuracy", shrink=0.9)
+    fig.suptitle(accuracy_title(attack), fontsize=11)
+    return fig
+
+
+def accuracy_title(attack: str) -> str:
+    """``accuracy under pgd10``; ``worst`` reads as the per-image worst case over the attacks."""
+    return "accuracy, per-image worst case over the attacks" if attack == "worst" else f"accuracy under {attack}"
+
+
+# ----------------------------------------------------------------------------- bars and curves
+
+def attack_colour(name: str, k: int = 0) -> str:
+    return ATTACK_COLOURS.get(name, OKABE_ITO[k % len(OKABE_ITO)])
+
+
+def task_bars_figure(results_by_method: dict, attacks=BAR_ATTACKS):
+    """Per-task grouped bars of accuracy after the last task, one panel per method, one bar per
+    attack of ``attacks`` that the method's ``acc`` has (in that order). One shared legend sits
+    above the panels, outside every axes."""
     n = len(results_by_method)
-    fig, axes = plt.subplots(n, 1, figsize=(max(6, 0.6 * _n_tasks(results_by_method) + 2), 2.6 * n), squeeze=False)
+    present = [a for a in attacks if any(a in r["acc"] for r in results_by_method.values())]
+    t_max = _n_tasks(results_by_method)
+    fig, axes = plt.subplots(n, 1, figsize=(max(6.0, 0.25 * len(present) * t_max + 2.5), 0.6 + 2.6 * n),
+                             squeeze=False, layout="constrained")
     for ax, (method, res) in zip(axes[:, 0], results_by_method.items()):
-        names = [a for a in attacks if a in res["acc"]]
+        names = [a for a in present if a in res["acc"]]
         t = len(res["task_names"])
         width = 0.8 / max(len(names), 1)
         for k, a in enumerate(names):
-            ax.bar(np.arange(t) + k * width, res["acc"][a][-1], width, label=a)
-        ax.set_xticks(np.arange(t) + 0.4 - width / 2)
-        ax.set_xticklabels(res["task_names"], rotation=45, ha="right", fontsize=7)
+            ax.bar(np.arange(t) + (k - (len(names) - 1) / 2) * width, res["acc"][a][-1][:t], width,
+                   label=a, color=attack_colour(a, present.index(a)), edgecolor="white", linewidth=0.5)
+        ax.set_xticks(np.arange(t))
+        tilt = t > 8 or max(len(s) for s in res["task_names"]) * t > 60
+        ax.set_xticklabels(res["task_names"], rotation=45 if tilt else 0, ha="right" if tilt else "center",
+                           rotation_mode="anchor", fontsize=8)
+        ax.set_xlim(-0.6, t - 0.4)
         ax.set_ylim(0, 1)
+        ax.set_yticks(np.linspace(0, 1, 6))
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
         ax.set_ylabel("accuracy")
-        ax.set_title(method)
-        ax.legend(fontsize=7, ncol=len(names))
-    fig.tight_layout()
+        ax.set_title(method, fontsize=10)
+    handles = [matplotlib.patches.Patch(color=attack_colour(a, k), label=a) for k, a in enumerate(present)]
+    fig.legend(handles=handles, loc="outside upper center", ncol=max(len(handles), 1), fontsize=8,
+               title="per-task accuracy after the last task, by attack", title_fontsize=9, frameon=False)
     return fig
 
 
@@ -52,18 +145,38 @@ def _n_tasks(results_by_method: dict) -> int:
     return max(len(r["task_names"]) for r in results_by_method.values())
 
 
-def curves_figure(rows_by_method: dict, x: str, title: str):
-    """Accuracy against ``x`` (``eps`` or ``steps``), one line per method."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for method, rows in rows_by_method.items():
-        ax.plot([r[x] for r in rows], [r["acc"] for r in rows], marker="o", label=method)
-    ax.set_xlabel("ε" if x == "eps" else "PGD steps")
+def curves_figure(rows_by_method: dict, x: str, title: str, eps=None):
+    """Mean accuracy against ``x`` (``"eps"`` or ``"steps"``), one line per method, legend to
+    the right of the axes. For ``"eps"`` a top axis reads ε in 1/255 units and ``eps`` (the
+    preset ε), when given, is marked; steps are on a log axis ticked at the measured values."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
+    for k, (method, rows) in enumerate(rows_by_method.items()):
+        ax.plot([r[x] for r in rows], [r["acc"] for r in rows], marker=MARKERS[k % len(MARKERS)],
+                color=OKABE_ITO[k % len(OKABE_ITO)], label=method)
+    if x == "eps":
+        ax.set_xlabel("ε (pixel scale, [0,1] images)")
+        top = ax.secondary_xaxis("top", functions=(lambda v: v * 255, lambda v: v / 255))
+        top.set_xlabel("ε × 255", fontsize=8)
+        if eps is not None:
+            ax.axvline(eps, color="0.4", ls="--", lw=0.8, label=f"preset ε = {eps_text(eps)}")
+    else:
+        ax.set_xscale("log")
+        ticks = sorted({r[x] for rows in rows_by_method.values() for r in rows})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(v) for v in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("PGD steps")
     ax.set_ylabel("accuracy (mean over tasks)")
     ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return fig
+
+
+def eps_text(eps: float) -> str:
+    """``ε`` as ``0.03137 (8/255)``."""
+    return f"{eps:.4g} ({eps * 255:.3g}/255)"
 
 
 def ecdf_figure(values_by_name: dict, eps: float):

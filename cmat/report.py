@@ -7,22 +7,45 @@ from pathlib import Path
 from cmat.errors import CmatError
 
 
+def _interval(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def summary_table(results: dict) -> str:
     """Per task (after the last task) accuracy under each attack plus the method's per-task
-    decisions (sparsity, width) where it has them; then average, BWT, forgetting and cost."""
+    decisions (sparsity, width) where it has them; then average, BWT, forgetting, the pooled
+    95% interval with its n, and cost. Every column is on the same images (the header says
+    when those are a subset, and the full-set clean accuracy follows)."""
     names = list(results["acc"])
     last = {n: results["acc"][n][-1] for n in names}
     records = {r["task"]: r for r in results.get("decisions", {}).get("tasks", [])}
     extra = [k for k in ("sparsity", "channel_sparsity", "width") if any(k in r for r in records.values())]
     width = max(12, max(len(t) for t in results["task_names"]) + 2)
-    lines = [f"{results['method']} / {results['objective']} on {results['tasks']}",
-             f"{'task':<{width}}" + "".join(f"{n:>9}" for n in names) + "".join(f"{k:>17}" for k in extra)]
+    ev = results.get("eval", {})
+    ns = ev.get("n") or []
+    if ev.get("samples") is not None and ns != ev.get("n_test"):
+        scope = f"every column on the same seeded subset of {ev['samples']} test images per task"
+    else:
+        scope = f"every column on the whole test set ({sum(ns)} images)" if ns else "whole test set"
+    cw = 16
+    lines = [f"{results['method']} / {results['objective']} on {results['tasks']}: accuracy after the last task, "
+             f"{scope}; worst = correct clean and under every attack",
+             f"{'task':<{width}}{'n':>6}" + "".join(f"{n:>{cw}}" for n in names) + "".join(f"{k:>10}" for k in extra)]
     for j, tname in enumerate(results["task_names"]):
         rec = records.get(j, {})
-        cells = "".join(f"{rec[k]:>17.3f}" if k in rec else f"{'':>17}" for k in extra)
-        lines.append(f"{tname:<{width}}" + "".join(f"{last[n][j]:>9.4f}" for n in names) + cells)
+        cells = "".join(f"{rec[k]:>10.3f}" if k in rec else f"{'':>10}" for k in extra)
+        n = f"{ns[j]:>6}" if j < len(ns) else f"{'':>6}"
+        lines.append(f"{tname:<{width}}{n}" + "".join(f"{last[a][j]:>{cw}.4f}" for a in names) + cells)
     for key, label in (("acc", "average"), ("bwt", "BWT"), ("forgetting", "forgetting")):
-        lines.append(f"{label:<{width}}" + "".join(f"{results['summary'][n][key]:>9.4f}" for n in names))
+        lines.append(f"{label:<{width}}{'':>6}" + "".join(f"{results['summary'][a][key]:>{cw}.4f}" for a in names))
+    if all("ci95" in results["summary"][a] for a in names):
+        pooled = [results["summary"][a] for a in names]
+        lines.append(f"{'pooled 95% CI':<{width}}{pooled[0]['n']:>6}"
+                     + "".join(f"{_interval(s['ci95']):>{cw}}" for s in pooled))
+    if "clean_full" in results and ev.get("samples") is not None and ns != ev.get("n_test"):
+        full = results["clean_full"]["acc"][-1]
+        lines.append(f"clean accuracy on the whole test sets ({sum(ev['n_test'])} images): "
+                     f"{sum(full) / len(full):.4f} (per task: " + ", ".join(f"{a:.3f}" for a in full) + ")")
     cost = results["cost"]
     lines.append(f"train {cost['train_seconds']:.1f}s, {cost['params_total']:,} parameters, "
                  f"store {cost['store_bytes']:,} bytes")
@@ -70,73 +93,188 @@ def _read_results(path: Path) -> dict:
         raise CmatError(f"{path} is not a cmat results file: {err}") from None
 
 
-def sweeps(run_dir: Path, samples: int = 200, data_root=None) -> dict:
-    """Accuracy over ε and over PGD steps, averaged over the run's tasks (a seeded subset of
-    ``samples`` test images per task)."""
+# Sweeps (ε and PGD steps): attack-image budget and the step-size rule.
+EPS_FACTORS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
+SWEEP_STEPS = (1, 2, 5, 10, 20, 40)
+EPS_SWEEP_STEPS = 10
+ALPHA_RULE = "α = max(threat α, 2.5·ε/k)"
+
+
+def attack_samples(samples, run_samples):
+    """Images per task to attack: the run's own ``eval.samples`` when ``samples`` is None
+    (None = the whole test set), else ``samples`` capped at the run's ``eval.samples``."""
+    if samples is None:
+        return run_samples
+    return int(samples) if run_samples is None else min(int(samples), int(run_samples))
+
+
+def sweeps(run_dir: Path, samples=None, data_root=None, progress: bool = True, label=None) -> dict:
+    """Accuracy over ε (PGD-10) and over PGD steps (at the preset ε), averaged over the run's
+    tasks, on the run's own attack subset (``attack_samples``). Every PGD uses
+    α = max(threat α, 2.5·ε/k) for k steps (``cmat.attacks.sound_alpha``), recorded per row.
+
+    Returns ``{"eps": [{"eps", "alpha", "steps", "acc"}], "steps": [...], "threat": {"eps",
+    "alpha"}, "samples": images per task (None = whole test set), "alpha_rule": str}``. A
+    tqdm bar (``progress``) counts attack evaluations, its description naming ``label`` (the
+    method) and the task."""
+    from tqdm import tqdm
+
     import cmat
+    from cmat.attacks import sound_alpha
     from cmat.evaluate import eps_sweep, eval_subset, steps_sweep
     from tasks import get_tasks
 
     run = cmat.load(run_dir)
     cfg = run.config
+    n = attack_samples(samples, cfg.eval.samples)
     seq = get_tasks(cfg.tasks, data_root=data_root or cfg.data_root, seed=cfg.seed,
                     val_fraction=cfg.train.val_fraction)
     eps, alpha = cfg.threat.eps, cfg.threat.alpha
-    eps_values = [0.0, eps / 4, eps / 2, eps, 1.5 * eps, 2 * eps]
-    step_values = [1, 2, 5, 10, 20, 40]
+    eps_values = [f * eps for f in EPS_FACTORS]
+    names = list(run.task_names)
+    label = label or getattr(cfg, "method", None) or Path(run_dir).name
+    bar = tqdm(total=len(names) * (len(eps_values) + len(SWEEP_STEPS)), disable=not progress, unit="attack")
     by_eps, by_steps = [], []
-    for j in range(len(run.task_names)):
-        x, y = seq[j].test.tensors(eval_subset(len(seq[j].test), samples, cfg.seed, j))
+    for j, name in enumerate(names):
+        bar.set_description(f"sweeps {label}: task {j + 1}/{len(names)} {name}")
+        x, y = seq[j].test.tensors(eval_subset(len(seq[j].test), n, cfg.seed, j))
         model = run.model(j)
-        by_eps.append(eps_sweep(model, x, y, eps_values, steps=10, alpha_ratio=alpha / eps, seed=cfg.seed))
-        by_steps.append(steps_sweep(model, x, y, eps, alpha, step_values, seed=cfg.seed))
+        rows = []
+        for e in eps_values:  # one ε at a time: α depends on ε (eps_sweep takes one α/ε ratio)
+            ratio = sound_alpha(e, alpha, EPS_SWEEP_STEPS) / e if e > 0 else 1.0
+            rows += eps_sweep(model, x, y, [e], steps=EPS_SWEEP_STEPS, alpha_ratio=ratio, seed=cfg.seed)
+            bar.update()
+        by_eps.append(rows)
+        rows = []
+        for k in SWEEP_STEPS:  # one k at a time: α depends on k
+            rows += steps_sweep(model, x, y, eps, sound_alpha(eps, alpha, k), [k], seed=cfg.seed)
+            bar.update()
+        by_steps.append(rows)
+    bar.close()
 
     def mean(rows_per_task):
         return [{**rows_per_task[0][i], "acc": float(sum(r[i]["acc"] for r in rows_per_task) / len(rows_per_task))}
                 for i in range(len(rows_per_task[0]))]
 
-    return {"eps": mean(by_eps), "steps": mean(by_steps)}
+    return {"eps": mean(by_eps), "steps": mean(by_steps), "threat": {"eps": eps, "alpha": alpha},
+            "samples": n, "alpha_rule": ALPHA_RULE}
 
 
-def plot_run(run_dir, samples: int = 200, data_root=None) -> list:
-    """Plots for a run or a bench directory (PNG under ``DIR/plots``, also in ``DIR/tb``):
-    accuracy-matrix heat maps, per-task grouped bars (clean / PGD-10 / PGD-40) per method,
-    accuracy against ε and against PGD steps per method. Returns the PNG paths."""
-    from cmat.plots import accuracy_matrix_figure, curves_figure, plt, task_bars_figure
-    from cmat.tblog import RunLogger
-
-    p = Path(run_dir)
+def _run_dirs(p: Path) -> dict:
+    """Method (None for a single run) → run directory, for a run or a bench directory."""
     if (p / "bench.json").exists():
         bench = json.loads((p / "bench.json").read_text())
         seed = bench["seeds"][0]
-        run_dirs = {r["method"]: p / f"{r['method']}-s{seed}" for r in bench["rows"]}
-    elif (p / "results.json").exists():
-        run_dirs = {None: p}
-    else:
-        raise CmatError(f"no results.json or bench.json in {p} (is it a finished run or bench directory?)")
+        return {r["method"]: p / f"{r['method']}-s{seed}" for r in bench["rows"]}
+    if (p / "results.json").exists():
+        return {None: p}
+    raise CmatError(f"no results.json or bench.json in {p} (is it a finished run or bench directory?)")
+
+
+def plot_run(run_dir, samples=None, data_root=None, progress: bool = True) -> list:
+    """Plots for a run or a bench directory (PNG under ``DIR/plots``, also in ``DIR/tb``):
+
+    * ``matrix_<attack>.png``: accuracy-matrix heat maps of every method under one attack;
+    * ``matrix_<method>_<attack>.png``: the same, one method per figure;
+    * ``tasks_bars.png``: per-task grouped bars (clean/FGSM/PGD-10/PGD-40/AA/worst, those
+      present) after the last task, one panel per method;
+    * ``acc_vs_eps.png``, ``acc_vs_steps.png`` (+ ``sweeps.json``): see ``sweeps``, which
+      attacks ``attack_samples(samples, run's eval.samples)`` images per task.
+
+    Returns the PNG paths."""
+    from cmat.plots import (accuracy_grid_figure, accuracy_matrix_figure, accuracy_title, curves_figure,
+                            eps_text, plt, task_bars_figure)
+    from cmat.tblog import RunLogger
+
+    p = Path(run_dir)
+    run_dirs = _run_dirs(p)
     results = {m: _read_results(d / "results.json") for m, d in run_dirs.items()}
     label = {m: (m or r.get("method", "run")) for m, r in results.items()}
     out = p / "plots"
     out.mkdir(exist_ok=True)
-    curves = {label[m]: sweeps(d, samples, data_root) for m, d in run_dirs.items()}
-    (out / "sweeps.json").write_text(json.dumps(curves, indent=1))
+    attacks = list(dict.fromkeys(a for r in results.values() for a in r["acc"]))
     makers = {}
+    for a in attacks:
+        panels = {label[m]: (r["acc"][a], r["task_names"]) for m, r in results.items() if a in r["acc"]}
+        makers[f"matrix_{a}"] = lambda panels=panels, a=a: accuracy_grid_figure(panels, a)
     for m, res in results.items():
         for name, mat in res["acc"].items():
-            makers[f"matrix_{label[m]}_{name}"] = (lambda mat=mat, t=f"{label[m]} {name}": accuracy_matrix_figure(mat, t))
+            makers[f"matrix_{label[m]}_{name}"] = (
+                lambda mat=mat, t=f"{label[m]}: {accuracy_title(name)}", names=res["task_names"]:
+                accuracy_matrix_figure(mat, t, names))
     makers["tasks_bars"] = lambda: task_bars_figure({label[m]: r for m, r in results.items()})
-    makers["acc_vs_eps"] = lambda: curves_figure({m: c["eps"] for m, c in curves.items()}, "eps",
-                                                 "PGD-10 accuracy over ε")
-    makers["acc_vs_steps"] = lambda: curves_figure({m: c["steps"] for m, c in curves.items()}, "steps",
-                                                   "PGD accuracy over steps at the preset ε")
     logger = RunLogger(p)
     paths = []
-    for name, make in makers.items():  # one figure open at a time
+
+    def save(name, make):  # one figure open at a time
         fig = make()
         path = out / f"{name}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=120)
         logger.figure(f"plots/{name}", fig, 0)
         plt.close(fig)
         paths.append(path)
-    logger.close()
+
+    try:
+        for name, make in makers.items():
+            save(name, make)
+        curves = {label[m]: sweeps(d, samples, data_root, progress, label[m]) for m, d in run_dirs.items()}
+        (out / "sweeps.json").write_text(json.dumps(curves, indent=1))
+        eps = next(iter(curves.values()))["threat"]["eps"]
+        save("acc_vs_eps", lambda: curves_figure(
+            {m: c["eps"] for m, c in curves.items()}, "eps",
+            f"PGD-{EPS_SWEEP_STEPS} accuracy over ε\n({ALPHA_RULE}, k = {EPS_SWEEP_STEPS})", eps=eps))
+        save("acc_vs_steps", lambda: curves_figure(
+            {m: c["steps"] for m, c in curves.items()}, "steps",
+            f"PGD accuracy over steps k at the preset ε = {eps_text(eps)}\n({ALPHA_RULE})"))
+    finally:
+        logger.close()
     return paths
+
+
+def run_markdown(results: dict, source: str = "") -> str:
+    """A run's results as Markdown: per task (after the last task) every column with n, then the
+    average, BWT, forgetting and the pooled 95% Wilson interval — rendered from results.json."""
+    names = list(results["acc"])
+    ev = results.get("eval", {})
+    ns = ev.get("n") or [""] * len(results["task_names"])
+    scope = (f"a seeded subset of {ev['samples']} test images per task" if ev.get("samples") is not None
+             and ev.get("n") != ev.get("n_test") else "the whole test set")
+    lines = [f"**{results['method']} / {results['objective']} on {results['tasks']}** (seed {results.get('seed', '?')}; "
+             f"every column on {scope}; `worst` = correct clean and under every attack)" + (f" — `{source}`" if source else ""),
+             "", "| task | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for j, t in enumerate(results["task_names"]):
+        lines.append(f"| {t} | {ns[j]} | " + " | ".join(f"{results['acc'][a][-1][j]:.3f}" for a in names) + " |")
+    for key, label in (("acc", "average"), ("bwt", "BWT"), ("forgetting", "forgetting")):
+        lines.append(f"| {label} | | " + " | ".join(f"{results['summary'][a][key]:.3f}" for a in names) + " |")
+    if all("ci95" in results["summary"][a] for a in names):
+        n = results["summary"][names[0]]["n"]
+        lines.append(f"| 95% CI (pooled) | {n} | " + " | ".join(_interval(results["summary"][a]["ci95"]) for a in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_report(path) -> str:
+    """Markdown tables rendered from result files: a run directory (results.json) or a bench
+    directory (bench.json + its run directories: mean ± std, McNemar, budget — recomputed)."""
+    import yaml
+
+    from cmat import bench as bench_mod
+    from cmat.config import from_dict
+
+    p = Path(path)
+    if (p / "bench.json").exists():
+        try:
+            bench = json.loads((p / "bench.json").read_text())
+            methods, seeds = [r["method"] for r in bench["rows"]], bench["seeds"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise CmatError(f"{p / 'bench.json'} is not a cmat bench file: {err}") from None
+        per_method = {m: [_read_results(p / f"{m}-s{s}" / "results.json") for s in seeds] for m in methods}
+        cfg = from_dict(yaml.safe_load((p / f"{methods[0]}-s{seeds[0]}" / "config.yaml").read_text()))
+        columns = [c for c in bench_mod.ORDER if all(c in r["summary"] for rs in per_method.values() for r in rs)]
+        rows = [bench_mod.aggregate(m, rs, columns) for m, rs in per_method.items()]
+        reference = "cmat" if "cmat" in methods else methods[0]
+        tests = bench_mod.paired_tests(p, methods, seeds, reference)
+        budget = bench_mod.run_budget(cfg, per_method[methods[0]][0], seeds)
+        return bench_mod.to_markdown(rows, columns, cfg, seeds, budget, reference, tests)
+    if (p / "results.json").exists():
+        return run_markdown(_read_results(p / "results.json"))
+    raise CmatError(f"no results.json or bench.json in {p} (is it a finished run or bench directory?)")

@@ -160,7 +160,7 @@ def _bn_affine(bn: nn.BatchNorm2d) -> ChannelAffine:
 
 
 def _flatten_module(m: nn.Module, ops: list) -> None:
-    from baselines.anp_vs import BetaBernoulliMask, PRUNE_AT
+    from cmat.nn.beta_bernoulli import PRUNE_AT, BetaBernoulliMask
     from cmat.nn.backbones import Normalize
     from cmat.nn.masked import MaskedConv2d, MaskedLinear, TaskBatchNorm2d
 

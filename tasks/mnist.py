@@ -110,7 +110,7 @@ def read_emnist_balanced(root: Path, download: bool = False) -> dict:
 def load_mnist_5split(root: Path, download: bool, seed: int, val_fraction: float) -> list:
     d = read_mnist(root, download)
     groups = [[2 * j, 2 * j + 1] for j in range(5)]
-    return class_split_tasks(groups, [f"digits-{a}-{b}" for a, b in groups], [str(d) for d in range(10)],
+    return class_split_tasks(groups, [f"mnist-{a}-{b}" for a, b in groups], [str(d) for d in range(10)],
                              d["train"], d["test"], AUGMENT, seed, val_fraction)
 
 

@@ -277,8 +277,8 @@ def test_make_attack_names():
     assert make_attack("clean", EPS, ALPHA) is None
     fgsm = make_attack("fgsm", EPS, ALPHA)
     assert isinstance(fgsm, FGSM) and fgsm.params()["alpha"] == EPS and not fgsm.random_start
-    p7 = make_attack("pgd7", EPS, 2.5 / 255)
-    assert p7.params() == {"attack": "PGD", "eps": EPS, "alpha": 2.5 / 255, "steps": 7,
+    p7 = make_attack("pgd7", EPS, 3 / 255)
+    assert p7.params() == {"attack": "PGD", "eps": EPS, "alpha": 3 / 255, "steps": 7,
                            "random_start": True, "restarts": 1, "loss": "ce"}
     assert make_attack("PGD40-cw", EPS, ALPHA).params()["loss"] == "cw"
     assert repr(make_attack("pgd10", EPS, ALPHA)) == \

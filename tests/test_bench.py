@@ -2,11 +2,13 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from baselines.anp_vs import ANPVS, BetaBernoulliMask, kl_kumaraswamy_beta, kumaraswamy_mean
+from baselines.anp_vs import ANPVS
+from cmat.nn.beta_bernoulli import BetaBernoulliMask, kl_kumaraswamy_beta, kumaraswamy_mean
 from cmat.cli import main
 from cmat.engine import Trainer
 from cmat.tblog import RunLogger
@@ -31,11 +33,22 @@ def test_bench_table_has_every_method(bench_dir):
     out, printed = bench_dir
     rows = list(csv.DictReader((out / "bench.csv").open()))
     assert [r["method"] for r in rows] == METHODS.split(",")
-    assert list(rows[0])[:5] == ["method", "clean", "fgsm", "pgd10", "pgd40"]
+    assert list(rows[0])[:6] == ["method", "clean", "fgsm", "pgd10", "pgd40", "worst"]
     md = (out / "bench.md").read_text()
     for m in METHODS.split(","):
         assert f"| {m} |" in md and m in printed
         assert (out / f"{m}-s0" / "results.json").exists()
+    # the paired tests and the budget are in the table a reader sees
+    assert "McNemar" in md and "## Run budget" in md and "2 epochs" in md and "eval samples: 100" in md
+    bench = json.loads((out / "bench.json").read_text())
+    assert set(bench["mcnemar"]) == set(METHODS.split(",")) - {"cmat"}
+    from cmat.metrics import mcnemar_exact
+    from cmat.outcomes import read_outcomes
+    ref = np.concatenate(read_outcomes(out / "cmat-s0" / "eval.h5")["correct"]["worst"])
+    for m, t in bench["mcnemar"].items():
+        other = np.concatenate(read_outcomes(out / f"{m}-s0" / "eval.h5")["correct"]["worst"])
+        assert t["pooled"] == mcnemar_exact(ref, other) and t["pooled"]["n"] == 200
+        assert f"| {m} | 200 | {t['pooled']['a_only']} | {t['pooled']['b_only']} |" in md
 
 
 def test_bench_reuses_finished_runs(bench_dir):

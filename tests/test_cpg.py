@@ -143,3 +143,23 @@ def test_mismatched_resume_refused(tmp_path, monkeypatch):
     with pytest.raises(CmatError, match="train.epochs") as err:
         Run(other, tmp_path, progress=False, verbose=False, resume=True).execute()
     assert "\n" not in str(err.value)
+
+
+def test_goal_at_chance_is_flagged_and_the_task_trained_to_best_effort(monkeypatch, capsys):
+    # an individual goal model at chance (4 classes: 0.25) must not set the bar for compaction
+    monkeypatch.setattr(CMAT, "_goal", lambda self, t, task, trainer: 0.25)
+    cfg = quick_config(method="cmat", epochs=1,
+                       method_options={**CMAT_OPTS, "goal": "individual", "prune_levels": 1})
+    seq = get_tasks("toy-2task", seed=cfg.seed)
+    torch.manual_seed(0)
+    method = CMAT(cfg, seq, "cpu")
+    trainer = Trainer(cfg, torch.device("cpu"), RunLogger(None), progress=False)
+    method.before_task(0, seq[0])
+    method.train_task(0, seq[0], trainer)
+    rec = method.decisions["tasks"][0]
+    assert rec["goal_reliable"] is False and rec["goal"] == 0.25
+    assert rec["width"] == 1.5  # grew to the cap although the "goal" was met at once
+    assert rec["compact_goal"] == rec["val_after_grow"] > 0.25 + 1 / 120
+    assert "no better than chance" in capsys.readouterr().out
+    # one image above chance + one validation image is a goal worth compacting towards
+    assert method._goal_reliable(0.25 + 2 / 120, seq[0], trainer)

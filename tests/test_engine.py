@@ -21,7 +21,10 @@ def test_results_contract(finetune_run):
         assert [len(r) for r in mat] == [1, 2]
         assert all(0.0 <= a <= 1.0 for r in mat for a in r)
         assert len(res["f1"][name]) == 2
-        assert set(res["summary"][name]) == {"acc", "bwt", "forgetting"}
+        assert set(res["summary"][name]) == {"acc", "bwt", "forgetting", "n", "correct", "ci95"}
+        lo, hi = res["summary"][name]["ci95"]
+        assert lo <= res["summary"][name]["correct"] / res["summary"][name]["n"] <= hi
+    assert "worst" in res["acc"] and res["summary"]["worst"]["n"] == res["summary"]["clean"]["n"] == 400
     assert res["attacks"]["pgd10"]["steps"] == 10 and res["attacks"]["pgd40"]["steps"] == 40
     assert res["attacks"]["pgd10"]["eps"] == pytest.approx(8 / 255)
     assert res["attacks"]["pgd10"]["alpha"] == pytest.approx(2 / 255)
@@ -42,8 +45,9 @@ def test_attack_strength_ordering_in_results(individual_run):
 def test_finetune_forgets_individual_does_not(finetune_run, individual_run):
     _, ft = finetune_run
     _, ind = individual_run
-    assert ft["acc"]["clean"][1][0] < ft["acc"]["clean"][0][0] - 0.1
-    assert ft["summary"]["clean"]["forgetting"] > 0.1
+    # toy-2task's shared template survives fine-tuning on clean data; its robustness does not
+    assert ft["acc"]["worst"][1][0] < ft["acc"]["worst"][0][0] - 0.1
+    assert ft["summary"]["worst"]["forgetting"] > 0.1
     for name in ind["acc"]:
         assert ind["acc"][name][1][0] == ind["acc"][name][0][0]  # bit for bit
         assert ind["summary"][name]["forgetting"] == 0.0

@@ -207,7 +207,7 @@ def test_failed_download_is_one_line_error(tmp_path, monkeypatch):
 def test_mnist_5split_reads_idx_plain_and_gz(tmp_path, gz):
     fakedata.write_mnist(tmp_path, gz=gz)
     seq = tasks.get_tasks("mnist-5split", data_root=tmp_path)
-    assert seq.task_names == [f"digits-{2 * j}-{2 * j + 1}" for j in range(5)]
+    assert seq.task_names == [f"mnist-{2 * j}-{2 * j + 1}" for j in range(5)]
     for j, task in enumerate(seq):
         assert task.classes == [str(2 * j), str(2 * j + 1)]
         assert (len(task.train), len(task.val), len(task.test)) == (36, 4, 10)

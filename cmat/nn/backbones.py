@@ -102,7 +102,7 @@ def norm_layer_factory(kind: str) -> Callable:
     if kind == "batchnorm":
         return nn.BatchNorm2d
     if kind == "beta-bernoulli":
-        from baselines.anp_vs import masked_bn
+        from cmat.nn.beta_bernoulli import masked_bn
 
         return masked_bn
     raise ValueError(f"unknown norm layer {kind!r}")

@@ -1,0 +1,77 @@
+"""Per-image evaluation outcomes (``eval.h5`` beside ``results.json``).
+
+For the final evaluation row (after the last task), per task j and column a (every attack
+run, ``worst`` included), one bit per evaluated test image: 1 = classified correctly clean and
+at the attack's point. Worst cases, pooled confidence intervals and paired tests (McNemar) are
+computed from these bits, never estimated from the averaged columns.
+
+Layout (HDF5, gzip + fletcher32, written to a temporary name and renamed):
+
+    /                 attrs: format "cmat-eval", version 1, columns (JSON list), task_names (JSON)
+    /tasks/<j>        attrs: n (images evaluated), n_test (test-set size)
+    /tasks/<j>/indices        int64 [n]  evaluated test-set indices (sorted)
+    /tasks/<j>/correct/<a>    uint8 [ceil(n/8)]  np.packbits of the outcome bits
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cmat.errors import CmatError
+
+FORMAT, VERSION = "cmat-eval", 1
+_DS = {"compression": "gzip", "fletcher32": True}
+
+
+def write_outcomes(path, task_names: list, per_task: list) -> Path:
+    """``per_task[j]`` is :func:`cmat.evaluate.evaluate_task`'s result for task j."""
+    import h5py
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    columns = [c for c in per_task[0] if "correct" in per_task[0][c]]
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"], f.attrs["version"] = FORMAT, VERSION
+            f.attrs["columns"], f.attrs["task_names"] = json.dumps(columns), json.dumps(list(task_names))
+            for j, res in enumerate(per_task):
+                g = f.create_group(f"tasks/{j}")
+                g.attrs["n"], g.attrs["n_test"] = int(res["clean"]["n"]), int(res["clean"]["n_full"])
+                g.create_dataset("indices", data=np.asarray(res["clean"]["indices"], dtype=np.int64), **_DS)
+                for c in columns:
+                    g.create_dataset(f"correct/{c}", data=np.packbits(np.asarray(res[c]["correct"], dtype=bool)), **_DS)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_outcomes(path) -> dict:
+    """``{"columns", "task_names", "indices": [array per task], "correct": {column: [bool array
+    per task]}}``; a missing or foreign file is a one-line :class:`CmatError`."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise CmatError(f"no per-image outcomes at {path} (runs from before eval.h5 existed cannot be paired)")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT or int(f.attrs.get("version", -1)) != VERSION:
+                raise CmatError(f"{path} is not a {FORMAT} v{VERSION} file")
+            columns, names = json.loads(f.attrs["columns"]), json.loads(f.attrs["task_names"])
+            out = {"columns": columns, "task_names": names, "indices": [], "correct": {c: [] for c in columns}}
+            for j in range(len(names)):
+                g = f[f"tasks/{j}"]
+                n = int(g.attrs["n"])
+                idx = g["indices"][()]
+                if idx.shape != (n,):
+                    raise CmatError(f"{path}: task {j} indices have shape {idx.shape}, expected ({n},)")
+                out["indices"].append(idx)
+                for c in columns:
+                    out["correct"][c].append(np.unpackbits(g[f"correct/{c}"][()], count=n).astype(bool))
+            return out
+    except (OSError, KeyError, ValueError) as err:
+        raise CmatError(f"{path} is unreadable or corrupt: {err}") from None
