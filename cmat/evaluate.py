@@ -75,7 +75,8 @@ def _entry(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
 @torch.no_grad()
 def model_fingerprint(model: nn.Module) -> str:
     """SHA-256 of what an evaluation of ``model`` depends on: the architecture and every tensor
-    of its eval-mode plain export (masked networks: task j's effective weights, BN, head).
+    of its eval-mode plain export (masked networks: task j's effective weights, BN, head), with
+    −0.0 and +0.0 hashed alike.
     Evaluation is a deterministic function of the model and the seeds, so two evaluations of
     models with the same fingerprint give bit-identical results — the engine reuses them for
     tasks a later task did not change (CMAT/PackNet/individual models), which keeps the cost
@@ -85,6 +86,8 @@ def model_fingerprint(model: nn.Module) -> str:
     h = hashlib.sha256(repr(export).encode())
     for name, value in export.state_dict().items():
         v = value.detach().cpu().contiguous().reshape(-1)
+        if v.is_floating_point():
+            v = v + 0.0  # −0.0 → +0.0: masked-out weights are ±0 by the sign of W, equal values
         h.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
         h.update(v.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
