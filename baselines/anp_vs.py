@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cmat.methods import Method, register
+from cmat.methods import Method, option, register
 from cmat.nn.backbones import MultiHeadNet
 from cmat.nn.beta_bernoulli import PRUNE_AT, BetaBernoulliMask
 
@@ -30,9 +30,9 @@ class ANPVS(Method):
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
         opts = {"kl_weight": 1.0, "vs_weight": 0.01, "mask_lr": 0.01, **cfg.method_options}
-        self.kl_weight = float(opts["kl_weight"])
-        self.vs_weight = float(opts["vs_weight"])
-        self.mask_lr = float(opts["mask_lr"])
+        self.kl_weight = option(opts, "kl_weight", 1.0, float, 0.0, 1e6)
+        self.vs_weight = option(opts, "vs_weight", 0.01, float, 0.0, 1e6)
+        self.mask_lr = option(opts, "mask_lr", 0.01, float, 1e-12, 10.0)
         self.nets = []
         self.decisions = {"tasks": []}
 

@@ -8,7 +8,7 @@ heads, so earlier tasks are never changed: zero forgetting is exact.
 """
 from __future__ import annotations
 
-from cmat.methods import Method, register
+from cmat.methods import Method, option, register
 from cmat.nn.masked import MaskedMultiHeadNet
 
 
@@ -21,8 +21,8 @@ class PackNet(Method):
         c, h, _ = seq[0].input_shape
         self.net = MaskedMultiHeadNet(cfg.model.arch, c, h, cfg.model.width).to(self.device)
         opts = cfg.method_options
-        self.prune_fraction = float(opts.get("prune_fraction", 0.6))
-        self.retrain_epochs = int(opts.get("retrain_epochs", max(1, cfg.train.epochs // 2)))
+        self.prune_fraction = option(opts, "prune_fraction", 0.6, float, 0.0, 0.999)
+        self.retrain_epochs = option(opts, "retrain_epochs", max(1, cfg.train.epochs // 2), int, 1, 10 ** 6)
 
     def before_task(self, t, task):
         self.net.add_task(t, task.num_classes, task.mean, task.std, 1.0)

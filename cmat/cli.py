@@ -84,19 +84,34 @@ def run(out, config_file, resume, force, no_progress, **flags):
     from cmat import config as config_mod
     from cmat.distributed import is_main_process
     from cmat.engine import Run
+    from cmat.rundir import RunLock, staging_dir, swap_in
 
+    if resume and force:
+        raise CmatError("--resume and --force contradict each other: --resume continues the run in --out, "
+                        "--force replaces it")
     cfg = config_mod.resolve(flags.get("tasks"), config_file, _overrides(**flags))
     out = Path(out or Path("checkpoints") / f"{cfg.tasks}-{cfg.method}-{cfg.objective.name}-s{cfg.seed}")
+    if out.exists() and not out.is_dir():
+        raise CmatError(f"--out {out} exists and is not a directory")
     main_process = is_main_process()
-    if main_process and (out / "results.json").exists() and not force:
-        raise CmatError(f"{out} already holds a finished run; pass --force to overwrite or choose another --out")
-    if main_process and force and out.exists():
-        for name in ("results.json", "store.h5", "log.jsonl", "config.yaml", "checkpoint.h5"):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "tb", ignore_errors=True)
-    results = Run(cfg, out, progress=not no_progress, resume=resume).execute()
-    if not main_process:
+    if not main_process:  # rank > 0 under torchrun: rank 0 owns the directory and its lock
+        Run(cfg, out, progress=not no_progress, resume=resume).execute()
         return
+    with RunLock(out):
+        finished = (out / "results.json").exists()
+        if finished and not force:
+            raise CmatError(f"{out} already holds a finished run; pass --force to replace it (the old run is kept "
+                            "until the new one finishes) or choose another --out")
+        # --force: train beside the finished run and swap it in only when the new run has finished
+        target = staging_dir(out) if finished else out
+        try:
+            results = Run(cfg, target, progress=not no_progress, resume=resume).execute()
+        except BaseException:
+            if target != out:
+                shutil.rmtree(target, ignore_errors=True)
+            raise
+        if target != out:
+            swap_in(target, out)
     from cmat.report import summary_table
 
     click.echo(summary_table(results))

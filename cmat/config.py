@@ -125,15 +125,20 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             return value.lower() in ("true", "1", "yes")
         raise CmatError(f"config {where}: expected true/false, got {value!r}")
     if typ in (int, float):
+        if isinstance(value, bool):
+            raise CmatError(f"config {where}: expected a number, got {value!r}")
         try:
             if isinstance(value, str) and "/" in value and typ is float:  # "8/255"
                 num, den = value.split("/")
-                return float(num) / float(den)
-            out = typ(value)
-        except (TypeError, ValueError):
-            raise CmatError(f"config {where}: expected a number, got {value!r}") from None
+                out = float(num) / float(den)
+            else:
+                out = typ(value)
+        except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+            raise CmatError(f"config {where}: expected a finite number, got {value!r}") from None
         if typ is int and isinstance(value, float) and value != out:
             raise CmatError(f"config {where}: expected an integer, got {value!r}")
+        if typ is float and not math.isfinite(out):
+            raise CmatError(f"config {where}: expected a finite number, got {value!r}")
         return out
     if typ is str:
         if not isinstance(value, (str, int, float)):
@@ -173,11 +178,18 @@ def _merge(obj: Any, data: dict, where: str = "") -> None:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CmatError(f"config file not found: {path}") from None
+    except (IsADirectoryError, PermissionError) as err:
+        raise CmatError(f"config file {path} cannot be read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise CmatError(f"config file {path} is not UTF-8 text") from None
     except yaml.YAMLError as err:
         raise CmatError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if data is not None and not isinstance(data, dict):
+        raise CmatError(f"config file {path} must be a mapping of sections (e.g. 'train: {{epochs: 5}}'), "
+                        f"got a {type(data).__name__}")
     return data or {}
 
 
@@ -218,6 +230,8 @@ def resolve(tasks: Optional[str] = None, config_file: Optional[str] = None, over
     user = _read_yaml(Path(config_file)) if config_file else {}
     overrides = overrides or {}
     name = overrides.get("tasks") or user.get("tasks") or tasks or RunConfig.tasks
+    if not isinstance(name, str):
+        raise CmatError(f"config tasks: expected a task-sequence name, got {name!r}")
     cfg = RunConfig()
     preset = PRESET_DIR / f"{name}.yaml"
     if preset.exists():
@@ -229,43 +243,65 @@ def resolve(tasks: Optional[str] = None, config_file: Optional[str] = None, over
     return cfg
 
 
+SEED_LIMIT = 2 ** 63
+COUNT_LIMIT = 10 ** 7  # epochs, batch sizes, steps: anything larger is a typo, not a plan
+
+
+def _in_range(where: str, value, lo, hi, lo_open: bool = False, hi_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise CmatError(f"{where} must be in {left}{lo:g}, {hi:g}{right}, got {value!r}")
+
+
 def validate(cfg: RunConfig) -> None:
-    """Value checks a user can violate; each raises a one-line :class:`CmatError`."""
-    if not cfg.threat.eps >= 0:
-        raise CmatError(f"threat.eps must be ≥ 0, got {cfg.threat.eps}")
-    if not cfg.threat.alpha > 0:
-        raise CmatError(f"threat.alpha must be > 0, got {cfg.threat.alpha}")
-    if cfg.train.epochs < 1:
-        raise CmatError(f"train.epochs must be ≥ 1, got {cfg.train.epochs}")
-    if cfg.train.batch_size < 1:
-        raise CmatError(f"train.batch_size must be ≥ 1, got {cfg.train.batch_size}")
-    if cfg.train.schedule not in ("cosine", "step", "constant"):
-        raise CmatError(f"train.schedule must be cosine, step or constant, got {cfg.train.schedule!r}")
-    if not 0 < cfg.train.val_fraction < 1:
-        raise CmatError(f"train.val_fraction must be in (0, 1), got {cfg.train.val_fraction}")
-    if cfg.train.select not in ("auto", "robust", "clean", "last"):
-        raise CmatError(f"train.select must be auto, robust, clean or last, got {cfg.train.select!r}")
-    if cfg.objective.steps < 1:
-        raise CmatError(f"objective.steps must be ≥ 1, got {cfg.objective.steps}")
-    reach = cfg.objective.steps * cfg.threat.alpha
-    if cfg.objective.name in ("pgd", "trades") and reach < cfg.threat.eps * (1 - 1e-9):
+    """Every value a user can set, checked before anything is written; each failure raises a
+    one-line :class:`CmatError` naming the key and the valid range."""
+    from cmat.nn.backbones import ARCHS
+
+    _in_range("threat.eps", cfg.threat.eps, 0, 1)
+    _in_range("threat.alpha", cfg.threat.alpha, 0, 1, lo_open=True)
+    if cfg.model.arch not in ARCHS:
+        raise CmatError(f"model.arch must be one of {', '.join(sorted(ARCHS))}, got {cfg.model.arch!r}")
+    _in_range("model.width", cfg.model.width, 0, 16, lo_open=True)
+    tc = cfg.train
+    _in_range("train.epochs", tc.epochs, 1, COUNT_LIMIT)
+    _in_range("train.batch_size", tc.batch_size, 1, COUNT_LIMIT)
+    _in_range("train.lr", tc.lr, 0, 100, lo_open=True)
+    _in_range("train.momentum", tc.momentum, 0, 1, hi_open=True)
+    _in_range("train.weight_decay", tc.weight_decay, 0, 1)
+    _in_range("train.val_fraction", tc.val_fraction, 0, 1, lo_open=True, hi_open=True)
+    _in_range("train.val_attack_samples", tc.val_attack_samples, 1, COUNT_LIMIT)
+    if tc.schedule not in ("cosine", "step", "constant"):
+        raise CmatError(f"train.schedule must be cosine, step or constant, got {tc.schedule!r}")
+    if tc.select not in ("auto", "robust", "clean", "last"):
+        raise CmatError(f"train.select must be auto, robust, clean or last, got {tc.select!r}")
+    oc = cfg.objective
+    _in_range("objective.steps", oc.steps, 1, 10 ** 4)
+    _in_range("objective.trades_beta", oc.trades_beta, 0, 1e4)
+    _in_range("objective.free_replays", oc.free_replays, 1, 10 ** 3)
+    _in_range("objective.fast_alpha", oc.fast_alpha, 0, 10, lo_open=True)
+    if oc.bn not in ("eval", "batch"):
+        raise CmatError(f"objective.bn must be eval or batch, got {oc.bn!r}")
+    reach = oc.steps * cfg.threat.alpha
+    if oc.name in ("pgd", "trades") and reach < cfg.threat.eps * (1 - 1e-9):
         need = math.ceil(cfg.threat.eps / cfg.threat.alpha - 1e-9)
         raise CmatError(f"the training attack cannot reach the ε-ball's boundary: objective.steps × threat.alpha = "
-                        f"{cfg.objective.steps} × {cfg.threat.alpha:.4g} = {reach:.4g} < threat.eps = {cfg.threat.eps:.4g}; "
-                        f"set objective.steps ≥ {need} or threat.alpha ≥ {cfg.threat.eps / cfg.objective.steps:.4g}")
+                        f"{oc.steps} × {cfg.threat.alpha:.4g} = {reach:.4g} < threat.eps = {cfg.threat.eps:.4g}; "
+                        f"set objective.steps ≥ {need} or threat.alpha ≥ {cfg.threat.eps / oc.steps:.4g}")
+    if cfg.eval.samples is not None:
+        _in_range("eval.samples", cfg.eval.samples, 1, COUNT_LIMIT)
+    _in_range("eval.batch_size", cfg.eval.batch_size, 1, COUNT_LIMIT)
+    if not cfg.eval.attacks or not all(isinstance(a, str) for a in cfg.eval.attacks):
+        raise CmatError(f"eval.attacks must be a non-empty list of attack names, got {cfg.eval.attacks!r}")
     for name, value in cfg.eval.alphas.items():
         if not re.fullmatch(r"pgd\d+(-cw)?", str(name)):
             raise CmatError(f"eval.alphas: {name!r} is not a PGD attack name (e.g. pgd10, pgd40-cw)")
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
             raise CmatError(f"eval.alphas.{name} must be a positive number, got {value!r}")
-    if cfg.objective.bn not in ("eval", "batch"):
-        raise CmatError(f"objective.bn must be eval or batch, got {cfg.objective.bn!r}")
-    if cfg.eval.samples is not None and cfg.eval.samples < 1:
-        raise CmatError(f"eval.samples must be ≥ 1, got {cfg.eval.samples}")
-    if cfg.threads < 0:
-        raise CmatError(f"threads must be ≥ 0, got {cfg.threads}")
-    if cfg.model.width <= 0:
-        raise CmatError(f"model.width must be > 0, got {cfg.model.width}")
+    _in_range("seed", cfg.seed, 0, SEED_LIMIT, hi_open=True)
+    _in_range("threads", cfg.threads, 0, 4096)
 
 
 def to_yaml(cfg: RunConfig) -> str:

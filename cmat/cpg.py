@@ -42,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from cmat.errors import CmatError
-from cmat.methods import Method, register
+from cmat.methods import Method, option, register
 from cmat.nn.masked import MaskedMultiHeadNet
 
 DEFAULTS = {"goal": "individual", "tolerance": 0.02, "tolerance_samples": 1, "max_width": 1.5,
@@ -58,8 +58,23 @@ class CMAT(Method):
         super().__init__(cfg, seq, device)
         self.opts = {**DEFAULTS, **cfg.method_options}
         goal = self.opts["goal"]
-        if not (goal in ("individual", "none") or isinstance(goal, (int, float))):
+        if not (goal in ("individual", "none") or isinstance(goal, (int, float)) and not isinstance(goal, bool)):
             raise CmatError(f"method_options.goal must be individual, none or a number, got {goal!r}")
+        if goal not in ("individual", "none"):
+            option(self.opts, "goal", None, float, 0.0, 2.0)
+        o = self.opts
+        o["tolerance"] = option(o, "tolerance", None, float, 0.0, 1.0)
+        o["tolerance_samples"] = option(o, "tolerance_samples", None, float, 0.0, 1e6)
+        o["max_width"] = option(o, "max_width", None, float, 1.0, 16.0)
+        o["width_step"] = option(o, "width_step", None, float, 1e-3, 16.0)
+        o["max_sparsity"] = option(o, "max_sparsity", None, float, 0.0, 0.999)
+        o["prune_levels"] = option(o, "prune_levels", None, int, 1, 1000)
+        o["compact_epochs"] = option(o, "compact_epochs", None, int, 1, 10 ** 6, allow_none=True)
+        o["mask_lr"] = option(o, "mask_lr", None, float, 1e-12, 10.0)
+        if not isinstance(o["compact_last"], bool):
+            raise CmatError(f"method_options.compact_last must be true or false, got {o['compact_last']!r}")
+        if o["individual_run"] is not None and not isinstance(o["individual_run"], str):
+            raise CmatError(f"method_options.individual_run must be a run directory, got {o['individual_run']!r}")
         c, h, _ = seq[0].input_shape
         self.net = MaskedMultiHeadNet(cfg.model.arch, c, h, cfg.model.width).to(self.device)
         self.width = 1.0

@@ -246,16 +246,20 @@ class Run:
             if not checkpoint.exists():
                 raise CmatError(f"nothing to resume in {self.out} (no checkpoint.h5)")
             state = read_checkpoint(checkpoint, cfg)
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.seed, cfg.deterministic)
+        method = method_cls(cfg, seq, device)  # method options are checked before anything is written
+        if self.is_main:
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise CmatError(f"cannot create the run directory {self.out}: {err.strerror}") from None
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if self.is_main:
             atomic_write_text(self.out / "config.yaml", config_mod.to_yaml(cfg))
         logger = RunLogger(self.out, enabled=self.is_main)
         try:
-            return self._loop(seq, method_cls, device, attacks, logger, state)
+            return self._loop(seq, method, device, attacks, logger, state)
         except KeyboardInterrupt:
             logger.event(kind="interrupted")
             done = state["completed"] if state else 0
@@ -275,22 +279,22 @@ class Run:
             distributed.check_supported(self.cfg.method, self.cfg.objective.name)
         self.dist = distributed.from_env(device)
 
-    def _loop(self, seq, method_cls, device, attacks, logger, state) -> dict:
+    def _loop(self, seq, method, device, attacks, logger, state) -> dict:
         from cmat.outcomes import write_outcomes
         from cmat.store import save_checkpoint, save_run
 
         cfg = self.cfg
-        method = method_cls(cfg, seq, device)
         trainer = Trainer(cfg, device, logger, self.progress and self.is_main, self.dist)
         trainer.label, trainer.n_tasks = (f"{self.label} " if self.label else ""), len(seq)
         columns = list(attacks) + ([WORST] if any(a is not None for a in attacks.values()) else [])
         acc = {name: [] for name in columns}
         clean_full: list = []
         last: dict = {}
-        spent, first = 0.0, 0
+        spent, first, eval_spent = 0.0, 0, 0.0  # spent: wall seconds so far, evaluation included
         if state is not None:
             method.restore([net.to(device) for net in state["networks"]], state["decisions"])
             acc, last, spent, first = state["acc"], state["last"], state["train_seconds"], state["completed"]
+            eval_spent = state.get("eval_seconds", 0.0)
             clean_full = state.get("clean_full", acc.get("clean", []))
             trainer.global_step = state["global_step"]
             torch.set_rng_state(state["rng"])
@@ -307,6 +311,7 @@ class Run:
             method.after_task(t, task)
             row = {name: [] for name in columns}
             full_row, final = [], []
+            eval_start = time.time()
             bar = tqdm(total=(t + 1) * (len(attacks) - 1), desc=f"{trainer.task_label(t)} eval", leave=False,
                        disable=not (self.progress and self.is_main), unit="attack")
             for j in range(t + 1):
@@ -334,6 +339,7 @@ class Run:
                 last[str(j)] = {name: {k: res[name][k] for k in ("acc", "f1", "n")} for name in columns}
                 final.append(res)
             bar.close()
+            eval_spent += time.time() - eval_start
             for name in columns:
                 acc[name].append(row[name])
             clean_full.append(full_row)
@@ -342,9 +348,11 @@ class Run:
             if t < len(seq) - 1 and self.is_main:
                 save_checkpoint(self.out / "checkpoint.h5", method, seq, cfg,
                                 {"completed": t + 1, "acc": acc, "clean_full": clean_full, "last": last,
-                                 "train_seconds": time.time() - start, "global_step": trainer.global_step},
+                                 "train_seconds": time.time() - start, "eval_seconds": eval_spent,
+                                 "global_step": trainer.global_step},
                                 torch.get_rng_state())
-        train_seconds = time.time() - start
+        wall_seconds = time.time() - start
+        train_seconds = wall_seconds - eval_spent
         if not self.is_main:
             return {}
         store_path = save_run(self.out / "store.h5", method, seq, cfg)
@@ -362,14 +370,14 @@ class Run:
             "f1": {name: [last[str(j)][name]["f1"] for j in range(len(seq))] for name in columns},
             "summary": {name: self._summary(acc[name], [res[name]["correct"] for res in final]) for name in columns},
             "decisions": method.decisions,
-            "cost": {"train_seconds": train_seconds,
+            "cost": {"train_seconds": train_seconds, "eval_seconds": eval_spent, "wall_seconds": wall_seconds,
                      "params_total": sum(p.numel() for net in method.networks() for p in net.parameters()),
                      "store_bytes": store_path.stat().st_size},
             "seed": cfg.seed,
         }
         atomic_write_text(self.out / "results.json", json.dumps(results, indent=1))
         (self.out / "checkpoint.h5").unlink(missing_ok=True)
-        self._figure(logger, acc, len(seq))
+        self._figure(logger, acc, seq.task_names)
         return results
 
     @staticmethod
@@ -394,10 +402,12 @@ class Run:
             out["aa"].pop("n_classes", None)
         return out
 
-    def _figure(self, logger, acc, n_tasks) -> None:
+    def _figure(self, logger, acc, task_names) -> None:
         if not logger.enabled:
             return
-        from cmat.plots import accuracy_matrix_figure
+        from cmat.plots import accuracy_matrix_figure, plt
 
         for name, mat in acc.items():
-            logger.figure(f"matrix/{name}", accuracy_matrix_figure(mat, name), n_tasks - 1)
+            fig = accuracy_matrix_figure(mat, f"{self.cfg.method} {name}", task_names)
+            logger.figure(f"matrix/{name}", fig, len(task_names))
+            plt.close(fig)

@@ -26,6 +26,24 @@ def register(cls):
     return cls
 
 
+def option(opts: dict, key: str, default, kind=float, lo=None, hi=None, allow_none: bool = False):
+    """``method_options[key]`` (else ``default``) as a finite ``kind`` in [lo, hi]; anything else
+    is a one-line :class:`CmatError` naming the option (checked before a run writes anything)."""
+    import math
+    import numbers
+
+    value = opts.get(key, default)
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (kind is not int or float(value).is_integer())
+    ok = ok and (lo is None or value >= lo) and (hi is None or value <= hi)
+    if not ok:
+        rng = f" in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise CmatError(f"method_options.{key} must be {'an integer' if kind is int else 'a number'}{rng}, got {value!r}")
+    return kind(value)
+
+
 def available_methods() -> list:
     _import_builtin()
     return sorted(METHODS)

@@ -47,7 +47,8 @@ def summary_table(results: dict) -> str:
         lines.append(f"clean accuracy on the whole test sets ({sum(ev['n_test'])} images): "
                      f"{sum(full) / len(full):.4f} (per task: " + ", ".join(f"{a:.3f}" for a in full) + ")")
     cost = results["cost"]
-    lines.append(f"train {cost['train_seconds']:.1f}s, {cost['params_total']:,} parameters, "
+    evaluation = f" + evaluation {cost['eval_seconds']:.1f}s" if "eval_seconds" in cost else ""
+    lines.append(f"train {cost['train_seconds']:.1f}s{evaluation}, {cost['params_total']:,} parameters, "
                  f"store {cost['store_bytes']:,} bytes")
     return "\n".join(lines)
 

@@ -193,3 +193,19 @@ def test_run_records_worst_intervals_and_per_image_outcomes(finetune_run):
     assert res["eval"]["n"] == [200, 200] and res["eval"]["n_test"] == [400, 400]
     assert len(res["clean_full"]["acc"][-1]) == 2
     json.dumps(res)  # everything in results.json is plain JSON
+
+
+def test_fingerprint_sees_values_not_zero_signs():
+    from cmat.evaluate import model_fingerprint
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        net[0].weight[0, 0] = 0.0
+    ref = model_fingerprint(net)
+    with torch.no_grad():
+        net[0].weight[0, 0] = -0.0  # a masked-out weight of negative W: the same function
+    assert model_fingerprint(net) == ref
+    with torch.no_grad():
+        net[2].bias[1] = torch.nextafter(net[2].bias[1], torch.tensor(1.0))  # one ulp is a change
+    assert model_fingerprint(net) != ref
