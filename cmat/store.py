@@ -1,6 +1,6 @@
 """The HDF5 store: everything inference needs, nothing executable (no pickle).
 
-Layout (format ``cmat-store``, version 1)::
+Layout (format ``cmat-store``, version 2)::
 
     /                      attrs: format, version, method, objective, tasks, task_names (JSON),
                            config (resolved YAML), decisions (JSON)
@@ -30,9 +30,10 @@ import numpy as np
 import torch
 
 from cmat.errors import CmatError
+from cmat.h5safe import sign, verify
 
 FORMAT = "cmat-store"
-VERSION = 1
+VERSION = 2  # 2: root SHA-256 over everything (cmat.h5safe)
 
 
 def write_array(group: h5py.Group, name: str, array: np.ndarray) -> h5py.Dataset:
@@ -45,7 +46,10 @@ def write_array(group: h5py.Group, name: str, array: np.ndarray) -> h5py.Dataset
 
 
 def read_array(ds: h5py.Dataset) -> np.ndarray:
-    return ds[()].reshape(tuple(int(s) for s in ds.attrs["shape"]))
+    shape = np.asarray(ds.attrs["shape"])
+    if shape.dtype.kind not in "iu" or shape.ndim != 1 or (shape < 0).any() or int(np.prod(shape)) != ds.size:
+        raise ValueError(f"dataset {ds.name} has {ds.size} elements but declares shape {shape.tolist()}")
+    return ds[()].reshape(tuple(int(s) for s in shape))
 
 
 def write_state(group: h5py.Group, state: dict) -> None:
@@ -111,11 +115,22 @@ def read_masks(group: h5py.Group, net) -> None:
 def save_run(path, method, seq, cfg, extra=None) -> Path:
     """Write the method's networks and per-task metadata to ``path`` atomically; ``extra(f)``
     may add groups (the resume state of a checkpoint) before the file is renamed into place."""
-    from cmat.config import to_yaml
-
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     slots = method.task_slots()
+    try:
+        _write_run(tmp, method, seq, cfg, slots, extra)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise CmatError(f"cannot write {path}: {err.strerror or _first_line(err)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_run(tmp: Path, method, seq, cfg, slots, extra) -> None:
+    from cmat.config import to_yaml
+
     with h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["version"] = VERSION
@@ -142,8 +157,7 @@ def save_run(path, method, seq, cfg, extra=None) -> Path:
             g.attrs["head"] = head
         if extra is not None:
             extra(f)
-    os.replace(tmp, path)
-    return path
+        sign(f)
 
 
 def save_checkpoint(path, method, seq, cfg, state: dict, rng: torch.Tensor) -> Path:
@@ -200,6 +214,9 @@ class LoadedRun:
                 self.objective = str(f.attrs["objective"])
                 self.tasks = str(f.attrs["tasks"])
                 self.task_names = json.loads(f.attrs["task_names"])
+                if not (isinstance(self.task_names, list) and self.task_names
+                        and all(isinstance(n, str) for n in self.task_names)):
+                    raise ValueError("task_names is not a non-empty list of names")
                 self.config_yaml = str(f.attrs["config"])
                 self.decisions = json.loads(f.attrs.get("decisions", "{}"))
                 self.networks = []
@@ -214,11 +231,17 @@ class LoadedRun:
                 self.classes = []
                 for j in range(len(self.task_names)):
                     g = f["tasks"][str(j)]
-                    self.slots.append((int(g.attrs["network"]), int(g.attrs["head"])))
+                    net_k, head = int(g.attrs["network"]), int(g.attrs["head"])
+                    if not 0 <= net_k < len(self.networks):
+                        raise ValueError(f"task {j} points to network {net_k}; the store has {len(self.networks)}")
+                    heads = len(getattr(self.networks[net_k], "heads", []))
+                    if not 0 <= head < heads:
+                        raise ValueError(f"task {j} points to head {head}; network {net_k} has {heads}")
+                    self.slots.append((net_k, head))
                     self.classes.append(json.loads(g.attrs["classes"]))
             except CmatError:
                 raise
-            except (KeyError, OSError, ValueError, RuntimeError) as err:
+            except (KeyError, OSError, ValueError, RuntimeError, TypeError, IndexError, AttributeError) as err:
                 raise CmatError(f"store {self.path} is corrupt or incomplete: {_first_line(err)}") from None
 
     def model(self, j: int) -> torch.nn.Module:
@@ -251,14 +274,23 @@ def open_store(path) -> h5py.File:
         f = h5py.File(path, "r")
     except OSError as err:
         raise CmatError(f"{path} is not a readable HDF5 store (truncated or corrupt): {_first_line(err)}") from None
-    fmt = f.attrs.get("format")
-    if fmt != FORMAT:
+    try:
+        fmt = f.attrs.get("format")
+    except (OSError, TypeError, ValueError):
+        fmt = "unreadable"
+    if not isinstance(fmt, str) or fmt != FORMAT:
         f.close()
         raise CmatError(f"{path} is not a cmat store (format {fmt!r})")
-    ver = int(f.attrs.get("version", -1))
-    if ver != VERSION:
+    ver = f.attrs.get("version", -1)
+    if not isinstance(ver, (int, np.integer)) or int(ver) != VERSION:
         f.close()
-        raise CmatError(f"{path} has store version {ver}; this cmat reads version {VERSION}")
+        shown = int(ver) if isinstance(ver, (int, np.integer)) else repr(ver)
+        raise CmatError(f"{path} has store version {shown}; this cmat reads version {VERSION}")
+    try:
+        verify(f, path)
+    except BaseException:
+        f.close()
+        raise
     return f
 
 

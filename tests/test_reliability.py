@@ -106,3 +106,91 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     with RunLock(out):  # released when its holder died
         pass
     assert os.path.exists(tmp_path / ".busy.lock")
+
+
+# ----------------------------------------------------------------------------- the store
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+
+import cmat  # noqa: E402
+from cmat.errors import CmatError  # noqa: E402
+
+
+@pytest.fixture
+def store(tmp_path, individual_run):
+    src, _ = individual_run
+    path = tmp_path / "store.h5"
+    shutil.copy(src / "store.h5", path)
+    cmat.load(path)  # the untouched copy loads
+    return path
+
+
+def _first_weight(f):
+    g = f["networks/0/state"]
+    return "networks/0/state/" + sorted(g)[0]
+
+
+TAMPER = {
+    "config byte": lambda f: f.attrs.__setitem__("config", f.attrs["config"].replace("eps: 0.0313", "eps: 0.9313")),
+    "swapped heads": lambda f: (f["tasks/0"].attrs.__setitem__("network", 1), f["tasks/1"].attrs.__setitem__("network", 0)),
+    "task_names cut": lambda f: f.attrs.__setitem__("task_names", '["toy-a"]'),
+    "one weight": lambda f: f[_first_weight(f)].__setitem__(0, f[_first_weight(f)][0] + 1e-6),
+    "new dataset": lambda f: f.create_dataset("extra", data=np.zeros(3)),
+    "version text": lambda f: f.attrs.__setitem__("version", "abc"),
+}
+
+
+@pytest.mark.parametrize("name", list(TAMPER))
+def test_a_changed_byte_anywhere_is_refused(store, name):
+    with h5py.File(store, "r+") as f:
+        TAMPER[name](f)
+    with pytest.raises(CmatError) as err:
+        cmat.load(store)
+    assert "\n" not in str(err.value)
+
+
+def test_links_vlen_and_huge_datasets_are_refused_before_reading(store, tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.create_dataset("w", data=np.zeros(10, np.float32))
+    cases = {
+        "ExternalLink": lambda f, k: f.__setitem__(k, h5py.ExternalLink(str(other), "w")),
+        "SoftLink": lambda f, k: f.__setitem__(k, h5py.SoftLink("/nowhere")),
+        "dtype": lambda f, k: f.create_dataset(k, data=["a", "bc"], dtype=h5py.string_dtype()),
+        "elements": lambda f, k: f.create_dataset(k, shape=(10 ** 10,), dtype="f4", chunks=(1024,)),
+    }
+    for needle, make in cases.items():
+        path = tmp_path / f"{needle}.h5"
+        shutil.copy(store, path)
+        with h5py.File(path, "r+") as f:
+            key = _first_weight(f)
+            del f[key]
+            make(f, key)
+        with pytest.raises(CmatError, match=needle):
+            cmat.load(path)
+
+
+def test_failed_store_write_is_one_line_and_leaves_no_temporary(tmp_path, individual_run, monkeypatch):
+    from cmat import store as store_mod
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_mod, "sign", full_disk)
+    src, _ = individual_run
+    run = cmat.load(src)
+
+    class Fake:
+        decisions = {}
+
+        def networks(self):
+            return run.networks
+
+        def task_slots(self):
+            return run.slots
+
+    seq = cmat.get_tasks("toy-2task")
+    with pytest.raises(CmatError, match="No space left on device"):
+        store_mod.save_run(tmp_path / "store.h5", Fake(), seq, run.config)
+    assert list(tmp_path.iterdir()) == []
