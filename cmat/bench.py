@@ -39,10 +39,11 @@ def _reusable(run_dir: Path, cfg) -> bool:
 
 def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True) -> dict:
     """Run (or reuse) every method × seed; write and return the aggregated table."""
-    for m in methods:
-        method_class(m)  # unknown names fail here, before any training
     if not methods:
         raise CmatError("--methods is empty")
+    for m in methods:
+        method_class(m)  # unknown names fail here, before any training
+    _check_options(base_cfg, methods)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_method = {}
@@ -73,6 +74,21 @@ def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True) -> dic
                                                       "rows": rows, "budget": budget, "reference": reference,
                                                       "mcnemar": tests}, indent=1))
     return {"rows": rows, "markdown": md}
+
+
+def _check_options(base_cfg, methods) -> None:
+    """Build every method once (CPU, untrained) so an invalid ``method_options`` value fails with
+    one line before the first method trains, not after it."""
+    import torch
+
+    from tasks import get_tasks
+
+    seq = get_tasks(base_cfg.tasks, data_root=base_cfg.data_root, download=base_cfg.download, seed=base_cfg.seed,
+                    val_fraction=base_cfg.train.val_fraction)
+    for m in methods:
+        cfg = copy.deepcopy(base_cfg)
+        cfg.method = m
+        method_class(m)(cfg, seq, torch.device("cpu"))
 
 
 def aggregate(method: str, runs: list, columns) -> dict:

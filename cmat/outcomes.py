@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from cmat.errors import CmatError
+from cmat.h5safe import sign, verify
 
-FORMAT, VERSION = "cmat-eval", 1
+FORMAT, VERSION = "cmat-eval", 1  # signed like the store (cmat.h5safe)
 _DS = {"compression": "gzip", "fletcher32": True}
 
 
@@ -43,7 +44,10 @@ def write_outcomes(path, task_names: list, per_task: list) -> Path:
                 g.create_dataset("indices", data=np.asarray(res["clean"]["indices"], dtype=np.int64), **_DS)
                 for c in columns:
                     g.create_dataset(f"correct/{c}", data=np.packbits(np.asarray(res[c]["correct"], dtype=bool)), **_DS)
+            sign(f)
         os.replace(tmp, path)
+    except OSError as err:
+        raise CmatError(f"cannot write {path}: {err.strerror or err}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -59,8 +63,9 @@ def read_outcomes(path) -> dict:
         raise CmatError(f"no per-image outcomes at {path} (runs from before eval.h5 existed cannot be paired)")
     try:
         with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT or int(f.attrs.get("version", -1)) != VERSION:
+            if f.attrs.get("format") != FORMAT or f.attrs.get("version") != VERSION:
                 raise CmatError(f"{path} is not a {FORMAT} v{VERSION} file")
+            verify(f, path)
             columns, names = json.loads(f.attrs["columns"]), json.loads(f.attrs["task_names"])
             out = {"columns": columns, "task_names": names, "indices": [], "correct": {c: [] for c in columns}}
             for j in range(len(names)):
@@ -73,5 +78,5 @@ def read_outcomes(path) -> dict:
                 for c in columns:
                     out["correct"][c].append(np.unpackbits(g[f"correct/{c}"][()], count=n).astype(bool))
             return out
-    except (OSError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError, TypeError) as err:
         raise CmatError(f"{path} is unreadable or corrupt: {err}") from None

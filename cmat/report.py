@@ -86,12 +86,31 @@ def inspect_store(run_dir) -> str:
 
 
 def _read_results(path: Path) -> dict:
+    """A results.json checked before anything is computed from it: task names, and for every
+    column a lower-triangular matrix with one row per task, fractions in [0, 1]."""
     try:
-        results = json.loads(path.read_text())
-        results["acc"]
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+        names = results["task_names"]
+        acc = results["acc"]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ValueError("task_names is not a non-empty list of names")
+        if not isinstance(acc, dict) or not acc:
+            raise ValueError("acc holds no accuracy matrix")
+        for col, rows in acc.items():
+            ok = isinstance(rows, list) and len(rows) == len(names) and all(
+                isinstance(r, list) and len(r) == i + 1 and all(
+                    isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a <= 1 for a in r)
+                for i, r in enumerate(rows))
+            if not ok:
+                raise ValueError(f"acc[{col!r}] is not a lower-triangular matrix of {len(names)} rows of fractions")
+        for key in ("method", "objective", "tasks"):
+            if not isinstance(results.get(key), str):
+                raise ValueError(f"{key!r} is missing")
         return results
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CmatError(f"{path} is not a cmat results file: {err}") from None
+    except FileNotFoundError:
+        raise CmatError(f"no results file at {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise CmatError(f"{path} is not a valid cmat results file: {err}") from None
 
 
 # Sweeps (ε and PGD steps): attack-image budget and the step-size rule.

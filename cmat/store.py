@@ -190,7 +190,37 @@ def read_checkpoint(path, cfg) -> dict:
             rng = torch.from_numpy(np.array(read_array(f["resume"]["rng"])))
         except (KeyError, OSError, ValueError) as err:
             raise CmatError(f"checkpoint {path} is corrupt or incomplete: {_first_line(err)}") from None
+    _check_resume_state(path, state, rng, len(run.task_names))
     return {**state, "rng": rng, "networks": run.networks, "decisions": run.decisions}
+
+
+def _check_resume_state(path, state, rng, n_tasks: int) -> None:
+    """Types and sizes of a checkpoint's resume state, so a damaged one is one line, not a crash
+    tasks later: ``completed`` tasks in 1..n_tasks, one accuracy row per completed task of the
+    right length, numbers where numbers belong, and an RNG state torch accepts."""
+    def bad(why):
+        raise CmatError(f"checkpoint {path} is corrupt: {why}; delete it and start the run again")
+
+    if not isinstance(state, dict):
+        bad("the resume state is not a mapping")
+    done = state.get("completed")
+    if not isinstance(done, int) or isinstance(done, bool) or not 1 <= done <= n_tasks:
+        bad(f"'completed' is {done!r}, expected 1..{n_tasks}")
+    acc = state.get("acc")
+    if not isinstance(acc, dict) or not acc:
+        bad("'acc' is not a mapping of accuracy matrices")
+    for name, rows in acc.items():
+        if not isinstance(rows, list) or len(rows) != done or any(
+                not isinstance(r, list) or len(r) != i + 1 or not all(isinstance(a, (int, float)) for a in r)
+                for i, r in enumerate(rows)):
+            bad(f"accuracy matrix {name!r} does not have {done} lower-triangular rows of numbers")
+    for key in ("train_seconds", "global_step"):
+        if not isinstance(state.get(key), (int, float)) or isinstance(state.get(key), bool):
+            bad(f"{key!r} is {state.get(key)!r}")
+    if not isinstance(state.get("last"), dict):
+        bad("'last' is not a mapping")
+    if rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+        bad(f"the saved RNG state has {rng.numel()} bytes, expected {torch.get_rng_state().numel()}")
 
 
 def _diff_keys(a, b, prefix=""):

@@ -46,12 +46,27 @@ def _ensure(root: Path, files, dataset: str, download: bool, fetch) -> None:
         raise missing_data_error(dataset, missing[0])
 
 
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: the containers, numbers and strings pickle builds itself, and
+    numpy arrays (CIFAR's ``data``). Any other global — ``os.system``, ``builtins.eval``, a class
+    — is refused, so a planted file under a shared data root cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (CIFAR files hold data only)")
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
-    except Exception as err:  # truncated, not a pickle, ...
-        raise malformed_error(path, f"cannot unpickle ({type(err).__name__}: {err})") from err
+            obj = _DataOnlyUnpickler(f, encoding="latin1").load()
+    except Exception as err:  # truncated, not a pickle, a forbidden global, ...
+        raise malformed_error(path, f"cannot unpickle ({type(err).__name__}: {err})") from None
     if not isinstance(obj, dict):
         raise malformed_error(path, f"expected a dict, found {type(obj).__name__}")
     return obj

@@ -194,3 +194,68 @@ def test_failed_store_write_is_one_line_and_leaves_no_temporary(tmp_path, indivi
     with pytest.raises(CmatError, match="No space left on device"):
         store_mod.save_run(tmp_path / "store.h5", Fake(), seq, run.config)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_planted_cifar_pickle_cannot_run_code(tmp_path):
+    import pickle
+
+    import tasks
+    from tests import fakedata
+
+    fakedata.write_cifar100(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "cifar-100-python" / "train").write_bytes(pickle.dumps({"data": Exploit()}))
+    with pytest.raises(CmatError, match="refusing to load global"):
+        tasks.get_tasks("cifar100-20split", data_root=tmp_path)
+    assert not marker.exists()
+
+
+def test_bench_refuses_a_bad_method_option_before_training(tmp_path):
+    line = one_line_error(invoke("bench", "--tasks", "toy-2task", "--methods", "at-individual,packnet",
+                                 "--out", str(tmp_path / "b"), "--set", "method_options.prune_fraction=abc"))
+    assert "prune_fraction" in line and not (tmp_path / "b" / "at-individual-s0").exists()
+
+
+def test_damaged_checkpoint_state_is_one_line(tmp_path, monkeypatch):
+    from cmat import store as store_mod
+    from tests.conftest import quick_config
+    from cmat.engine import Run
+
+    cfg = quick_config(method="at-individual", epochs=1, eval={"attacks": ["clean"], "samples": 20})
+    out = tmp_path / "run"
+
+    from baselines.at_baselines import ATIndividual
+    original = ATIndividual.before_task
+
+    def interrupt(self, t, task):
+        if t == 1:
+            raise KeyboardInterrupt
+        return original(self, t, task)
+
+    monkeypatch.setattr(ATIndividual, "before_task", interrupt)
+    with pytest.raises(CmatError, match="--resume"):
+        Run(cfg, out, progress=False, verbose=False).execute()
+    monkeypatch.setattr(ATIndividual, "before_task", original)
+    good = out / "checkpoint.h5"
+    for damage in ({"completed": 99}, {"acc": {"clean": [[0.5, 0.5]]}}, {"global_step": "x"}, "rng"):
+        broken = tmp_path / "broken"
+        shutil.rmtree(broken, ignore_errors=True)
+        shutil.copytree(out, broken)
+        with h5py.File(broken / "checkpoint.h5", "r+") as f:
+            if damage == "rng":
+                del f["resume/rng"]
+                store_mod.write_array(f["resume"], "rng", np.zeros(3, np.uint8))
+            else:
+                state = json.loads(f["resume"].attrs["state"])
+                state.update(damage)
+                f["resume"].attrs["state"] = json.dumps(state)
+            store_mod.sign(f)  # a well-formed file whose content is wrong: the checks, not the checksum
+        with pytest.raises(CmatError, match="corrupt") as err:
+            Run(cfg, broken, progress=False, verbose=False, resume=True).execute()
+        assert "\n" not in str(err.value)
+    assert good.exists()
