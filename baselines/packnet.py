@@ -40,7 +40,7 @@ class PackNet(Method):
             pruned = sum(k for k, _ in counts.values())
             total = sum(n for _, n in counts.values())
             self.decisions.setdefault("tasks", []).append({"task": t, "sparsity": pruned / max(total, 1)})
-            trainer.logger.scalar(f"task_{t}/sparsity", pruned / max(total, 1), t)
+            trainer.logger.scalar(f"task_{t + 1}/sparsity", pruned / max(total, 1), t + 1)
             self._fit(t, task, trainer, self.retrain_epochs, "retrain")
 
     def restore(self, networks, decisions):

@@ -105,7 +105,7 @@ class CMAT(Method):
         while target is not None and metric < target - tol and self.width + opts["width_step"] <= opts["max_width"] + 1e-9:
             self.width += float(opts["width_step"])
             self.net.add_task(t, task.num_classes, task.mean, task.std, math.sqrt(self.width))
-            trainer.logger.scalar(f"task_{t}/width", self.width, t)
+            trainer.logger.scalar(f"task_{t + 1}/width", self.width, t + 1)
             self._fit(t, task, trainer, None, f"grow{self.width:g}")
             metric = self._metric(t, task, trainer)
         grown = metric
@@ -125,11 +125,11 @@ class CMAT(Method):
                   "picked_fraction": picked}
         self.decisions["tasks"].append(record)
         for key in ("sparsity", "width", "val_final"):
-            trainer.logger.scalar(f"cmat/{key}", record[key], t)
+            trainer.logger.scalar(f"cmat/{key}", record[key], t + 1)
         if picked is not None:
-            trainer.logger.scalar("cmat/picked_fraction", picked, t)
+            trainer.logger.scalar("cmat/picked_fraction", picked, t + 1)
         if goal is not None:
-            trainer.logger.scalar("cmat/goal", goal, t)
+            trainer.logger.scalar("cmat/goal", goal, t + 1)
 
     def restore(self, networks, decisions):
         self.net = networks[0]
@@ -207,7 +207,7 @@ class CMAT(Method):
             self.net.prune_to(t, s, initial)
             self._fit(t, task, trainer, epochs, f"compact{k}")
             m = self._metric(t, task, trainer)
-            trainer.logger.scalar(f"task_{t}/compact_val", m, k)
+            trainer.logger.scalar(f"task_{t + 1}/compact_val", m, k)
             if goal is not None and m < goal - tol:
                 break
             best = (s, m, self._capture())

@@ -177,7 +177,7 @@ class Trainer:
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{val['clean']:.3f}", rob=f"{val['robust']:.3f}")
             for k in ("loss", "acc", "val_clean", "val_robust"):
-                self.logger.scalar(f"task_{t}/{tag}_{k}", row[k], self.global_step)
+                self.logger.scalar(f"task_{t + 1}/{tag}_{k}", row[k], self.global_step)
             self.logger.event(kind="epoch", task=t, tag=tag, **row)
             score = val[metric] if metric in val else float(epoch)
             if metric == "last" or score >= best:
