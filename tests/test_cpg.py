@@ -39,8 +39,8 @@ def test_zero_forgetting_is_exact(which, request):
         assert res["summary"]["pgd10"]["acc"] > 0.8
 
 
-def _trained_first_task(method_cls, opts):
-    cfg = quick_config(method=method_cls.name, method_options=opts)
+def _trained_first_task(method_cls, opts, epochs=None):
+    cfg = quick_config(method=method_cls.name, method_options=opts, epochs=epochs)
     seq = get_tasks("toy-2task", seed=cfg.seed)
     torch.manual_seed(0)
     method = method_cls(cfg, seq, "cpu")
@@ -148,14 +148,7 @@ def test_mismatched_resume_refused(tmp_path, monkeypatch):
 def test_goal_at_chance_is_flagged_and_the_task_trained_to_best_effort(monkeypatch, capsys):
     # an individual goal model at chance (4 classes: 0.25) must not set the bar for compaction
     monkeypatch.setattr(CMAT, "_goal", lambda self, t, task, trainer: 0.25)
-    cfg = quick_config(method="cmat", epochs=1,
-                       method_options={**CMAT_OPTS, "goal": "individual", "prune_levels": 1})
-    seq = get_tasks("toy-2task", seed=cfg.seed)
-    torch.manual_seed(0)
-    method = CMAT(cfg, seq, "cpu")
-    trainer = Trainer(cfg, torch.device("cpu"), RunLogger(None), progress=False)
-    method.before_task(0, seq[0])
-    method.train_task(0, seq[0], trainer)
+    method, trainer, seq = _trained_first_task(CMAT, {**CMAT_OPTS, "goal": "individual", "prune_levels": 1}, epochs=1)
     rec = method.decisions["tasks"][0]
     assert rec["goal_reliable"] is False and rec["goal"] == 0.25
     assert rec["width"] == 1.5  # grew to the cap although the "goal" was met at once
