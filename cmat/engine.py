@@ -203,7 +203,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     except OSError as err:
         raise CmatError(f"cannot write {path}: {err.strerror or err}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 class Run:
@@ -261,6 +264,8 @@ class Run:
                 self.out.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise CmatError(f"cannot create the run directory {self.out}: {err.strerror}") from None
+            if not os.access(self.out, os.W_OK | os.X_OK):
+                raise CmatError(f"the run directory {self.out} is not writable (read-only file system or permissions)")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if self.is_main:

@@ -14,6 +14,7 @@ Layout (HDF5, gzip + fletcher32, written to a temporary name and renamed):
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -34,8 +35,9 @@ def write_outcomes(path, task_names: list, per_task: list) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     columns = [c for c in per_task[0] if "correct" in per_task[0][c]]
+    buf = io.BytesIO()  # built in memory, written with plain I/O (see cmat.store._write_run)
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(buf, "w") as f:
             f.attrs["format"], f.attrs["version"] = FORMAT, VERSION
             f.attrs["columns"], f.attrs["task_names"] = json.dumps(columns), json.dumps(list(task_names))
             for j, res in enumerate(per_task):
@@ -45,11 +47,16 @@ def write_outcomes(path, task_names: list, per_task: list) -> Path:
                 for c in columns:
                     g.create_dataset(f"correct/{c}", data=np.packbits(np.asarray(res[c]["correct"], dtype=bool)), **_DS)
             sign(f)
+        with open(tmp, "wb") as out:
+            out.write(buf.getbuffer())
         os.replace(tmp, path)
     except OSError as err:
         raise CmatError(f"cannot write {path}: {err.strerror or err}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
     return path
 
 

@@ -21,6 +21,7 @@ datasets under ``/networks/<k>`` and ``/tasks/<j>``.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -124,14 +125,21 @@ def save_run(path, method, seq, cfg, extra=None) -> Path:
     except OSError as err:
         raise CmatError(f"cannot write {path}: {err.strerror or _first_line(err)}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
     return path
 
 
 def _write_run(tmp: Path, method, seq, cfg, slots, extra) -> None:
+    """Build the file in memory, then write its bytes with plain file I/O: a full disk or a
+    read-only file system is then a clean ``OSError`` instead of a failure inside HDF5's own
+    writes (which h5py reports while deallocating, and which crashed the process)."""
     from cmat.config import to_yaml
 
-    with h5py.File(tmp, "w") as f:
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["version"] = VERSION
         f.attrs["method"] = cfg.method
@@ -158,6 +166,8 @@ def _write_run(tmp: Path, method, seq, cfg, slots, extra) -> None:
         if extra is not None:
             extra(f)
         sign(f)
+    with open(tmp, "wb") as out:
+        out.write(buf.getbuffer())
 
 
 def save_checkpoint(path, method, seq, cfg, state: dict, rng: torch.Tensor) -> Path:
