@@ -99,6 +99,7 @@ class Trainer:
         # steps can cross the ball, like the evaluation's
         self.val_attack = PGD(eps=cfg.threat.eps, alpha=sound_alpha(cfg.threat.eps, cfg.threat.alpha, 10), steps=10)
         self.global_step = 0
+        self.grad_evals = 0  # training forward+backward passes per image, attack steps included
         self.label = ""      # e.g. "packnet s0 " under cmat bench: names the run on progress bars
         self.n_tasks = None  # for "task 2/5" on progress bars (1-based, as everywhere a user reads)
 
@@ -146,7 +147,7 @@ class Trainer:
             attack_gen = gen if self.dist is None else self.dist.attack_generator(self.cfg.seed, tag, t, epoch)
             tot_loss, tot_correct, tot_n = 0.0, 0, 0
             for x, y in batches(task.train, tc.batch_size, gen, self.device):
-                scale = 1.0
+                scale, n_global = 1.0, len(y)
                 if self.dist is not None:  # every rank draws the global batch, trains on its shard
                     x, y, scale = self.dist.shard(x, y)
                 x = accel.prepare_batch(self.cfg.accel, x)
@@ -168,6 +169,7 @@ class Trainer:
                     sched.step()
                     bar.update(1)
                     self.global_step += 1
+                    self.grad_evals += obj.passes * n_global
                 tot_loss += float(loss.detach()) * len(y)
                 tot_correct += int((logits.detach().argmax(1) == y).sum())
                 tot_n += len(y)
@@ -310,6 +312,7 @@ class Run:
             eval_spent = state.get("eval_seconds", 0.0)
             clean_full = state.get("clean_full", acc.get("clean", []))
             trainer.global_step = state["global_step"]
+            trainer.grad_evals = int(state.get("grad_evals", 0))
             torch.set_rng_state(state["rng"])
             self.say(f"resuming after task {first}/{len(seq)}")
         start = time.time() - spent
@@ -362,7 +365,7 @@ class Run:
                 save_checkpoint(self.out / "checkpoint.h5", method, seq, cfg,
                                 {"completed": t + 1, "acc": acc, "clean_full": clean_full, "last": last,
                                  "train_seconds": time.time() - start, "eval_seconds": eval_spent,
-                                 "global_step": trainer.global_step},
+                                 "global_step": trainer.global_step, "grad_evals": trainer.grad_evals},
                                 torch.get_rng_state())
         wall_seconds = time.time() - start
         train_seconds = wall_seconds - eval_spent
@@ -384,6 +387,7 @@ class Run:
             "summary": {name: self._summary(acc[name], [res[name]["correct"] for res in final]) for name in columns},
             "decisions": method.decisions,
             "cost": {"train_seconds": train_seconds, "eval_seconds": eval_spent, "wall_seconds": wall_seconds,
+                     "grad_evals": trainer.grad_evals,
                      "params_total": sum(p.numel() for net in method.networks() for p in net.parameters()),
                      "store_bytes": store_path.stat().st_size},
             "seed": cfg.seed,

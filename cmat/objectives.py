@@ -66,10 +66,14 @@ class BatchStatsView(nn.Module):
 
 
 class Objective(ABC):
+    """``passes``: forward+backward passes per image of one ``loss`` call plus its backward,
+    attack steps included — the unit of training compute (``cost.grad_evals``)."""
+
     name = "base"
     adversarial = True
     replays = 1
     detects_collapse = False
+    passes = 1
 
     def __init__(self, cfg: ObjectiveConfig, threat: ThreatConfig):
         self.cfg = cfg
@@ -110,6 +114,7 @@ class MadryPGD(Objective):
 
     def __init__(self, cfg, threat):
         super().__init__(cfg, threat)
+        self.passes = cfg.steps + 1  # K attack steps, then the training step
         self.attack = PGD(eps=self.eps, alpha=self.alpha, steps=cfg.steps, random_start=True)
 
     def loss(self, model, x, y, generator):
@@ -124,6 +129,9 @@ class MadryPGD(Objective):
 class Trades(Objective):
     name = "trades"
 
+    def __init__(self, cfg, threat):
+        super().__init__(cfg, threat)
+        self.passes = cfg.steps + 2  # K attack steps, then f(x) and f(x_adv) in the loss
     def _adversary(self, model, x, generator):
         view = self.attack_view(model)
         was_training = [m.training for m in model.modules()]
@@ -157,7 +165,7 @@ class Trades(Objective):
 class FastFGSM(Objective):
     name = "fast"
     detects_collapse = True
-
+    passes = 2  # one FGSM step, then the training step
     def __init__(self, cfg, threat):
         super().__init__(cfg, threat)
         self.attack = FGSM(eps=self.eps, random_start=True, alpha=cfg.fast_alpha * self.eps)

@@ -88,3 +88,11 @@ def test_other_objectives_train(tmp_path, objective):
     chance = 1.0 / 2
     assert res["summary"]["clean"]["acc"] > chance + 0.2
     assert res["objective"] == objective
+
+
+@pytest.mark.parametrize("objective,passes", [("pgd", 5 + 1), ("standard", 1)])
+def test_grad_evals_count_every_forward_backward_pass(tmp_path, objective, passes):
+    # toy-2task: 1080 training images per task, 1 epoch, PGD-5 (toy preset) + the training step
+    res = run_quick(tmp_path, method="at-individual", objective=objective, epochs=1,
+                    eval={"attacks": ["clean"], "samples": 20})
+    assert res["cost"]["grad_evals"] == 2 * 1080 * passes
