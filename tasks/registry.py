@@ -70,6 +70,9 @@ def _entries():
         "5 tasks of 2 digits", "sklearn-digits", 5, (2,) * 5, (1, 8, 8), digits.AUGMENT, True, (),
         digits.load_digits_5split)
     yield SequenceInfo(
+        "digits-2split", "scikit-learn's bundled 8x8 digits as a transfer pair: digits 0-4, then 5-9",
+        "sklearn-digits", 2, (5, 5), (1, 8, 8), digits.AUGMENT, True, (), digits.load_digits_2split)
+    yield SequenceInfo(
         "toy-2task", "deterministic synthetic images (robust patch + non-robust dense template), "
         "2 tasks; trains in seconds", "synthetic", toy.NUM_TASKS, (toy.NUM_CLASSES,) * toy.NUM_TASKS,
         toy.INPUT_SHAPE, toy.AUGMENT, True, (), toy.load_toy_2task)

@@ -16,8 +16,9 @@ except ImportError:  # tests/ is not a package: pytest put it on sys.path
     import fakedata
 
 ALL_NAMES = ["cifar100-20split", "cifar100-10split", "cifar10-5split", "mnist-5split",
-             "emnist-balanced", "digits-5split", "toy-2task"]
-FILE_BACKED = [n for n in ALL_NAMES if n not in ("digits-5split", "toy-2task")]
+             "emnist-balanced", "digits-5split", "digits-2split", "toy-2task"]
+OFFLINE = ("digits-5split", "digits-2split", "toy-2task")
+FILE_BACKED = [n for n in ALL_NAMES if n not in OFFLINE]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_list_sequences_has_all_names_and_is_json():
         info = tasks.SEQUENCES[d["name"]]
         assert d["num_tasks"] == info.num_tasks == len(d["classes_per_task"])
         assert len(d["input_shape"]) == 3
-        assert d["offline"] == (d["name"] in ("digits-5split", "toy-2task")) == (not d["files"])
+        assert d["offline"] == (d["name"] in OFFLINE) == (not d["files"])
 
 
 def test_unknown_sequence_is_one_line_error_listing_names():
@@ -319,3 +320,15 @@ def test_toy_is_deterministic_and_offline(tmp_path):
     c = tasks.get_tasks("toy-2task", seed=1)
     assert torch.equal(a[0].test.images, c[0].test.images)  # the data is fixed ...
     assert not torch.equal(a[0].val.images, c[0].val.images)  # ... the seed picks the val split
+
+
+def test_digits_2split_is_the_digits_split_in_two_halves():
+    five, two = tasks.get_tasks("digits-5split"), tasks.get_tasks("digits-2split")
+    assert two.task_names == ["digits-0-4", "digits-5-9"]
+    assert [t.classes for t in two] == [["0", "1", "2", "3", "4"], ["5", "6", "7", "8", "9"]]
+    # the same fixed test split: the halves hold exactly the 5-split's test images
+    fours = int((five[2].test.labels == 0).sum())  # digit 4 is label 0 of task digits-4-5
+    assert len(two[0].test) == len(five[0].test) + len(five[1].test) + fours
+    assert len(two[0].test) + len(two[1].test) == sum(len(t.test) for t in five)
+    for t in two:
+        check_task_contract(t, (1, 8, 8), None)
