@@ -193,8 +193,9 @@ def run_transfer(source_dir, source_task: int, target_tasks: str, target_task: i
                 attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, task.num_classes)
                 res = evaluate_task(model.eval(), task.test, attacks, task.num_classes, cfg.seed, target_task,
                                     cfg.eval.samples, cfg.eval.batch_size, device)
-                row = {"strategy": strategy, "objective": objective, **{n: res[n]["acc"] for n in attacks},
-                       "train_seconds": seconds,
+                columns = [n for n in res if n in attacks or n == "worst"]
+                row = {"strategy": strategy, "objective": objective, **{n: res[n]["acc"] for n in columns},
+                       "train_seconds": seconds, "grad_evals": trainer.grad_evals,
                        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
                 rows.append(row)
                 logger.event(kind="transfer", **row)

@@ -64,6 +64,7 @@ def test_transfer_command_and_linear_probe_keeps_robustness(individual_run, tmp_
     assert set(rows) == {("linear", "standard"), ("finetune", "standard"), ("lwf", "standard"),
                          ("scratch", "standard")}
     for r in rows.values():
-        assert r["pgd40"] <= r["pgd10"] <= r["clean"]
+        assert r["worst"] <= r["pgd40"] <= r["pgd10"] <= r["clean"]
+        assert r["grad_evals"] == 4 * 1080  # 4 epochs of toy-b's 1080 training images, one pass each
     assert rows[("linear", "standard")]["trainable_params"] < rows[("finetune", "standard")]["trainable_params"]
     assert (tmp_path / "transfer.png").exists() and (tmp_path / "transfer.md").exists()
