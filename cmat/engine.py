@@ -20,6 +20,7 @@ from torch.autograd.graph import increment_version
 from tqdm import tqdm
 
 from cmat import accel
+from cmat.atomic import atomic_write_text  # noqa: F401 (re-exported: bench, transfer, report use it)
 from cmat import config as config_mod
 from cmat.attacks import PGD, sound_alpha
 from cmat.errors import CmatError
@@ -192,23 +193,6 @@ class Trainer:
         if best_state is not None:
             snapshot.load_state_dict(best_state)
         return {"best_epoch": best_epoch, "history": history}
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename; an OSError (full disk,
-    read-only file system, permissions) is one line naming the path and leaves no temporary."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        raise CmatError(f"cannot write {path}: {err.strerror or err}") from None
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
 
 
 class Run:

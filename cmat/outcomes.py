@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from cmat.atomic import atomic_write_bytes
 from cmat.errors import CmatError
 from cmat.h5safe import sign, verify
 
@@ -33,32 +33,19 @@ def write_outcomes(path, task_names: list, per_task: list) -> Path:
     """``per_task[j]`` is :func:`cmat.evaluate.evaluate_task`'s result for task j."""
     import h5py
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     columns = [c for c in per_task[0] if "correct" in per_task[0][c]]
-    buf = io.BytesIO()  # built in memory, written with plain I/O (see cmat.store._write_run)
-    try:
-        with h5py.File(buf, "w") as f:
-            f.attrs["format"], f.attrs["version"] = FORMAT, VERSION
-            f.attrs["columns"], f.attrs["task_names"] = json.dumps(columns), json.dumps(list(task_names))
-            for j, res in enumerate(per_task):
-                g = f.create_group(f"tasks/{j}")
-                g.attrs["n"], g.attrs["n_test"] = int(res["clean"]["n"]), int(res["clean"]["n_full"])
-                g.create_dataset("indices", data=np.asarray(res["clean"]["indices"], dtype=np.int64), **_DS)
-                for c in columns:
-                    g.create_dataset(f"correct/{c}", data=np.packbits(np.asarray(res[c]["correct"], dtype=bool)), **_DS)
-            sign(f)
-        with open(tmp, "wb") as out:
-            out.write(buf.getbuffer())
-        os.replace(tmp, path)
-    except OSError as err:
-        raise CmatError(f"cannot write {path}: {err.strerror or err}") from None
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-    return path
+    buf = io.BytesIO()  # built in memory, written with plain I/O (see cmat.store._build_run)
+    with h5py.File(buf, "w") as f:
+        f.attrs["format"], f.attrs["version"] = FORMAT, VERSION
+        f.attrs["columns"], f.attrs["task_names"] = json.dumps(columns), json.dumps(list(task_names))
+        for j, res in enumerate(per_task):
+            g = f.create_group(f"tasks/{j}")
+            g.attrs["n"], g.attrs["n_test"] = int(res["clean"]["n"]), int(res["clean"]["n_full"])
+            g.create_dataset("indices", data=np.asarray(res["clean"]["indices"], dtype=np.int64), **_DS)
+            for c in columns:
+                g.create_dataset(f"correct/{c}", data=np.packbits(np.asarray(res[c]["correct"], dtype=bool)), **_DS)
+        sign(f)
+    return atomic_write_bytes(path, buf.getbuffer())
 
 
 def read_outcomes(path) -> dict:

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
+from cmat.atomic import atomic_write_bytes
 from cmat.errors import CmatError
 from cmat.h5safe import sign, verify
 
@@ -116,26 +116,13 @@ def read_masks(group: h5py.Group, net) -> None:
 def save_run(path, method, seq, cfg, extra=None) -> Path:
     """Write the method's networks and per-task metadata to ``path`` atomically; ``extra(f)``
     may add groups (the resume state of a checkpoint) before the file is renamed into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    slots = method.task_slots()
-    try:
-        _write_run(tmp, method, seq, cfg, slots, extra)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise CmatError(f"cannot write {path}: {err.strerror or _first_line(err)}") from None
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-    return path
+    return atomic_write_bytes(path, _build_run(method, seq, cfg, method.task_slots(), extra))
 
 
-def _write_run(tmp: Path, method, seq, cfg, slots, extra) -> None:
-    """Build the file in memory, then write its bytes with plain file I/O: a full disk or a
-    read-only file system is then a clean ``OSError`` instead of a failure inside HDF5's own
-    writes (which h5py reports while deallocating, and which crashed the process)."""
+def _build_run(method, seq, cfg, slots, extra) -> memoryview:
+    """The store file's bytes, built in memory: written with plain file I/O, a full disk or a
+    read-only file system is a clean ``OSError`` instead of a failure inside HDF5's own writes
+    (which h5py reports while deallocating, and which crashed the process)."""
     from cmat.config import to_yaml
 
     buf = io.BytesIO()
@@ -166,8 +153,7 @@ def _write_run(tmp: Path, method, seq, cfg, slots, extra) -> None:
         if extra is not None:
             extra(f)
         sign(f)
-    with open(tmp, "wb") as out:
-        out.write(buf.getbuffer())
+    return buf.getbuffer()
 
 
 def save_checkpoint(path, method, seq, cfg, state: dict, rng: torch.Tensor) -> Path:

@@ -177,7 +177,6 @@ def test_failed_store_write_is_one_line_and_leaves_no_temporary(tmp_path, indivi
     def full_disk(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store_mod, "sign", full_disk)
     src, _ = individual_run
     run = cmat.load(src)
 
@@ -191,8 +190,10 @@ def test_failed_store_write_is_one_line_and_leaves_no_temporary(tmp_path, indivi
             return run.slots
 
     seq = cmat.get_tasks("toy-2task")
+    monkeypatch.setattr(os, "replace", full_disk)  # the temporary is written, the rename fails
     with pytest.raises(CmatError, match="No space left on device"):
         store_mod.save_run(tmp_path / "store.h5", Fake(), seq, run.config)
+    monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
 
 
