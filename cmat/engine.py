@@ -261,7 +261,6 @@ class Run:
             return self._loop(seq, method, device, attacks, logger, state)
         except KeyboardInterrupt:
             logger.event(kind="interrupted")
-            done = state["completed"] if state else 0
             if checkpoint.exists():
                 raise CmatError(f"interrupted; tasks finished so far are checkpointed in {checkpoint}: "
                                 f"continue with the same command plus --resume") from None

@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from baselines.anp_vs import ANPVS
-from cmat.nn.beta_bernoulli import BetaBernoulliMask, kl_kumaraswamy_beta, kumaraswamy_mean
+from cmat.nn.beta_bernoulli import kl_kumaraswamy_beta, kumaraswamy_mean
 from cmat.cli import main
 from cmat.engine import Trainer
 from cmat.tblog import RunLogger

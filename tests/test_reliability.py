@@ -223,14 +223,13 @@ def test_bench_refuses_a_bad_method_option_before_training(tmp_path):
 
 
 def test_damaged_checkpoint_state_is_one_line(tmp_path, monkeypatch):
+    from baselines.at_baselines import ATIndividual
     from cmat import store as store_mod
-    from tests.conftest import quick_config
     from cmat.engine import Run
+    from tests.conftest import quick_config
 
     cfg = quick_config(method="at-individual", epochs=1, eval={"attacks": ["clean"], "samples": 20})
     out = tmp_path / "run"
-
-    from baselines.at_baselines import ATIndividual
     original = ATIndividual.before_task
 
     def interrupt(self, t, task):
