@@ -81,10 +81,9 @@ def _check_options(base_cfg, methods) -> None:
     one line before the first method trains, not after it."""
     import torch
 
-    from tasks import get_tasks
+    from tasks import tasks_for_config
 
-    seq = get_tasks(base_cfg.tasks, data_root=base_cfg.data_root, download=base_cfg.download, seed=base_cfg.seed,
-                    val_fraction=base_cfg.train.val_fraction)
+    seq = tasks_for_config(base_cfg)
     for m in methods:
         cfg = copy.deepcopy(base_cfg)
         cfg.method = m

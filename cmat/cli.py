@@ -35,7 +35,7 @@ def _overrides(**flags) -> dict:
     from cmat.config import deep_update, parse_set
 
     out: dict = {}
-    mapping = {"tasks": ("tasks",), "method": ("method",), "seed": ("seed",), "objective": ("objective", "name"),
+    mapping = {"tasks": ("tasks",), "max_tasks": ("max_tasks",), "method": ("method",), "seed": ("seed",), "objective": ("objective", "name"),
                "epochs": ("train", "epochs"), "eval_samples": ("eval", "samples"), "attacks": ("eval", "attacks"),
                "data_root": ("data_root",), "device": ("device",), "eps": ("threat", "eps"),
                "alpha": ("threat", "alpha"), "batch_size": ("train", "batch_size"), "arch": ("model", "arch")}
@@ -62,6 +62,7 @@ def _overrides(**flags) -> dict:
 @click.option("--seed", default=None, type=int)
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML file over the preset.")
 @click.option("--epochs", default=None, type=int, help="Epochs per task (train.epochs).")
+@click.option("--max-tasks", default=None, type=int, help="Only the first N tasks of the sequence (rehearsals).")
 @click.option("--eval-samples", default=None, type=int, help="Attack a fixed seeded subset of N test images per task.")
 @click.option("--attacks", default=None, help="Comma-separated: clean,fgsm,pgd10,pgd40,apgd-ce,apgd-t,...")
 @click.option("--eps", default=None, help="Threat ε in [0,1] pixel units (e.g. 8/255).")
@@ -131,14 +132,13 @@ def eval_cmd(run_dir, attacks, samples, data_root, device, as_json):
     from cmat.engine import resolve_device
     from cmat.evaluate import WORST, attack_params, build_attacks, evaluate_task
     from cmat.metrics import wilson_interval
-    from tasks import get_tasks
+    from tasks import tasks_for_config
 
     loaded = cmat.load(run_dir)
     cfg = loaded.config
     requested = [a.strip() for a in attacks.split(",")] if attacks else list(cfg.eval.attacks)
     names = list(build_attacks(requested, cfg.threat.eps, cfg.threat.alpha, alphas=cfg.eval.alphas))  # validate first
-    seq = get_tasks(cfg.tasks, data_root=data_root or cfg.data_root, seed=cfg.seed,
-                    val_fraction=cfg.train.val_fraction)
+    seq = tasks_for_config(cfg, data_root, download=False)
     dev = resolve_device(device)
     samples = samples if samples is not None else cfg.eval.samples
     per_task = []
@@ -254,6 +254,7 @@ def tasks_show(name, as_json):
 @click.option("--objective", default=None)
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False))
 @click.option("--epochs", default=None, type=int)
+@click.option("--max-tasks", default=None, type=int, help="Only the first N tasks of the sequence.")
 @click.option("--eval-samples", default=None, type=int)
 @click.option("--attacks", default=None)
 @click.option("--data-root", default=None)
@@ -328,6 +329,47 @@ def transfer(source, source_task, target, target_task, strategies, objectives, o
                           progress=not no_progress)
     click.echo(report["markdown"])
     click.echo(f"wrote {out}/transfer.json, transfer.csv, transfer.md, transfer.png")
+
+
+@main.command("transfer-study")
+@click.option("--tasks", required=True, help="Sequence holding source and target task, e.g. digits-2split.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Study directory.")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML file over the preset.")
+@click.option("--source-task", default=0, show_default=True, type=int, help="Source task index.")
+@click.option("--target-task", default=1, show_default=True, type=int, help="Target task index.")
+@click.option("--strategies", default=None,
+              help="Comma-separated transfer strategies (default linear,tl-K,finetune,lwf; scratch is always run).")
+@click.option("--jobs", default=None, type=int, help="Worker processes (default: CPU cores on a CPU, 1 on a GPU).")
+@click.option("--verify-samples", default=50, show_default=True, type=int,
+              help="Correct test images per cell whose critical ε is bracketed (ECDF).")
+@click.option("--seed", default=None, type=int)
+@click.option("--epochs", default=None, type=int)
+@click.option("--eval-samples", default=None, type=int)
+@click.option("--attacks", default=None)
+@click.option("--data-root", default=None)
+@click.option("--download", is_flag=True)
+@click.option("--device", default=None)
+@click.option("--set", "set_", multiple=True, help="e.g. --set method_options.lwf_lambda=0.5")
+@click.option("--no-progress", is_flag=True)
+def transfer_study(out, config_file, source_task, target_task, strategies, jobs, verify_samples, no_progress, **flags):
+    """The robustness-transfer study in one command: standard and PGD sources, every strategy ×
+    target objective plus scratch; attacks, certification, cost; study.csv/md and plots."""
+    import os
+
+    from cmat import config as config_mod
+    from cmat.engine import resolve_device
+    from cmat.transfer_study import run_study
+
+    cfg = config_mod.resolve(flags.get("tasks"), config_file, _overrides(**flags))
+    if jobs is None:
+        jobs = 1 if resolve_device(cfg.device).type == "cuda" else max(1, min(os.cpu_count() or 1, 8))
+    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    study = run_study(cfg, out, source_task, target_task, names, jobs, verify_samples, progress=not no_progress,
+                      say=lambda m: click.echo(m, err=False))
+    from cmat.transfer_study import study_markdown
+
+    click.echo(study_markdown(study))
+    click.echo(f"wrote {out}/study.csv, study.md, study.json, critical_eps.csv, pareto.png, bars.png, ecdf.png")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -94,6 +94,7 @@ class AccelConfig:
 @dataclass
 class RunConfig:
     tasks: str = "digits-5split"
+    max_tasks: Optional[int] = None  # train and evaluate only the first N tasks (rehearsals)
     method: str = "cmat"
     seed: int = 0
     device: str = "auto"
@@ -266,6 +267,8 @@ def validate(cfg: RunConfig) -> None:
         raise CmatError(f"model.arch must be one of {', '.join(sorted(ARCHS))}, got {cfg.model.arch!r}")
     _in_range("model.width", cfg.model.width, 0, 16, lo_open=True)
     tc = cfg.train
+    if cfg.max_tasks is not None:
+        _in_range("max_tasks", cfg.max_tasks, 1, COUNT_LIMIT)
     _in_range("train.epochs", tc.epochs, 1, COUNT_LIMIT)
     _in_range("train.batch_size", tc.batch_size, 1, COUNT_LIMIT)
     _in_range("train.lr", tc.lr, 0, 100, lo_open=True)

@@ -30,7 +30,7 @@ from cmat.metrics import summarize, wilson_interval
 from cmat.objectives import make_objective
 from cmat.seeding import generator, seed_everything
 from cmat.tblog import RunLogger
-from tasks import get_tasks
+from tasks import tasks_for_config
 from tasks.base import augment_batch
 
 
@@ -225,8 +225,7 @@ class Run:
 
     def execute(self) -> dict:
         cfg = self.cfg
-        seq = get_tasks(cfg.tasks, data_root=cfg.data_root, download=cfg.download, seed=cfg.seed,
-                        val_fraction=cfg.train.val_fraction)
+        seq = tasks_for_config(cfg)
         method_cls = method_class(cfg.method)
         device = resolve_device(cfg.device)
         attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha,

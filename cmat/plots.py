@@ -193,3 +193,150 @@ def ecdf_figure(values_by_name: dict, eps: float):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- transfer study
+
+STRATEGY_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#000000")
+SOURCE_MARKERS = {"standard": "o", "pgd": "s", "none": "D"}
+VARIANT_COLOURS = {("standard", "standard"): "#56B4E9", ("standard", "pgd"): "#0072B2",
+                   ("pgd", "standard"): "#E69F00", ("pgd", "pgd"): "#D55E00",
+                   ("none", "standard"): "#999999", ("none", "pgd"): "#000000"}
+
+
+def _variant_label(source: str, target: str) -> str:
+    return f"scratch, {target} objective" if source == "none" else f"{source} source → {target} objective"
+
+
+def _strategies(study: dict) -> list:
+    return list(study["strategies"]) + ["scratch"]
+
+
+def pareto_front(points) -> list:
+    """Indices of the points ``(cost, value)`` that no other point beats (cost ≤ and value ≥,
+    one of them strictly), in increasing cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def transfer_pareto_figure(study: dict):
+    """Robust accuracy (the study's robust column) against target cost (passes, log scale): one
+    marker per cell — colour = strategy, shape = source objective, filled = PGD target objective
+    — and the Pareto front as a dashed step line."""
+    robust = study["robust_column"]
+    rows = study["rows"]
+    strategies = _strategies(study)
+    fig, ax = plt.subplots(figsize=(7.6, 4.4), layout="constrained")
+    pts = [(max(r["grad_evals"], 1), r[robust]) for r in rows]
+    front = pareto_front(pts)
+    fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
+    fx.append(max(p[0] for p in pts) * 1.15)  # the best value holds for any larger budget
+    fy.append(fy[-1])
+    ax.step(fx, fy, where="post", color="0.5", ls="--", lw=1, zorder=1)
+    for r, (x, y) in zip(rows, pts):
+        colour = STRATEGY_COLOURS[strategies.index(r["strategy"]) % len(STRATEGY_COLOURS)]
+        filled = r["target_objective"] == "pgd"
+        ax.scatter(x, y, s=60, marker=SOURCE_MARKERS.get(r["source_objective"], "o"), zorder=2,
+                   facecolor=colour if filled else "white", edgecolor=colour, linewidth=1.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("target training cost: forward+backward passes (log scale)")
+    ax.set_ylabel(f"robust accuracy ({robust})")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    handles = [matplotlib.lines.Line2D([], [], ls="", marker="s", markersize=8, color=STRATEGY_COLOURS[k], label=s)
+               for k, s in enumerate(strategies)]
+    handles += [matplotlib.lines.Line2D([], [], ls="", marker=m, markersize=7, markerfacecolor="white",
+                                        markeredgecolor="0.2", label=("scratch" if s == "none" else f"{s} source"))
+                for s, m in SOURCE_MARKERS.items()]
+    handles += [matplotlib.lines.Line2D([], [], ls="", marker="o", markersize=7, color="0.2", label="PGD target (filled)"),
+                matplotlib.lines.Line2D([], [], ls="", marker="o", markersize=7, markerfacecolor="white",
+                                        markeredgecolor="0.2", label="standard target (open)"),
+                matplotlib.lines.Line2D([], [], color="0.5", ls="--", label="Pareto front")]
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    ax.set_title(f"{study['tasks']}: robustness against cost of each transfer cell", fontsize=10)
+    return fig
+
+
+def transfer_bars_figure(study: dict):
+    """Grouped bars per strategy (one bar per source × target objective), one panel per
+    accuracy column (clean, the robust column, certified)."""
+    robust = study["robust_column"]
+    columns = [c for c in ("clean", robust, "certified") if c in study["rows"][0]]
+    strategies = _strategies(study)
+    variants = [v for v in VARIANT_COLOURS if any((r["source_objective"], r["target_objective"]) == v
+                                                   for r in study["rows"])]
+    fig, axes = plt.subplots(len(columns), 1, figsize=(max(6.5, 1.3 * len(strategies) + 2), 0.8 + 2.3 * len(columns)),
+                             squeeze=False, layout="constrained")
+    for ax, col in zip(axes[:, 0], columns):
+        for s_i, strat in enumerate(strategies):
+            present = [v for v in variants if any(r["strategy"] == strat and (r["source_objective"],
+                                                                               r["target_objective"]) == v
+                                                  for r in study["rows"])]
+            width = 0.8 / max(len(present), 1)
+            for k, v in enumerate(present):
+                r = next(r for r in study["rows"] if r["strategy"] == strat
+                         and (r["source_objective"], r["target_objective"]) == v)
+                ax.bar(s_i + (k - (len(present) - 1) / 2) * width, r[col], width, color=VARIANT_COLOURS[v],
+                       edgecolor="white", linewidth=0.5)
+        ax.set_xticks(np.arange(len(strategies)))
+        ax.set_xticklabels(strategies)
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        ax.set_ylabel(col)
+    handles = [matplotlib.patches.Patch(color=VARIANT_COLOURS[v], label=_variant_label(*v)) for v in variants]
+    fig.legend(handles=handles, loc="outside upper center", ncol=3, fontsize=8, frameon=False,
+               title=f"{study['tasks']}: target-task accuracy per strategy", title_fontsize=9)
+    return fig
+
+
+def transfer_ecdf_figure(study: dict):
+    """Per strategy, the ECDF of per-sample critical ε: certified lower end (dashed) and PGD
+    upper end (solid) for each source × target objective, with the threat ε marked."""
+    strategies = _strategies(study)
+    eps = study["threat"]["eps"]
+    cols = min(len(strategies), 3)
+    nrows = -(-len(strategies) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols + 1.5, 2.8 * nrows + 0.6), squeeze=False,
+                             layout="constrained", sharex=True, sharey=True)
+    hi = study["settings"]["eps_max_factor"] * eps
+    seen = []
+    for ax, strat in zip(axes.flat, strategies):
+        for r in study["rows"]:
+            if r["strategy"] != strat:
+                continue
+            v = (r["source_objective"], r["target_objective"])
+            name = f"{r['source_objective']}-{r['strategy']}-{r['target_objective']}"
+            crit = study["critical_eps"][name]
+            for kind, ls in (("certified", "--"), ("attack", "-")):
+                vals = np.asarray(crit[kind], dtype=float)
+                if not len(vals):
+                    continue
+                xs = np.sort(np.minimum(vals, hi))  # "not broken within the range" drawn at its end
+                ax.step(np.concatenate([[0], xs]), np.arange(len(xs) + 1) / len(xs), where="post",
+                        color=VARIANT_COLOURS[v], ls=ls, lw=1.3)
+            if v not in seen:
+                seen.append(v)
+        ax.axvline(eps, color="0.4", ls=":", lw=0.9)
+        ax.set_title(strat, fontsize=10)
+        ax.set_xlim(0, hi)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(strategies):]:
+        ax.set_visible(False)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("critical ε")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("fraction of samples ≤ ε")
+    handles = [matplotlib.lines.Line2D([], [], color=VARIANT_COLOURS[v], lw=2, label=_variant_label(*v)) for v in seen]
+    handles += [matplotlib.lines.Line2D([], [], color="0.2", ls="-", label="attack (upper end)"),
+                matplotlib.lines.Line2D([], [], color="0.2", ls="--", label="certified (lower end, CROWN)"),
+                matplotlib.lines.Line2D([], [], color="0.4", ls=":", label=f"threat ε = {eps:.4g}")]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+    fig.suptitle(f"{study['tasks']}: per-sample critical ε (VERONA bounds), by strategy", fontsize=10)
+    return fig

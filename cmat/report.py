@@ -142,13 +142,12 @@ def sweeps(run_dir: Path, samples=None, data_root=None, progress: bool = True, l
     import cmat
     from cmat.attacks import sound_alpha
     from cmat.evaluate import eps_sweep, eval_subset, steps_sweep
-    from tasks import get_tasks
+    from tasks import tasks_for_config
 
     run = cmat.load(run_dir)
     cfg = run.config
     n = attack_samples(samples, cfg.eval.samples)
-    seq = get_tasks(cfg.tasks, data_root=data_root or cfg.data_root, seed=cfg.seed,
-                    val_fraction=cfg.train.val_fraction)
+    seq = tasks_for_config(cfg, data_root, download=False)
     eps, alpha = cfg.threat.eps, cfg.threat.alpha
     eps_values = [f * eps for f in EPS_FACTORS]
     names = list(run.task_names)

@@ -45,6 +45,10 @@ class TransferModel(nn.Module):
     def embed(self, x):
         return self.features(self.norm(x))
 
+    def verify_parts(self) -> list:
+        """The modules in order, for :func:`cmat.verify.network_ops`."""
+        return [self.norm, self.features, self.head]
+
     def forward(self, x):
         return self.head(self.embed(x))
 
@@ -67,12 +71,28 @@ def weight_layers(features: nn.Module) -> list:
     return [m for m in features.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def build_transfer_model(source, strategy: str, num_classes: int) -> tuple:
-    """``(model, param_groups_fn)`` for ``strategy`` from a source ``TaskView`` (plain net)."""
+# tl-K's default K: the extractor's last convolutional unit and the fully connected layers after
+# it -- smallcnn: conv4 + FC (2 of 5), vgg16: conv13 + FC + FC (3 of 15), resnet18: the last
+# basic block's two convolutions (2 of 20).
+DEFAULT_TL_K = {"smallcnn": 2, "vgg16": 3, "resnet18": 2}
+
+
+def default_tl_k(arch: str) -> int:
+    return DEFAULT_TL_K.get(arch, 2)
+
+
+def build_transfer_model(source, strategy: str, num_classes: int, target_stats=None) -> tuple:
+    """``(model, kind)`` for ``strategy`` from a source ``TaskView`` (plain net); ``kind`` says
+    which parameters train (see :func:`param_groups`). ``scratch`` takes the architecture only,
+    normalised with ``target_stats = (mean, std)`` of the target task when given."""
+    from cmat.nn.backbones import Normalize
+
     net, t = source.net, source.task
     if getattr(net, "spec", {}).get("masked") or not hasattr(net, "features"):
         raise CmatError("transfer needs a plain-network source (an at-individual or at-finetune run)")
     norm = copy.deepcopy(net.norms[t])
+    if strategy == "scratch" and target_stats is not None:
+        norm = Normalize(*target_stats)
     features = copy.deepcopy(net.features)
     head = nn.Linear(net.feature_dim, num_classes)
     model = TransferModel(norm, features, head)
@@ -134,15 +154,51 @@ def lwf_loss(model: TransferModel, source: TransferModel, objective, lam: float)
     return loss_fn
 
 
+def check_compatible(spec: dict, task) -> None:
+    """The source network must take the target's images as they are (channels and size)."""
+    shape = tuple(task.input_shape)
+    if shape[0] != spec["in_channels"] or shape[-1] != spec["input_size"]:
+        raise CmatError(f"the source takes {spec['in_channels']}×{spec['input_size']}×{spec['input_size']} images, "
+                        f"the target task {task.name} has {'×'.join(map(str, shape))}")
+
+
+def train_transfer(source_view, strategy: str, objective: str, task, target_task: int, cfg, device, logger,
+                   progress: bool = True, label: str = "") -> tuple:
+    """Train ``strategy`` with target ``objective`` on ``task``: ``(model, seconds, grad_evals)``,
+    grad_evals = forward+backward passes per image spent on the target, attack steps included
+    (the source's own training is not counted)."""
+    from cmat.engine import Trainer
+    from cmat.objectives import make_objective
+    from cmat.seeding import seed_everything
+
+    seed_everything(cfg.seed)
+    cfg_o = copy.deepcopy(cfg)
+    cfg_o.objective.name = objective
+    trainer = Trainer(cfg_o, device, logger, progress)
+    trainer.label = label
+    stats = (task.mean, task.std) if strategy == "scratch" else None
+    model, kind = build_transfer_model(source_view, strategy, task.num_classes, stats)
+    model.to(device)
+    opts = {"backbone_lr_scale": 0.1, "lwf_lambda": 0.1, **cfg.method_options}
+    groups = param_groups(model, kind, cfg.train.lr, float(opts["backbone_lr_scale"]))
+    loss_fn = None
+    if strategy == "lwf":
+        src, _ = build_transfer_model(source_view, "finetune", task.num_classes)
+        src.to(device).eval().requires_grad_(False)
+        loss_fn = lwf_loss(model, src, make_objective(cfg_o.objective, cfg_o.threat), float(opts["lwf_lambda"]))
+    start = time.time()
+    trainer.fit(model, None, task, target_task, snapshot=model, param_groups=groups, loss_fn=loss_fn,
+                tag=f"{strategy}-{objective}")
+    return model.eval(), time.time() - start, trainer.grad_evals
+
+
 def run_transfer(source_dir, source_task: int, target_tasks: str, target_task: int, strategies, objectives,
                  out, cfg_overrides: dict, progress: bool = True) -> dict:
     """Every strategy × objective on the target task; writes transfer.json/.csv/.md."""
     import cmat
     from cmat import config as config_mod
-    from cmat.engine import Trainer, atomic_write_text, resolve_device
+    from cmat.engine import atomic_write_text, resolve_device
     from cmat.evaluate import build_attacks, evaluate_task
-    from cmat.objectives import make_objective
-    from cmat.seeding import seed_everything
     from cmat.tblog import RunLogger
     from tasks import get_tasks
 
@@ -157,8 +213,7 @@ def run_transfer(source_dir, source_task: int, target_tasks: str, target_task: i
         raise CmatError(f"target task {target_task} out of range (0..{len(seq) - 1})")
     task = seq[target_task]
     spec = source_view.net.spec
-    if tuple(task.input_shape)[0] != spec["in_channels"]:
-        raise CmatError(f"source takes {spec['in_channels']}-channel images, target {task.input_shape}")
+    check_compatible(spec, task)
     for s in strategies:
         build_transfer_model(source_view, s, task.num_classes)  # validate names first
     for o in objectives:
@@ -169,33 +224,18 @@ def run_transfer(source_dir, source_task: int, target_tasks: str, target_task: i
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", config_mod.to_yaml(cfg))
     logger = RunLogger(out)
-    opts = {"backbone_lr_scale": 0.1, "lwf_lambda": 0.1, **cfg.method_options}
     rows = []
     try:
         for strategy in strategies:
             for objective in objectives:
-                seed_everything(cfg.seed)
-                cfg_o = copy.deepcopy(cfg)
-                cfg_o.objective.name = objective
-                trainer = Trainer(cfg_o, device, logger, progress)
-                model, kind = build_transfer_model(source_view, strategy, task.num_classes)
-                model.to(device)
-                groups = param_groups(model, kind, cfg.train.lr, float(opts["backbone_lr_scale"]))
-                loss_fn = None
-                if strategy == "lwf":
-                    src, _ = build_transfer_model(source_view, "finetune", task.num_classes)
-                    src.to(device).eval().requires_grad_(False)
-                    loss_fn = lwf_loss(model, src, make_objective(cfg_o.objective, cfg_o.threat), float(opts["lwf_lambda"]))
-                start = time.time()
-                trainer.fit(model, None, task, target_task, snapshot=model, param_groups=groups, loss_fn=loss_fn,
-                            tag=f"{strategy}-{objective}")
-                seconds = time.time() - start
+                model, seconds, grad_evals = train_transfer(source_view, strategy, objective, task, target_task,
+                                                            cfg, device, logger, progress)
                 attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, task.num_classes)
                 res = evaluate_task(model.eval(), task.test, attacks, task.num_classes, cfg.seed, target_task,
                                     cfg.eval.samples, cfg.eval.batch_size, device)
                 columns = [n for n in res if n in attacks or n == "worst"]
                 row = {"strategy": strategy, "objective": objective, **{n: res[n]["acc"] for n in columns},
-                       "train_seconds": seconds, "grad_evals": trainer.grad_evals,
+                       "train_seconds": seconds, "grad_evals": grad_evals,
                        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
                 rows.append(row)
                 logger.event(kind="transfer", **row)

@@ -225,6 +225,9 @@ def network_ops(model: nn.Module) -> list:
             _flatten_module(net.norms[t], ops)
             _flatten_module(net.features, ops)
             _flatten_module(net.heads[t], ops)
+    elif hasattr(model, "verify_parts"):  # e.g. cmat.transfer.TransferModel
+        for part in model.verify_parts():
+            _flatten_module(part, ops)
     else:
         _flatten_module(model, ops)
     return ops
@@ -372,6 +375,20 @@ def margin_lower_bound(ops, x, y, eps, method: str = "crown") -> torch.Tensor:
     return lower.min(1).values
 
 
+def certified_mask(model, x, y, eps: float, bound: str = "crown", batch_size: int = 32) -> torch.Tensor:
+    """Per image: True when ``bound`` proves every point of B(x, ε) classified as ``y`` (so the
+    image is also correct clean). Sound: False means "not proven", never "attackable". CROWN's
+    memory grows with batch × unstable neurons, hence the batches."""
+    ops = network_ops(model)
+    out = torch.zeros(len(x), dtype=torch.bool)
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            lower = margin_lower_bound(ops, xb, yb, torch.full((len(xb),), float(eps), dtype=xb.dtype), bound)
+            out[i:i + batch_size] = (lower > 0).cpu()
+    return out
+
+
 # ----------------------------------------------------------------------------- critical ε
 
 
@@ -441,7 +458,7 @@ def verify_run(run_dir, task: int, n: int, bound: str = "crown", eps_max: Option
     from pathlib import Path
 
     import cmat
-    from tasks import get_tasks
+    from tasks import tasks_for_config
 
     run = cmat.load(run_dir)
     cfg = run.config
@@ -449,8 +466,7 @@ def verify_run(run_dir, task: int, n: int, bound: str = "crown", eps_max: Option
         raise CmatError(f"task {task} out of range: the run has tasks 0..{len(run.task_names) - 1}")
     if bound not in ("ibp", "crown"):
         raise CmatError(f"unknown bound {bound!r} (valid: ibp, crown)")
-    seq = get_tasks(cfg.tasks, data_root=data_root or cfg.data_root, seed=cfg.seed,
-                    val_fraction=cfg.train.val_fraction)
+    seq = tasks_for_config(cfg, data_root, download=False)
     model = run.model(task)
     network_ops(model)  # refuse unsupported networks before any work
     x, y = seq[task].test.tensors(torch.arange(min(n, len(seq[task].test))))

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import cmat  # noqa: E402
 from cmat.outcomes import read_outcomes  # noqa: E402
-from tasks import get_tasks  # noqa: E402
+from tasks import tasks_for_config  # noqa: E402
 
 
 def crosscheck(run_dir: Path, steps: int, restarts: int, seed: int) -> dict:
@@ -33,7 +33,7 @@ def crosscheck(run_dir: Path, steps: int, restarts: int, seed: int) -> dict:
     run = cmat.load(run_dir)
     cfg = run.config
     outcomes = read_outcomes(run_dir / "eval.h5")
-    seq = get_tasks(cfg.tasks, data_root=cfg.data_root, seed=cfg.seed, val_fraction=cfg.train.val_fraction)
+    seq = tasks_for_config(cfg, download=False)
     rows = []
     for j, name in enumerate(run.task_names):
         model = run.model(j).eval()

@@ -11,4 +11,4 @@ EMNIST), ``digits``, ``toy`` (loaders), ``registry`` (names -> loaders).
 """
 from tasks.base import ImageData, Task, TaskSequence, augment_batch, stratified_split  # noqa: F401
 from tasks.build import resolve_data_root  # noqa: F401
-from tasks.registry import SEQUENCES, SequenceInfo, get_tasks, list_sequences, sequence_info  # noqa: F401
+from tasks.registry import SEQUENCES, SequenceInfo, get_tasks, list_sequences, sequence_info, tasks_for_config  # noqa: F401

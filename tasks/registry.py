@@ -95,18 +95,31 @@ def list_sequences() -> list:
 
 
 def get_tasks(name: str, data_root=None, download: bool = False, seed: int = 0,
-              val_fraction: float = 0.1) -> TaskSequence:
+              val_fraction: float = 0.1, max_tasks: Optional[int] = None) -> TaskSequence:
     """Build the task sequence ``name``.
 
     ``data_root``: the argument, else ``$CMAT_DATA``, else ``./data``; ``download=True`` fetches
     a missing dataset through torchvision (present files are never re-fetched or checksummed).
     ``seed`` chooses the validation split (``val_fraction`` of each class of each task's
-    training set, stratified). Missing or malformed data, an unknown name or a bad fraction
+    training set, stratified). ``max_tasks`` keeps the first N tasks (rehearsals, transfer
+    sources); it must be in 1..the sequence's length. Missing or malformed data, an unknown name or a bad fraction
     raise a one-line :class:`CmatError`.
     """
     info = sequence_info(name)
     if not 0.0 <= float(val_fraction) < 1.0:
         raise CmatError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if max_tasks is not None and not 1 <= int(max_tasks) <= info.num_tasks:
+        raise CmatError(f"max_tasks must be in 1..{info.num_tasks} for {name}, got {max_tasks}")
     root = resolve_data_root(data_root)
     tasks = info.loader(root, bool(download), int(seed), float(val_fraction))
+    if max_tasks is not None:
+        tasks = tasks[:int(max_tasks)]
     return TaskSequence(name=name, tasks=tasks)
+
+
+def tasks_for_config(cfg, data_root=None, download: Optional[bool] = None) -> TaskSequence:
+    """The task sequence a run configuration names: ``cfg.tasks`` with its seed, validation
+    fraction and ``max_tasks``; ``data_root``/``download`` override the configuration's."""
+    return get_tasks(cfg.tasks, data_root=data_root or cfg.data_root,
+                     download=cfg.download if download is None else download, seed=cfg.seed,
+                     val_fraction=cfg.train.val_fraction, max_tasks=cfg.max_tasks)
