@@ -272,8 +272,9 @@ def run_markdown(results: dict, source: str = "") -> str:
 
 
 def render_report(path) -> str:
-    """Markdown tables rendered from result files: a run directory (results.json) or a bench
-    directory (bench.json + its run directories: mean ± std, McNemar, budget — recomputed)."""
+    """Markdown tables rendered from result files: a run directory (results.json), a bench
+    directory (bench.json + its run directories: mean ± std, McNemar, budget — recomputed) or a
+    transfer-study directory (study.json)."""
     import yaml
 
     from cmat import bench as bench_mod
@@ -294,6 +295,16 @@ def render_report(path) -> str:
         tests = bench_mod.paired_tests(p, methods, seeds, reference)
         budget = bench_mod.run_budget(cfg, per_method[methods[0]][0], seeds)
         return bench_mod.to_markdown(rows, columns, cfg, seeds, budget, reference, tests)
+    if (p / "study.json").exists():
+        from cmat.transfer_study import study_markdown
+
+        try:
+            study = json.loads((p / "study.json").read_text())
+            if study.get("format") != "cmat-transfer-study":
+                raise KeyError("format")
+            return study_markdown(study)
+        except (json.JSONDecodeError, KeyError, TypeError, IndexError) as err:
+            raise CmatError(f"{p / 'study.json'} is not a cmat transfer-study file: {err}") from None
     if (p / "results.json").exists():
         return run_markdown(_read_results(p / "results.json"))
-    raise CmatError(f"no results.json or bench.json in {p} (is it a finished run or bench directory?)")
+    raise CmatError(f"no results.json, bench.json or study.json in {p} (is it a finished run, bench or study?)")

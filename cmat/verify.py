@@ -306,6 +306,15 @@ def _segment_start(ops: list, end: int) -> int:
     return 0
 
 
+def _interval_exact(segment: list) -> bool:
+    """Whether interval arithmetic is already exact on ``segment``: no ReLU and at most one op
+    that mixes coordinates (per-channel affine maps and Flatten are diagonal/permutations, so
+    |A₂A₁| = |A₂||A₁| there). CROWN cannot tighten such bounds, so it is skipped."""
+    if any(isinstance(op, (ReLU, MaxPool)) for op in segment):
+        return False
+    return sum(not isinstance(op, (ChannelAffine, Flatten)) for op in segment) <= 1
+
+
 def _intersect(a, b):
     return torch.max(a[0], b[0]), torch.min(a[1], b[1])
 
@@ -325,7 +334,7 @@ def crown(ops: list, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor, max
         if not isinstance(op, ReLU):
             continue
         s = _segment_start(ops, i)
-        if s == i:
+        if s == i or _interval_exact(ops[s:i]):
             continue
         l0, u0 = bounds[i][0].flatten(1), bounds[i][1].flatten(1)
         idx = ((l0 < 0) & (u0 > 0)).any(0).nonzero().squeeze(1)  # only unstable neurons need CROWN

@@ -21,6 +21,8 @@ Sequences:
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pickle
 from pathlib import Path
 
@@ -181,3 +183,13 @@ def load_cifar10_5split(root: Path, download: bool, seed: int, val_fraction: flo
     groups = [[2 * j, 2 * j + 1] for j in range(5)]
     names = [f"{d['names'][a]}-{d['names'][b]}" for a, b in groups]
     return class_split_tasks(groups, names, d["names"], d["train"], d["test"], AUGMENT, seed, val_fraction)
+
+
+def load_cifar10_cifar100(root: Path, download: bool, seed: int, val_fraction: float) -> list:
+    """A transfer pair: task 0 = CIFAR-10 (10 classes), task 1 = CIFAR-100 (100 fine classes)."""
+    c10, c100 = read_cifar10(root, download), read_cifar100(root, download)
+    source = class_split_tasks([list(range(10))], ["cifar10"], c10["names"], c10["train"], c10["test"],
+                               AUGMENT, seed, val_fraction)
+    target = class_split_tasks([list(range(100))], ["cifar100"], c100["fine_names"], c100["train"][:2],
+                               c100["test"][:2], AUGMENT, seed, val_fraction)
+    return source + [dataclasses.replace(target[0], index=1)]

@@ -19,6 +19,8 @@ a b d e f g h n q r t that differ from their capitals).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import gzip
 from pathlib import Path
 
@@ -118,3 +120,14 @@ def load_emnist_balanced(root: Path, download: bool, seed: int, val_fraction: fl
     d = read_emnist_balanced(root, download)
     return class_split_tasks([list(range(47))], ["emnist-balanced"], EMNIST_BALANCED_CLASSES,
                              d["train"], d["test"], AUGMENT, seed, val_fraction)
+
+
+def load_mnist_emnist(root: Path, download: bool, seed: int, val_fraction: float) -> list:
+    """A transfer pair: task 0 = MNIST (10 digits), task 1 = EMNIST balanced (47 classes, MNIST
+    orientation)."""
+    m, e = read_mnist(root, download), read_emnist_balanced(root, download)
+    source = class_split_tasks([list(range(10))], ["mnist"], [str(d) for d in range(10)], m["train"], m["test"],
+                               AUGMENT, seed, val_fraction)
+    target = class_split_tasks([list(range(47))], ["emnist-balanced"], EMNIST_BALANCED_CLASSES, e["train"],
+                               e["test"], AUGMENT, seed, val_fraction)
+    return source + [dataclasses.replace(target[0], index=1)]

@@ -66,6 +66,14 @@ def _entries():
         "EMNIST", 1, (47,), (1, 28, 28), mnist.AUGMENT, False, mnist.EMNIST_FILES,
         mnist.load_emnist_balanced)
     yield SequenceInfo(
+        "cifar10-cifar100", "transfer pair: CIFAR-10 (10 classes), then CIFAR-100 (100 fine classes)",
+        "CIFAR-10 + CIFAR-100", 2, (10, 100), (3, 32, 32), cifar.AUGMENT, False,
+        cifar.CIFAR10_FILES + cifar.CIFAR100_FILES, cifar.load_cifar10_cifar100)
+    yield SequenceInfo(
+        "mnist-emnist", "transfer pair: MNIST (10 digits), then EMNIST balanced (47 classes, MNIST orientation)",
+        "MNIST + EMNIST", 2, (10, 47), (1, 28, 28), mnist.AUGMENT, False, mnist.MNIST_FILES + mnist.EMNIST_FILES,
+        mnist.load_mnist_emnist)
+    yield SequenceInfo(
         "digits-5split", "scikit-learn's bundled 8x8 digits (1797 images, 20% held out as test), "
         "5 tasks of 2 digits", "sklearn-digits", 5, (2,) * 5, (1, 8, 8), digits.AUGMENT, True, (),
         digits.load_digits_5split)

@@ -16,7 +16,7 @@ except ImportError:  # tests/ is not a package: pytest put it on sys.path
     import fakedata
 
 ALL_NAMES = ["cifar100-20split", "cifar100-10split", "cifar10-5split", "mnist-5split",
-             "emnist-balanced", "digits-5split", "digits-2split", "toy-2task"]
+             "emnist-balanced", "cifar10-cifar100", "mnist-emnist", "digits-5split", "digits-2split", "toy-2task"]
 OFFLINE = ("digits-5split", "digits-2split", "toy-2task")
 FILE_BACKED = [n for n in ALL_NAMES if n not in OFFLINE]
 
@@ -234,6 +234,41 @@ def test_emnist_balanced_is_transposed_to_mnist_orientation(tmp_path):
     assert (len(task.train) + len(task.val), len(task.test)) == (47 * 4, 47)
 
 
+# --- transfer pairs -------------------------------------------------------------------------
+
+def test_mnist_emnist_pair_source_then_target(tmp_path):
+    fakedata.write_mnist(tmp_path)
+    fakedata.write_emnist(tmp_path)
+    seq = tasks.get_tasks("mnist-emnist", data_root=tmp_path)
+    assert seq.task_names == ["mnist", "emnist-balanced"] and [t.index for t in seq] == [0, 1]
+    assert seq[0].num_classes == 10 and seq[1].num_classes == 47
+    assert (len(seq[0].train) + len(seq[0].val), len(seq[0].test)) == (200, 50)
+    assert (len(seq[1].train) + len(seq[1].val), len(seq[1].test)) == (47 * 4, 47)
+    img = seq[1].test.images[:, 0]
+    assert (img[:, 3:, fakedata.EMNIST_BAR_ROW] == 255).all()  # EMNIST in MNIST orientation
+    for task in seq:
+        check_task_contract(task, (1, 28, 28), None)
+    assert len(tasks.get_tasks("mnist-emnist", data_root=tmp_path, max_tasks=1)) == 1
+
+
+def test_cifar10_cifar100_pair_source_then_target(cifar10_root, cifar100_root, tmp_path):
+    for src in (cifar10_root, cifar100_root[0]):
+        for item in src.iterdir():
+            (tmp_path / item.name).symlink_to(item)
+    seq = tasks.get_tasks("cifar10-cifar100", data_root=tmp_path)
+    assert seq.task_names == ["cifar10", "cifar100"]
+    assert seq[0].classes == fakedata.CIFAR10_NAMES and seq[1].num_classes == 100
+    assert len(seq[1].test) == 200 and len(seq[0].test) == 100
+    assert min(_ids(seq[1].test)) >= fakedata.TEST_ID_OFFSET > max(_ids(seq[1].train) | _ids(seq[1].val))
+    for task in seq:
+        check_task_contract(task, (3, 32, 32), tasks.SEQUENCES["cifar10-cifar100"].augment)
+
+
+def test_max_tasks_out_of_range_is_one_line():
+    with pytest.raises(CmatError, match="max_tasks must be in 1..2"):
+        tasks.get_tasks("toy-2task", max_tasks=3)
+
+
 # --- errors ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", FILE_BACKED)
@@ -279,8 +314,13 @@ def test_malformed_files_are_one_line_errors_naming_the_file(tmp_path):
 def test_registry_matches_built_sequences(tmp_path, cifar100_root, cifar10_root):
     fakedata.write_mnist(tmp_path)
     fakedata.write_emnist(tmp_path)
+    both = tmp_path / "both"
+    both.mkdir()
+    for src in (cifar10_root, cifar100_root[0]):
+        for item in src.iterdir():
+            (both / item.name).symlink_to(item)
     roots = {"cifar100-20split": cifar100_root[0], "cifar100-10split": cifar100_root[0],
-             "cifar10-5split": cifar10_root}
+             "cifar10-5split": cifar10_root, "cifar10-cifar100": both}
     for name, info in tasks.SEQUENCES.items():
         seq = tasks.get_tasks(name, data_root=roots.get(name, tmp_path))
         assert len(seq) == info.num_tasks

@@ -82,6 +82,28 @@ def test_crown_strictly_tighter_somewhere():
         assert torch.all(margin_lower_bound(ops, x, y, eps, "crown") > margin_lower_bound(ops, x, y, eps, "ibp") + 1e-3)
 
 
+@pytest.mark.parametrize("kind", ["plain", "masked"])
+def test_skipping_crown_on_interval_exact_segments_changes_no_bound(kind, monkeypatch):
+    """CROWN is skipped where interval arithmetic is already exact (one mixing affine map between
+    ReLUs/MaxPools); refining there anyway must give the same bounds."""
+    import cmat.verify as V
+
+    model = small_model(kind)
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        ops = network_ops(model)
+        assert any(V._interval_exact(ops[V._segment_start(ops, i):i]) for i, op in enumerate(ops)
+                   if isinstance(op, V.ReLU))
+        for e in (0.003, 0.02):
+            eps = torch.full((5,), e)
+            fast = margin_lower_bound(ops, x, y, eps, "crown")
+            monkeypatch.setattr(V, "_interval_exact", lambda segment: False)
+            full = margin_lower_bound(ops, x, y, eps, "crown")
+            monkeypatch.undo()
+            assert torch.allclose(fast, full, atol=1e-5, rtol=1e-5)
+
+
 def test_certified_eps_below_attack_eps_and_sound():
     model = small_model()
     x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(3))
