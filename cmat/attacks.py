@@ -43,7 +43,7 @@ from cmat.errors import CmatError
 from cmat.nn.fuse import fold_batchnorm
 
 LOSSES = ("ce", "cw")
-ATTACK_FORMS = "clean, fgsm, pgdN, pgdN-cw, apgd-ce, apgd-t, aa (N = steps, e.g. pgd10)"
+ATTACK_FORMS = "clean, fgsm, pgdN, pgdN-cw, apgd-ce, apgd-t, aa, certified (N = steps, e.g. pgd10)"
 CROSSING = 2.5  # an evaluation PGD-k must be able to travel CROSSING·ε: α·k ≥ 2.5ε
 
 
@@ -403,4 +403,8 @@ def make_attack(name: str, eps: float, alpha: float, n_classes: Optional[int] = 
         return AutoPGD(eps, loss="ce")
     if key == "apgd-t":
         return AutoPGD(eps, loss="dlr-targeted", n_classes=n_classes)
+    if key == "certified":
+        from cmat.verify import CertifiedCheck
+
+        return CertifiedCheck(_number("eps", eps, False))
     raise CmatError(f"unknown attack {name!r}; valid forms: {ATTACK_FORMS}")

@@ -24,9 +24,9 @@ from cmat.errors import CmatError
 from cmat.methods import method_class
 from cmat.metrics import mcnemar_exact
 
-ORDER = ("clean", "fgsm", "pgd10", "pgd40", "apgd-ce", "apgd-t", "aa", "worst")
+ORDER = ("clean", "fgsm", "pgd10", "pgd40", "apgd-ce", "apgd-t", "aa", "worst", "certified")
 LABELS = {"clean": "clean", "fgsm": "FGSM", "pgd10": "PGD-10", "pgd40": "PGD-40", "apgd-ce": "APGD-CE",
-          "apgd-t": "APGD-T", "aa": "AA", "worst": "worst"}
+          "apgd-t": "APGD-T", "aa": "AA", "worst": "worst", "certified": "certified"}
 ALPHA = 0.05  # significance level of the paired tests
 
 

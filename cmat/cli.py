@@ -340,7 +340,7 @@ def transfer(source, source_task, target, target_task, strategies, objectives, o
 @click.option("--strategies", default=None,
               help="Comma-separated transfer strategies (default linear,tl-K,finetune,lwf; scratch is always run).")
 @click.option("--jobs", default=None, type=int, help="Worker processes (default: CPU cores on a CPU, 1 on a GPU).")
-@click.option("--verify-samples", default=50, show_default=True, type=int,
+@click.option("--verify-samples", default=30, show_default=True, type=int,
               help="Correct test images per cell whose critical ε is bracketed (ECDF).")
 @click.option("--seed", default=None, type=int)
 @click.option("--epochs", default=None, type=int)

@@ -64,6 +64,12 @@ class ObjectiveConfig:
     free_replays: int = 4
     fast_alpha: float = 1.25
     bn: str = "eval"
+    # certified training (ibp, crown-ibp): fractions of a phase's iterations, final κ and β
+    cert_warmup: float = 0.1
+    cert_ramp: float = 0.5
+    kappa_end: float = 0.5
+    beta_end: float = 0.0
+    cert_eps_factor: float = 1.0
 
 
 @dataclass
@@ -285,6 +291,13 @@ def validate(cfg: RunConfig) -> None:
     _in_range("objective.trades_beta", oc.trades_beta, 0, 1e4)
     _in_range("objective.free_replays", oc.free_replays, 1, 10 ** 3)
     _in_range("objective.fast_alpha", oc.fast_alpha, 0, 10, lo_open=True)
+    _in_range("objective.cert_warmup", oc.cert_warmup, 0, 1)
+    _in_range("objective.cert_ramp", oc.cert_ramp, 0, 1)
+    if oc.cert_warmup + oc.cert_ramp > 1:
+        raise CmatError("objective.cert_warmup + objective.cert_ramp must be ≤ 1 (fractions of a training phase)")
+    _in_range("objective.kappa_end", oc.kappa_end, 0, 1)
+    _in_range("objective.beta_end", oc.beta_end, 0, 1)
+    _in_range("objective.cert_eps_factor", oc.cert_eps_factor, 0, 10, lo_open=True)
     if oc.bn not in ("eval", "batch"):
         raise CmatError(f"objective.bn must be eval or batch, got {oc.bn!r}")
     reach = oc.steps * cfg.threat.alpha

@@ -24,7 +24,8 @@ from cmat.atomic import atomic_write_text  # noqa: F401 (re-exported: bench, tra
 from cmat import config as config_mod
 from cmat.attacks import PGD, sound_alpha
 from cmat.errors import CmatError
-from cmat.evaluate import WORST, attack_params, build_attacks, evaluate_task, model_fingerprint, robust_accuracy
+from cmat.evaluate import (attack_params, build_attacks, evaluate_task, model_fingerprint, result_columns,
+                           robust_accuracy)
 from cmat.methods import method_class
 from cmat.metrics import summarize, wilson_interval
 from cmat.objectives import make_objective
@@ -110,7 +111,8 @@ class Trainer:
     def selection_metric(self) -> str:
         sel = self.cfg.train.select
         if sel == "auto":
-            return "robust" if self.objective.adversarial else "clean"
+            own = getattr(self.objective, "selection", None)  # certified: the ramp's end, "last"
+            return own or ("robust" if self.objective.adversarial else "clean")
         return sel
 
     def validate(self, model, task, t: int) -> dict:
@@ -136,6 +138,7 @@ class Trainer:
                               weight_decay=tc.weight_decay, fused=True)
         iters = epochs * math.ceil(len(task.train) / tc.batch_size) * obj.replays
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.schedule, iters))
+        obj.total_iters = iters  # schedules over the phase (certified objectives' ramp)
         obj.reset()
         accel.prepare_model(self.cfg.accel, model)
         train_model = self.dist.wrap(model, self.device) if self.dist is not None else model
@@ -283,7 +286,7 @@ class Run:
         cfg = self.cfg
         trainer = Trainer(cfg, device, logger, self.progress and self.is_main, self.dist)
         trainer.label, trainer.n_tasks = (f"{self.label} " if self.label else ""), len(seq)
-        columns = list(attacks) + ([WORST] if any(a is not None for a in attacks.values()) else [])
+        columns = result_columns(attacks)
         acc = {name: [] for name in columns}
         clean_full: list = []
         last: dict = {}

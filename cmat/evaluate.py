@@ -38,6 +38,15 @@ def build_attacks(names, eps: float, alpha: float, n_classes: Optional[int] = No
     return {name: make_attack(name, eps=eps, alpha=alpha, n_classes=n_classes, alphas=alphas) for name in names}
 
 
+def result_columns(attacks: dict) -> list:
+    """The columns an evaluation with ``attacks`` reports, in display order: clean and the
+    attacks, ``worst`` (when an attack ran), then proofs (``certified``)."""
+    proofs = [n for n, a in attacks.items() if getattr(a, "certifies", False)]
+    plain = [n for n in attacks if n not in proofs]
+    has_attack = any(attacks[n] is not None for n in plain)
+    return plain + ([WORST] if has_attack else []) + proofs
+
+
 def attack_params(attacks: dict) -> dict:
     return {name: ({"eps": 0.0, "alpha": 0.0, "steps": 0} if atk is None else atk.params())
             for name, atk in attacks.items()}
@@ -109,6 +118,14 @@ def evaluate_task(model: nn.Module, data, attacks: dict, num_classes: int, seed:
     results, worst_pred = {}, clean_pred.clone()
     for name, atk in attacks.items():
         pred = clean_pred.clone()
+        if getattr(atk, "certifies", False):  # a proof, not an attack: never part of worst
+            if alive.numel():
+                if progress is not None:
+                    progress(name)
+                unproven = alive[~atk.proven(model, xs[alive], ys[alive], device).cpu()]
+                pred[unproven] = (ys[unproven] + 1) % num_classes  # "not proven" counts as wrong
+            results[name] = _entry(pred, ys, num_classes)
+            continue
         if atk is not None and alive.numel():
             if progress is not None:
                 progress(name)
@@ -120,7 +137,7 @@ def evaluate_task(model: nn.Module, data, attacks: dict, num_classes: int, seed:
     clean = results.setdefault("clean", _entry(clean_pred, ys, num_classes))
     clean.update(acc_full=float((pred_full == y).float().mean()) if len(y) else 0.0, n_full=int(len(y)),
                  indices=indices.numpy())
-    if any(atk is not None for atk in attacks.values()):
+    if WORST in result_columns(attacks):
         results[WORST] = _entry(worst_pred, ys, num_classes)
     return results
 

@@ -12,6 +12,8 @@ calls ``loss, logits = objective.loss(model, x, y, generator)``, then ``loss.bac
 - ``fast`` (Wong et al. 2020): CE(f(x_adv)), x_adv = FGSM from a uniform random start with
   α = 1.25ε. ``detects_collapse``: the engine checks validation PGD accuracy each epoch and stops
   (keeping the best state) on catastrophic overfitting.
+- ``ibp`` / ``crown-ibp`` (Gowal et al. 2018; Zhang et al. 2020): certified training on bound-
+  based worst-case logits, see :mod:`cmat.certified`.
 - ``free`` (Shafahi et al. 2019): each minibatch replayed m times; one backward gives both the
   parameter gradient and the input gradient; δ ← Π_ε(δ + ε·sign(∇_δ)) is carried across replays
   and minibatches. The engine divides the epochs by m.
@@ -214,9 +216,18 @@ class FreeAT(Objective):
 
 
 OBJECTIVES = {c.name: c for c in (Standard, MadryPGD, Trades, FastFGSM, FreeAT)}
+CERTIFIED = ("ibp", "crown-ibp")  # cmat.certified (bound propagation; imported on use)
+
+
+def objective_names() -> list:
+    return list(OBJECTIVES) + list(CERTIFIED)
 
 
 def make_objective(cfg: ObjectiveConfig, threat: ThreatConfig) -> Objective:
+    if cfg.name in CERTIFIED:
+        from cmat.certified import CertifiedObjective, CrownIBP
+
+        return (CrownIBP if cfg.name == "crown-ibp" else CertifiedObjective)(cfg, threat)
     if cfg.name not in OBJECTIVES:
-        raise CmatError(f"unknown objective {cfg.name!r} (valid: {', '.join(OBJECTIVES)})")
+        raise CmatError(f"unknown objective {cfg.name!r} (valid: {', '.join(objective_names())})")
     return OBJECTIVES[cfg.name](cfg, threat)

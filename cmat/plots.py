@@ -18,8 +18,8 @@ import numpy as np  # noqa: E402
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442", "#000000")
 ATTACK_COLOURS = {"clean": "#0072B2", "fgsm": "#56B4E9", "pgd10": "#E69F00", "pgd40": "#D55E00",
-                  "aa": "#CC79A7", "worst": "#000000"}
-BAR_ATTACKS = ("clean", "fgsm", "pgd10", "pgd40", "aa", "worst")
+                  "aa": "#CC79A7", "worst": "#000000", "certified": "#009E73"}
+BAR_ATTACKS = ("clean", "fgsm", "pgd10", "pgd40", "aa", "worst", "certified")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 MATRIX_CMAP = "viridis"
 

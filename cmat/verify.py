@@ -58,10 +58,12 @@ class Affine(ABC):
     def vjp(self, lam: torch.Tensor, in_shape: tuple) -> torch.Tensor:
         """``Λ A`` for Λ of shape (N, K, *out_shape): the rows pulled back to the input."""
         n, k = lam.shape[:2]
+        train = torch.is_grad_enabled()  # training bounds: the result must stay differentiable
         x = torch.zeros((n * k,) + tuple(in_shape), dtype=lam.dtype, device=lam.device, requires_grad=True)
         with torch.enable_grad():
             y = self.linear(x)
-            (g,) = torch.autograd.grad(y, x, grad_outputs=lam.reshape((n * k,) + tuple(y.shape[1:])))
+            (g,) = torch.autograd.grad(y, x, grad_outputs=lam.reshape((n * k,) + tuple(y.shape[1:])),
+                                       create_graph=train)
         return g.reshape((n, k) + tuple(in_shape))
 
     def bias_term(self, lam: torch.Tensor, in_shape: tuple) -> torch.Tensor:
@@ -153,40 +155,51 @@ class MaxPool:
 # ----------------------------------------------------------------------------- from modules
 
 
-def _bn_affine(bn: nn.BatchNorm2d) -> ChannelAffine:
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
-    shift = (bn.bias.detach() if bn.affine else 0) - bn.running_mean * scale
-    return ChannelAffine(scale.detach(), shift.detach())
+def _bn_affine(bn: nn.BatchNorm2d, live: Optional[dict] = None) -> ChannelAffine:
+    """Eval-mode BN as a per-channel affine map; with ``live`` (training bounds), the batch
+    statistics recorded for ``bn`` in ``live`` when there are any, and no detaching."""
+    mean, var = live[bn] if live is not None and bn in live else (bn.running_mean, bn.running_var)
+    inv = 1 / torch.sqrt(var + bn.eps)
+    scale = bn.weight * inv if bn.affine else inv
+    shift = (bn.bias if bn.affine else 0) - mean * scale
+    if live is None:
+        return ChannelAffine(scale.detach(), shift.detach())
+    return ChannelAffine(scale, shift)
 
 
-def _flatten_module(m: nn.Module, ops: list) -> None:
+def _flatten_module(m: nn.Module, ops: list, live: Optional[dict] = None) -> None:
+    """Append ``m``'s operations to ``ops``. ``live=None``: verification (weights detached, BN
+    with running statistics); a dict: training bounds (differentiable weights, BN layers found
+    in the dict with the batch statistics recorded there)."""
     from cmat.nn.beta_bernoulli import PRUNE_AT, BetaBernoulliMask
     from cmat.nn.backbones import Normalize
     from cmat.nn.masked import MaskedConv2d, MaskedLinear, TaskBatchNorm2d
 
+    def d(t):
+        return None if t is None else (t if live is not None else t.detach())
+
     if isinstance(m, nn.Sequential):
         for c in m:
-            _flatten_module(c, ops)
+            _flatten_module(c, ops, live)
     elif isinstance(m, Normalize):
         ops.append(ChannelAffine((1 / m.std).flatten(), (-m.mean / m.std).flatten()))
     elif isinstance(m, MaskedConv2d):
         t = m.task
         s, p = m.stride, m.padding
-        ops.append(Conv(m.effective_weight(t).detach(), None if m.bias_for(t) is None else m.bias_for(t).detach(),
+        ops.append(Conv(d(m.effective_weight(t)), d(m.bias_for(t)),
                         (s, s) if isinstance(s, int) else s, (p, p) if isinstance(p, int) else p))
     elif isinstance(m, MaskedLinear):
-        b = m.bias_for(m.task)
-        ops.append(Dense(m.effective_weight(m.task).detach(), None if b is None else b.detach()))
+        ops.append(Dense(d(m.effective_weight(m.task)), d(m.bias_for(m.task))))
     elif isinstance(m, TaskBatchNorm2d):
-        ops.append(_bn_affine(m.bns[str(m.task)]))
+        ops.append(_bn_affine(m.bns[str(m.task)], live))
     elif isinstance(m, nn.Conv2d):
         if m.groups != 1 or m.dilation != (1, 1) or isinstance(m.padding, str) or m.padding_mode != "zeros":
             raise CmatError(f"verify: unsupported convolution {m}")
-        ops.append(Conv(m.weight.detach(), None if m.bias is None else m.bias.detach(), m.stride, m.padding))
+        ops.append(Conv(d(m.weight), d(m.bias), m.stride, m.padding))
     elif isinstance(m, nn.Linear):
-        ops.append(Dense(m.weight.detach(), None if m.bias is None else m.bias.detach()))
+        ops.append(Dense(d(m.weight), d(m.bias)))
     elif isinstance(m, nn.BatchNorm2d):
-        ops.append(_bn_affine(m))
+        ops.append(_bn_affine(m, live))
     elif isinstance(m, BetaBernoulliMask):
         e = m.expected().detach()
         ops.append(ChannelAffine(e * (e > PRUNE_AT), torch.zeros_like(e)))
@@ -208,28 +221,31 @@ def _flatten_module(m: nn.Module, ops: list) -> None:
                         "Conv2d, Linear, BatchNorm2d, ReLU, MaxPool2d, AdaptiveAvgPool2d, Flatten")
 
 
-def network_ops(model: nn.Module) -> list:
-    """The operation list of a task classifier (a ``TaskView``) or a plain ``nn.Sequential``."""
+def network_ops(model: nn.Module, live: Optional[dict] = None) -> list:
+    """The operation list of a task classifier (a ``TaskView``, a transfer model or a plain
+    ``nn.Sequential``). Verification (``live=None``) puts the model in eval mode; training
+    bounds (``live`` = recorded BN batch statistics, see :mod:`cmat.certified`) leave it as is."""
     from cmat.nn.backbones import TaskView
 
-    model.eval()
+    if live is None:
+        model.eval()
     ops: list = []
     if isinstance(model, TaskView):
         net, t = model.net, model.task
         if hasattr(net, "set_task"):
             net.set_task(t)
-            _flatten_module(net.norms[str(t)], ops)
-            _flatten_module(net.features, ops)
-            _flatten_module(net.heads[str(t)], ops)
+            _flatten_module(net.norms[str(t)], ops, live)
+            _flatten_module(net.features, ops, live)
+            _flatten_module(net.heads[str(t)], ops, live)
         else:
-            _flatten_module(net.norms[t], ops)
-            _flatten_module(net.features, ops)
-            _flatten_module(net.heads[t], ops)
+            _flatten_module(net.norms[t], ops, live)
+            _flatten_module(net.features, ops, live)
+            _flatten_module(net.heads[t], ops, live)
     elif hasattr(model, "verify_parts"):  # e.g. cmat.transfer.TransferModel
         for part in model.verify_parts():
-            _flatten_module(part, ops)
+            _flatten_module(part, ops, live)
     else:
-        _flatten_module(model, ops)
+        _flatten_module(model, ops, live)
     return ops
 
 
@@ -384,6 +400,25 @@ def margin_lower_bound(ops, x, y, eps, method: str = "crown") -> torch.Tensor:
     return lower.min(1).values
 
 
+class CertifiedCheck:
+    """The harness entry ``certified``: not an attack but a proof — an image counts when the
+    bound proves the whole ball classified correctly (:func:`certified_mask`, sound). It never
+    enters ``worst`` (which is over attacks), and certified ≤ worst holds image by image."""
+
+    certifies = True
+
+    def __init__(self, eps: float, bound: str = "crown"):
+        if bound not in BOUNDS:
+            raise CmatError(f"unknown bound {bound!r} (valid: {', '.join(BOUNDS)})")
+        self.eps, self.bound = float(eps), bound
+
+    def params(self) -> dict:
+        return {"attack": "certified", "eps": self.eps, "alpha": None, "steps": 0, "bound": self.bound}
+
+    def proven(self, model, x, y, device="cpu") -> torch.Tensor:
+        return certified_mask(model, x.to(device), y.to(device), self.eps, self.bound)
+
+
 def certified_mask(model, x, y, eps: float, bound: str = "crown", batch_size: int = 32) -> torch.Tensor:
     """Per image: True when ``bound`` proves every point of B(x, ε) classified as ``y`` (so the
     image is also correct clean). Sound: False means "not proven", never "attackable". CROWN's
@@ -457,6 +492,8 @@ def critical_eps(model, x, y, eps_max: float, bound: str = "crown", iters: int =
     t2 = time.time()
     return {"certified": certified, "attack": attack, "bound_seconds": t1 - t0, "attack_seconds": t2 - t1}
 
+
+BOUNDS = ("ibp", "crown")
 
 COLUMNS = ("network", "image_id", "original_label", "epsilon_value", "smallest_sat_value", "total_time", "verifier")
 

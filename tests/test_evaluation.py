@@ -209,3 +209,24 @@ def test_fingerprint_sees_values_not_zero_signs():
     with torch.no_grad():
         net[2].bias[1] = torch.nextafter(net[2].bias[1], torch.tensor(1.0))  # one ulp is a change
     assert model_fingerprint(net) != ref
+
+
+def test_certified_column_is_a_proof_below_worst_per_image(individual_run):
+    """``certified`` in the harness: computed on the same images, never part of ``worst``, and
+    every certified image survives every attack (a sound proof is never broken)."""
+    import cmat
+    from tasks import get_tasks
+
+    out, _ = individual_run
+    model = cmat.load(out).model(1)
+    task = get_tasks("toy-2task", seed=0)[1]
+    attacks = build_attacks(["clean", "pgd10", "pgd40", "certified"], 5e-5, 1.25e-5, task.num_classes)
+    res = evaluate_task(model, task.test, attacks, task.num_classes, seed=0, task=1, samples=60)
+    assert list(res)[-1] == "worst" and res["certified"]["n"] == res["worst"]["n"] == 60
+    cert, worst = res["certified"]["correct"], res["worst"]["correct"]
+    assert cert.any() and not (cert & ~worst).any()
+    assert res["certified"]["acc"] <= res["worst"]["acc"]
+    # worst is the same with and without the proof in the list
+    plain = evaluate_task(model, task.test, build_attacks(["clean", "pgd10", "pgd40"], 5e-5, 1.25e-5),
+                          task.num_classes, seed=0, task=1, samples=60)
+    assert np.array_equal(plain["worst"]["correct"], worst)
