@@ -14,6 +14,7 @@ Schedules, over the iterations of one training phase (``Trainer.fit``): the firs
 ``cert_warmup`` fraction is natural training (ε_t = 0, κ = 1, β = 1); over the next
 ``cert_ramp`` fraction ε_t grows linearly to ``cert_eps_factor``·ε, κ from 1 to ``kappa_end``
 and β from 1 to ``beta_end``; the rest trains at the final values (the papers' ramp-up).
+Gradients are clipped to norm ``cert_clip`` (Shi et al. 2021).
 
 Bounds go through exactly what the forward pass computes: masked layers' effective weights
 (differentiable), the task's normalisation, BN layers and head. BN follows the papers'
@@ -92,9 +93,17 @@ class CertifiedObjective(Objective):
         super().__init__(cfg, threat)
         self.total_iters = 1
         self.step = 0
+        self._params = None
 
     def reset(self) -> None:
         self.step = 0
+        self._params = None
+
+    def after_backward(self) -> None:
+        """Clip the gradient norm to ``cert_clip`` (Shi et al. 2021): loose early bounds give
+        huge robust losses whose raw gradients wreck the network."""
+        if self._params and self.cfg.cert_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self._params, self.cfg.cert_clip)
 
     def schedule(self) -> dict:
         """ε_t, κ and β at the current iteration of the phase."""
@@ -108,6 +117,7 @@ class CertifiedObjective(Objective):
     def loss(self, model, x, y, generator):
         s = self.schedule()
         self.step += 1
+        self._params = [p for p in model.parameters() if p.requires_grad]
         with recorded_bn_stats(model) as stats:
             logits = model(x)
         natural = F.cross_entropy(logits, y)

@@ -282,19 +282,29 @@ def bench(methods, out, seeds, config_file, no_progress, **flags):
 @click.argument("run_dir", type=click.Path())
 @click.option("--task", "task", default=0, show_default=True, type=int, help="Task index j.")
 @click.option("--n", "n", default=100, show_default=True, type=int, help="First N test images of the task.")
-@click.option("--bound", default="crown", show_default=True, type=click.Choice(["ibp", "crown"]))
+@click.option("--bound", default="crown", show_default=True,
+              type=click.Choice(["ibp", "crown", "alpha-crown", "milp"]),
+              help="ibp, crown, alpha-crown (optimised slopes) or milp (exact, small networks, per-sample time limit).")
 @click.option("--eps-max", default=None, type=float, help="Bisection range [0, eps-max] (default 4× the run's ε).")
 @click.option("--iters", default=12, show_default=True, type=int, help="Bisection steps.")
+@click.option("--max-neurons", default=None, type=int,
+              help="crown/alpha-crown: keep IBP bounds on layers with more unstable neurons (faster, looser); "
+                   "default: refine every layer (memory is chunked).")
+@click.option("--time-limit", default=10.0, show_default=True, type=float,
+              help="milp: seconds per sample and ε; an unfinished check counts as not certified (unknown).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Output folder (RUN_DIR/verify).")
 @click.option("--data-root", default=None)
 @click.option("--json", "as_json", is_flag=True)
-def verify(run_dir, task, n, bound, eps_max, iters, out, data_root, as_json):
+def verify(run_dir, task, n, bound, eps_max, iters, max_neurons, time_limit, out, data_root, as_json):
     """Per-sample critical ε: certified lower end (IBP/CROWN) and PGD upper end; CSV + ECDF."""
     from cmat.verify import verify_run
 
     if n < 1:
         raise CmatError(f"--n must be ≥ 1, got {n}")
-    summary = verify_run(run_dir, task, n, bound, eps_max, out, data_root, iters)
+    if time_limit <= 0:
+        raise CmatError(f"--time-limit must be > 0, got {time_limit}")
+    summary = verify_run(run_dir, task, n, bound, eps_max, out, data_root, iters, time_limit=time_limit,
+                         max_neurons=max_neurons)
     if as_json:
         click.echo(json.dumps(summary, indent=1))
         return

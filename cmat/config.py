@@ -70,6 +70,7 @@ class ObjectiveConfig:
     kappa_end: float = 0.5
     beta_end: float = 0.0
     cert_eps_factor: float = 1.0
+    cert_clip: float = 10.0  # gradient-norm clip of certified training (0: off)
 
 
 @dataclass
@@ -298,6 +299,7 @@ def validate(cfg: RunConfig) -> None:
     _in_range("objective.kappa_end", oc.kappa_end, 0, 1)
     _in_range("objective.beta_end", oc.beta_end, 0, 1)
     _in_range("objective.cert_eps_factor", oc.cert_eps_factor, 0, 10, lo_open=True)
+    _in_range("objective.cert_clip", oc.cert_clip, 0, 1e6)
     if oc.bn not in ("eval", "batch"):
         raise CmatError(f"objective.bn must be eval or batch, got {oc.bn!r}")
     reach = oc.steps * cfg.threat.alpha

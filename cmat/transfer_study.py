@@ -113,7 +113,7 @@ def run_cell(cell: Cell, cfg_yaml: str, source_dir: Optional[str], out_dir: str,
     from cmat.evaluate import build_attacks, evaluate_task
     from cmat.tblog import RunLogger
     from cmat.transfer import build_transfer_model, check_compatible, train_transfer
-    from cmat.verify import COLUMNS, certified_mask, critical_eps
+    from cmat.verify import COLUMNS, HARNESS_NEURONS, certified_mask, critical_eps
     from tasks import tasks_for_config
 
     if threads:
@@ -148,13 +148,13 @@ def run_cell(cell: Cell, cfg_yaml: str, source_dir: Optional[str], out_dir: str,
     x, y = task.test.tensors(idx)
     model_cpu = model.cpu()
     t0 = time.time()
-    cert = certified_mask(model_cpu, x, y, cfg.threat.eps, settings["bound"]).numpy()
+    cert = certified_mask(model_cpu, x, y, cfg.threat.eps, settings["bound"], max_neurons=HARNESS_NEURONS).numpy()
     cert &= res["clean"]["correct"]
     correct_ids = np.flatnonzero(res["clean"]["correct"])[: settings["verify_samples"]]
     crit = {"certified": [], "attack": []}
     if len(correct_ids):
         ce = critical_eps(model_cpu, x[correct_ids], y[correct_ids], settings["eps_max_factor"] * cfg.threat.eps,
-                          settings["bound"], settings["verify_iters"], seed=cfg.seed)
+                          settings["bound"], settings["verify_iters"], seed=cfg.seed, max_neurons=HARNESS_NEURONS)
         crit = {"certified": ce["certified"].tolist(), "attack": ce["attack"].tolist()}
     verify_seconds = time.time() - t0
     per_sample = verify_seconds / max(len(correct_ids), 1)

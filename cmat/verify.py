@@ -290,10 +290,13 @@ def _concretize(lam: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: to
     return (pos * lo.unsqueeze(1)).flatten(2).sum(2) + (neg * hi.unsqueeze(1)).flatten(2).sum(2) + const
 
 
-def _backward_lower(ops: list, shapes: list, bounds: list, lam: torch.Tensor) -> torch.Tensor:
+def _backward_lower(ops: list, shapes: list, bounds: list, lam: torch.Tensor,
+                    alphas: Optional[dict] = None) -> torch.Tensor:
     """Lower bound of Λ·(output of ``ops``) over the box ``bounds[0]`` of their input, by
     back-substitution (no MaxPool inside); ``bounds[k]`` holds the input bounds of ``ops[k]``
-    (pre-activation bounds for ReLUs), ``shapes[k]`` its input shape. Λ: (N, K, *out)."""
+    (pre-activation bounds for ReLUs), ``shapes[k]`` its input shape. Λ: (N, K, *out).
+    ``alphas[k]``: lower slopes of ReLU ``ops[k]``'s unstable neurons (default: CROWN's
+    adaptive 0/1 choice)."""
     const = torch.zeros(lam.shape[:2], dtype=lam.dtype, device=lam.device)
     for k in range(len(ops) - 1, -1, -1):
         op = ops[k]
@@ -303,7 +306,8 @@ def _backward_lower(ops: list, shapes: list, bounds: list, lam: torch.Tensor) ->
             active = (l >= 0).to(lam.dtype)
             slope_up = torch.where(unstable, u / (u - l).clamp(min=1e-12), active)
             icpt_up = torch.where(unstable, -slope_up * l, torch.zeros_like(l))
-            slope_lo = torch.where(unstable, (u > -l).to(lam.dtype), active)
+            chosen = alphas[k] if alphas is not None and k in alphas else (u > -l).to(lam.dtype)
+            slope_lo = torch.where(unstable, chosen, active)
             pos, neg = lam.clamp(min=0), lam.clamp(max=0)
             const = const + (neg * icpt_up).flatten(2).sum(2)
             lam = pos * slope_lo + neg * slope_up
@@ -335,15 +339,21 @@ def _intersect(a, b):
     return torch.max(a[0], b[0]), torch.min(a[1], b[1])
 
 
-def crown(ops: list, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor, max_neurons: int = 512) -> torch.Tensor:
-    """Lower bounds of ``spec @ f(x)`` (spec: N×K×classes) over the box [lo, hi], CROWN ∩ IBP.
+ROW_BUDGET = 2 ** 26  # floats per chunk of CROWN rows (N × rows × layer width): ~256 MB in float32
 
-    Pre-activation bounds of a ReLU layer are tightened by CROWN for its unstable neurons
-    when there are at most ``max_neurons`` of them (cost grows with that count); a wider
-    layer keeps its IBP bounds, which is sound, only looser."""
+
+def crown_bounds(ops: list, lo: torch.Tensor, hi: torch.Tensor, max_neurons: Optional[int] = None,
+                 row_budget: int = ROW_BUDGET) -> list:
+    """Input bounds of every op (``bounds[i]`` for ``ops[i]``, ``bounds[-1]`` the output): IBP,
+    with the pre-activation bounds of every ReLU's unstable neurons tightened by CROWN
+    (back-substitution to the segment start), intersected with IBP's. Unstable neurons are
+    processed in chunks of at most ``row_budget`` floats, so wide layers are tightened too (the
+    cost grows with their number; memory stays bounded); ``max_neurons`` caps the cost: a
+    layer with more unstable neurons (over the batch) keeps its IBP bounds — sound, looser.
+    Segments on which interval arithmetic is already exact are skipped."""
     bounds: list = []
     out = ibp(ops, lo, hi, bounds)
-    bounds.append(out)  # bounds[i]: input of ops[i]; bounds[-1]: the output
+    bounds.append(out)
     shapes = [b[0].shape[1:] for b in bounds]
     n = lo.shape[0]
     for i, op in enumerate(ops):
@@ -354,26 +364,74 @@ def crown(ops: list, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor, max
             continue
         l0, u0 = bounds[i][0].flatten(1), bounds[i][1].flatten(1)
         idx = ((l0 < 0) & (u0 > 0)).any(0).nonzero().squeeze(1)  # only unstable neurons need CROWN
-        if idx.numel() == 0 or idx.numel() > max_neurons:
+        if idx.numel() == 0 or (max_neurons is not None and idx.numel() > max_neurons):
             continue
         dim = l0.shape[1]
-        rows = torch.zeros(idx.numel(), dim, dtype=lo.dtype, device=lo.device)
-        rows[torch.arange(idx.numel()), idx] = 1
-        rows = rows.view((1, idx.numel()) + tuple(shapes[i])).expand(n, -1, *shapes[i])
-        low = _backward_lower(ops[s:i], shapes[s:i], bounds[s:i], rows)
-        up = -_backward_lower(ops[s:i], shapes[s:i], bounds[s:i], -rows)
+        widest = max(int(torch.tensor(sh).prod()) for sh in shapes[s:i + 1])
+        chunk = max(1, row_budget // max(n * widest, 1))
         new_l, new_u = l0.clone(), u0.clone()
-        new_l[:, idx] = torch.max(l0[:, idx], low)
-        new_u[:, idx] = torch.min(u0[:, idx], up)
+        for c in range(0, idx.numel(), chunk):
+            part = idx[c:c + chunk]
+            rows = torch.zeros(part.numel(), dim, dtype=lo.dtype, device=lo.device)
+            rows[torch.arange(part.numel()), part] = 1
+            rows = rows.view((1, part.numel()) + tuple(shapes[i])).expand(n, -1, *shapes[i])
+            low = _backward_lower(ops[s:i], shapes[s:i], bounds[s:i], rows)
+            up = -_backward_lower(ops[s:i], shapes[s:i], bounds[s:i], -rows)
+            new_l[:, part] = torch.max(l0[:, part], low)
+            new_u[:, part] = torch.min(u0[:, part], up)
         bounds[i] = (new_l.view_as(bounds[i][0]), new_u.view_as(bounds[i][1]))
         later: list = []
         last = ibp(ops[i:], *bounds[i], later)
         later.append(last)
         bounds[i + 1:] = [_intersect(a, b) for a, b in zip(bounds[i + 1:], later[1:])]
+    return bounds
+
+
+def crown(ops: list, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor, bounds: Optional[list] = None,
+          alphas: Optional[dict] = None, max_neurons: Optional[int] = None) -> torch.Tensor:
+    """Lower bounds of ``spec @ f(x)`` (spec: N×K×classes) over the box [lo, hi], CROWN ∩ IBP,
+    from :func:`crown_bounds` (computed here unless given); ``alphas`` (ReLU op index → lower
+    slopes in [0, 1] of its unstable neurons, shape N×1×…) replace CROWN's adaptive choice."""
+    bounds = bounds if bounds is not None else crown_bounds(ops, lo, hi, max_neurons)
+    shapes = [b[0].shape[1:] for b in bounds]
     s = _segment_start(ops, len(ops))
-    lower = _backward_lower(ops[s:], shapes[s:], bounds[s:], spec)
+    shifted = None if alphas is None else {k - s: v for k, v in alphas.items() if k >= s}
+    lower = _backward_lower(ops[s:], shapes[s:], bounds[s:], spec, shifted)
     zero = torch.zeros(spec.shape[:2], dtype=spec.dtype, device=spec.device)
     return torch.max(lower, _concretize(spec, zero, *bounds[-1]))
+
+
+def alpha_crown(ops: list, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor, steps: int = 20,
+                lr: float = 0.1, max_neurons: Optional[int] = None) -> torch.Tensor:
+    """α-CROWN (Xu et al. 2021) on the final specification: the lower relaxation relu(z) ≥ α·z
+    of every unstable neuron of the last segment gets its own slope α ∈ [0, 1] per sample,
+    optimised by Adam (``steps`` steps) to maximise the bound; intermediate bounds are CROWN's.
+    Any α in [0, 1] gives a sound bound, so the result is the elementwise best over CROWN's
+    choice and every iterate — never looser than :func:`crown`."""
+    bounds = crown_bounds(ops, lo, hi, max_neurons)
+    best = crown(ops, lo, hi, spec, bounds)
+    s = _segment_start(ops, len(ops))
+    params = {}
+    for k in range(s, len(ops)):
+        if isinstance(ops[k], ReLU):
+            l, u = bounds[k][0].unsqueeze(1), bounds[k][1].unsqueeze(1)
+            params[k] = (u > -l).to(lo.dtype).clone().requires_grad_(True)
+    if not params or steps < 1:
+        return best
+    opt = torch.optim.Adam(list(params.values()), lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            lower = crown(ops, lo, hi, spec, bounds, params)
+            opt.zero_grad()
+            (-lower.sum()).backward()
+            opt.step()
+            with torch.no_grad():
+                for a in params.values():
+                    a.clamp_(0, 1)
+                best = torch.max(best, lower.detach())
+        with torch.no_grad():
+            best = torch.max(best, crown(ops, lo, hi, spec, bounds, params))
+    return best
 
 
 def margin_spec(y: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -385,7 +443,8 @@ def margin_spec(y: torch.Tensor, n_classes: int) -> torch.Tensor:
     return spec[keep].view(len(y), n_classes - 1, n_classes)
 
 
-def margin_lower_bound(ops, x, y, eps, method: str = "crown") -> torch.Tensor:
+def margin_lower_bound(ops, x, y, eps, method: str = "crown", time_limit: float = 10.0,
+                       stats: Optional[dict] = None, max_neurons: Optional[int] = None) -> torch.Tensor:
     """Per sample, the lower bound of min_k (f_y − f_k) over B(x, ε); > 0 means certified."""
     lo, hi = input_box(x, eps)
     n_classes = run_ops(ops, x[:1]).shape[1]
@@ -394,10 +453,22 @@ def margin_lower_bound(ops, x, y, eps, method: str = "crown") -> torch.Tensor:
         out_lo, out_hi = ibp(ops, lo, hi)
         lower = _concretize(spec, torch.zeros(spec.shape[:2], dtype=x.dtype, device=x.device), out_lo, out_hi)
     elif method == "crown":
-        lower = crown(ops, lo, hi, spec)
+        lower = crown(ops, lo, hi, spec, max_neurons=max_neurons)
+    elif method == "alpha-crown":
+        lower = alpha_crown(ops, lo, hi, spec, max_neurons=max_neurons)
+    elif method == "milp":
+        from cmat.milp import milp_lower_bound
+
+        return milp_lower_bound(ops, x, y, eps, spec, time_limit=time_limit, stats=stats)
     else:
-        raise CmatError(f"unknown bound {method!r} (valid: ibp, crown)")
+        raise CmatError(f"unknown bound {method!r} (valid: {', '.join(BOUNDS)})")
     return lower.min(1).values
+
+
+# The harness and the transfer study run CROWN after every task on every image: layers with more
+# unstable neurons than this keep their IBP bounds there (measured: removing the cap made one
+# digits cell's verification > 15× slower). `cmat verify` refines every layer unless told.
+HARNESS_NEURONS = 512
 
 
 class CertifiedCheck:
@@ -407,19 +478,21 @@ class CertifiedCheck:
 
     certifies = True
 
-    def __init__(self, eps: float, bound: str = "crown"):
+    def __init__(self, eps: float, bound: str = "crown", max_neurons: Optional[int] = HARNESS_NEURONS):
         if bound not in BOUNDS:
             raise CmatError(f"unknown bound {bound!r} (valid: {', '.join(BOUNDS)})")
-        self.eps, self.bound = float(eps), bound
+        self.eps, self.bound, self.max_neurons = float(eps), bound, max_neurons
 
     def params(self) -> dict:
-        return {"attack": "certified", "eps": self.eps, "alpha": None, "steps": 0, "bound": self.bound}
+        return {"attack": "certified", "eps": self.eps, "alpha": None, "steps": 0, "bound": self.bound,
+                "max_neurons": self.max_neurons}
 
     def proven(self, model, x, y, device="cpu") -> torch.Tensor:
-        return certified_mask(model, x.to(device), y.to(device), self.eps, self.bound)
+        return certified_mask(model, x.to(device), y.to(device), self.eps, self.bound, max_neurons=self.max_neurons)
 
 
-def certified_mask(model, x, y, eps: float, bound: str = "crown", batch_size: int = 32) -> torch.Tensor:
+def certified_mask(model, x, y, eps: float, bound: str = "crown", batch_size: int = 32,
+                   max_neurons: Optional[int] = None) -> torch.Tensor:
     """Per image: True when ``bound`` proves every point of B(x, ε) classified as ``y`` (so the
     image is also correct clean). Sound: False means "not proven", never "attackable". CROWN's
     memory grows with batch × unstable neurons, hence the batches."""
@@ -428,7 +501,8 @@ def certified_mask(model, x, y, eps: float, bound: str = "crown", batch_size: in
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            lower = margin_lower_bound(ops, xb, yb, torch.full((len(xb),), float(eps), dtype=xb.dtype), bound)
+            lower = margin_lower_bound(ops, xb, yb, torch.full((len(xb),), float(eps), dtype=xb.dtype), bound,
+                                       max_neurons=max_neurons)
             out[i:i + batch_size] = (lower > 0).cpu()
     return out
 
@@ -479,27 +553,48 @@ def bisect(predicate, n: int, hi: float, iters: int, increasing_true: bool):
     return torch.where(ok, hi_, lo_)
 
 
+def _milp_counterexamples(model, x, y, points) -> torch.Tensor:
+    """Per sample the smallest ε at which an exact MILP minimiser is a real counterexample:
+    inside the ball and misclassified by the model itself (a forward pass, not the solver's
+    arithmetic); inf where there is none."""
+    best = torch.full((len(x),), math.inf)
+    with torch.no_grad():
+        for n, eps, point in points:
+            xa = torch.as_tensor(point, dtype=x.dtype).view_as(x[n]).clamp(0, 1)
+            xa = torch.min(torch.max(xa, x[n] - eps), x[n] + eps)
+            if eps < best[n] and int(model(xa[None]).argmax(1)) != int(y[n]):
+                best[n] = eps
+    return best
+
+
 def critical_eps(model, x, y, eps_max: float, bound: str = "crown", iters: int = 12, attack_steps: int = 20,
-                 seed: int = 0) -> dict:
-    """Certified lower end and attack upper end of each sample's critical ε (correct samples)."""
+                 seed: int = 0, time_limit: float = 10.0, max_neurons: Optional[int] = None) -> dict:
+    """Certified lower end and attack upper end of each sample's critical ε (correct samples);
+    for ``milp``, ``unknown`` counts the (sample, ε) checks that ran out of ``time_limit``, and
+    the upper end also takes the MILP's own minimisers that the model misclassifies."""
     ops = network_ops(model)
     t0 = time.time()
+    stats: dict = {}
     with torch.no_grad():
-        certified = bisect(lambda e: margin_lower_bound(ops, x, y, e, bound) > 0, len(x), eps_max, iters, False)
+        certified = bisect(lambda e: margin_lower_bound(ops, x, y, e, bound, time_limit, stats, max_neurons) > 0,
+                           len(x), eps_max, iters, False)
     t1 = time.time()
     gen = torch.Generator().manual_seed(seed)
     attack = bisect(lambda e: pgd_per_sample(model, x, y, e, attack_steps, generator=gen), len(x), eps_max, iters, True)
+    attack = torch.min(attack, _milp_counterexamples(model, x, y, stats.get("points", [])))
     t2 = time.time()
-    return {"certified": certified, "attack": attack, "bound_seconds": t1 - t0, "attack_seconds": t2 - t1}
+    return {"certified": certified, "attack": attack, "bound_seconds": t1 - t0, "attack_seconds": t2 - t1,
+            "unknown": stats.get("unknown", 0)}
 
 
-BOUNDS = ("ibp", "crown")
+BOUNDS = ("ibp", "crown", "alpha-crown", "milp")
 
 COLUMNS = ("network", "image_id", "original_label", "epsilon_value", "smallest_sat_value", "total_time", "verifier")
 
 
 def verify_run(run_dir, task: int, n: int, bound: str = "crown", eps_max: Optional[float] = None, out=None,
-               data_root=None, iters: int = 12, at_eps: Optional[float] = None) -> dict:
+               data_root=None, iters: int = 12, at_eps: Optional[float] = None, time_limit: float = 10.0,
+               max_neurons: Optional[int] = None) -> dict:
     """``cmat verify``: the CSV (VERONA columns), ECDF plots and a summary for one task."""
     from pathlib import Path
 
@@ -510,8 +605,8 @@ def verify_run(run_dir, task: int, n: int, bound: str = "crown", eps_max: Option
     cfg = run.config
     if not 0 <= task < len(run.task_names):
         raise CmatError(f"task {task} out of range: the run has tasks 0..{len(run.task_names) - 1}")
-    if bound not in ("ibp", "crown"):
-        raise CmatError(f"unknown bound {bound!r} (valid: ibp, crown)")
+    if bound not in BOUNDS:
+        raise CmatError(f"unknown bound {bound!r} (valid: {', '.join(BOUNDS)})")
     seq = tasks_for_config(cfg, data_root, download=False)
     model = run.model(task)
     network_ops(model)  # refuse unsupported networks before any work
@@ -522,7 +617,8 @@ def verify_run(run_dir, task: int, n: int, bound: str = "crown", eps_max: Option
     eps_at = float(at_eps if at_eps is not None else cfg.threat.eps)
     eps_max = float(eps_max if eps_max is not None else 4 * eps_at)
     t0 = time.time()
-    res = critical_eps(model, x[ids], y[ids], eps_max, bound, iters, seed=cfg.seed)
+    res = critical_eps(model, x[ids], y[ids], eps_max, bound, iters, seed=cfg.seed, time_limit=time_limit,
+                       max_neurons=max_neurons)
     per = (time.time() - t0) / max(len(ids), 1)
     out = Path(out or Path(run_dir) / "verify")
     out.mkdir(parents=True, exist_ok=True)
@@ -542,6 +638,8 @@ def verify_run(run_dir, task: int, n: int, bound: str = "crown", eps_max: Option
                "median_attack_eps": float(res["attack"].median()) if len(cert) else 0.0,
                "eps": eps_at, "certified_accuracy": float((cert >= eps_at).sum()) / max(len(x), 1),
                "attack_upper_accuracy": float((res["attack"] > eps_at).sum()) / max(len(x), 1),
+               "samples_per_second": len(ids) / max(res["bound_seconds"], 1e-9),
+               **({"milp_time_limit": time_limit, "milp_unknown_checks": res["unknown"]} if bound == "milp" else {}),
                "csv": str(csv_path)}
     from cmat.plots import ecdf_figure, plt
 

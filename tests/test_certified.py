@@ -1,0 +1,87 @@
+"""Certified training (IBP, CROWN-IBP): sound worst-case logits, the schedules, and certificates
+that masks keep exactly (CMAT)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cmat.certified import CertifiedObjective, CrownIBP, recorded_bn_stats, worst_case_logits
+from cmat.config import ObjectiveConfig, ThreatConfig
+from cmat.engine import Run
+from cmat.verify import input_box, network_ops
+from tests.conftest import quick_config
+from tests.test_verify import small_model
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_worst_case_logits_bound_every_sampled_point(beta):
+    model = small_model()
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    ops = network_ops(model)  # eval mode: running statistics
+    for eps in (1e-6, 0.01, 0.05):
+        with torch.no_grad():
+            wl = worst_case_logits(ops, x, y, eps, beta)
+            z = model(x)
+        assert torch.all(wl.gather(1, y[:, None]) == 0)
+        if eps == 1e-6:  # a vanishing ball: the margins themselves
+            assert torch.allclose(wl, z - z.gather(1, y[:, None]), atol=0.05)
+        lo, hi = input_box(x, torch.full((8,), eps))
+        with torch.no_grad():
+            for _ in range(50):
+                out = model(lo + (hi - lo) * torch.rand_like(x))
+                assert torch.all(out - out.gather(1, y[:, None]) <= wl + 1e-5)
+
+
+def test_bound_pass_uses_the_batch_statistics_of_the_natural_pass():
+    model = small_model()
+    model.train()
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.zeros(16, dtype=torch.long)
+    with recorded_bn_stats(model) as stats:
+        z = model(x)
+    assert len(stats) == 4  # every BN layer of smallcnn
+    ops = network_ops(model, live=stats)
+    wl = worst_case_logits(ops, x, y, 1e-8, 0.0)
+    assert torch.allclose(wl, z - z.gather(1, y[:, None]), atol=1e-2)  # the same function as training
+    F.cross_entropy(wl, y).backward()  # differentiable through weights and BN affine parameters
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_schedules_warm_up_ramp_and_hold():
+    cfg = ObjectiveConfig(name="crown-ibp", cert_warmup=0.2, cert_ramp=0.4, kappa_end=0.5, beta_end=0.0)
+    obj = CrownIBP(cfg, ThreatConfig(eps=0.2, alpha=0.05))
+    obj.total_iters = 100
+    seen = []
+    for i in range(100):
+        obj.step = i
+        seen.append(obj.schedule())
+    assert all(s["eps"] == 0 and s["kappa"] == 1 and s["beta"] == 1 for s in seen[:21])
+    assert seen[40]["eps"] == pytest.approx(0.1) and seen[40]["kappa"] == pytest.approx(0.75)
+    assert all(s["eps"] == pytest.approx(0.2) and s["kappa"] == pytest.approx(0.5) and s["beta"] == pytest.approx(0)
+               for s in seen[61:])
+    assert all(a["eps"] <= b["eps"] for a, b in zip(seen, seen[1:]))
+    ibp = CertifiedObjective(ObjectiveConfig(name="ibp"), ThreatConfig(eps=0.2, alpha=0.05))
+    ibp.total_iters = 10
+    assert ibp.schedule()["beta"] == 0.0
+
+
+def test_cmat_keeps_certificates_exactly(tmp_path):
+    """CMAT trained with CROWN-IBP: a certified image of task 1 is still certified after task 2
+    (the masks freeze task 1's function, so its certificates are bit-identical)."""
+    cfg = quick_config(method="cmat", objective="crown-ibp", epochs=2,
+                       eval={"attacks": ["clean", "pgd10", "certified"], "samples": 40},
+                       threat={"eps": 2 / 255, "alpha": 0.5 / 255},
+                       method_options={"prune_levels": 1, "compact_epochs": 1})
+    Run(cfg, tmp_path, progress=False, verbose=False).execute()
+    res = json.loads((tmp_path / "results.json").read_text())
+    cert = res["acc"]["certified"]
+    assert cert[0][0] == cert[1][0]
+    assert all(c <= w + 1e-12 for row_c, row_w in zip(cert, res["acc"]["worst"]) for c, w in zip(row_c, row_w))
+    assert res["attacks"]["certified"]["bound"] == "crown"
+    assert "certified" in res["summary"] and res["objective"] == "crown-ibp"
+    assert res["cost"]["grad_evals"] > 0
+    assert np.isfinite(res["summary"]["certified"]["acc"])
