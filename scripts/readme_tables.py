@@ -5,7 +5,9 @@
 Every block between ``<!-- cmat-report DIR -->`` and ``<!-- /cmat-report -->`` is replaced by
 ``cmat report DIR`` (a run or bench directory, relative to the repository root), and every
 block between ``<!-- cmat-presets -->`` and ``<!-- /cmat-presets -->`` by the table of the
-hyper-parameters each preset sets. Numbers in README are therefore never typed by hand.
+hyper-parameters each preset sets, and every block between ``<!-- cmat-file PATH -->`` and
+``<!-- /cmat-file -->`` by the Markdown file PATH that a command wrote (e.g.
+``scripts/compare_bounds.py``). Numbers in README are therefore never typed by hand.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from cmat.config import preset_names, resolve  # noqa: E402
 from cmat.report import render_report  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- cmat-report (?P<dir>\S+) -->\n)(?P<body>.*?)(<!-- /cmat-report -->)", re.S)
+FILE = re.compile(r"(<!-- cmat-file (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /cmat-file -->)", re.S)
 PRESETS = re.compile(r"(<!-- cmat-presets -->\n)(?P<body>.*?)(<!-- /cmat-presets -->)", re.S)
 
 
@@ -39,6 +42,7 @@ def presets_table() -> str:
 
 def render(text: str) -> str:
     text = BLOCK.sub(lambda m: m.group(1) + render_report(ROOT / m.group("dir")) + m.group(4), text)
+    text = FILE.sub(lambda m: m.group(1) + (ROOT / m.group("path")).read_text(encoding="utf-8") + m.group(4), text)
     return PRESETS.sub(lambda m: m.group(1) + presets_table() + m.group(3), text)
 
 
