@@ -287,9 +287,9 @@ def bench(methods, out, seeds, config_file, no_progress, **flags):
               help="ibp, crown, alpha-crown (optimised slopes) or milp (exact, small networks, per-sample time limit).")
 @click.option("--eps-max", default=None, type=float, help="Bisection range [0, eps-max] (default 4× the run's ε).")
 @click.option("--iters", default=12, show_default=True, type=int, help="Bisection steps.")
-@click.option("--max-neurons", default=None, type=int,
-              help="crown/alpha-crown: keep IBP bounds on layers with more unstable neurons (faster, looser); "
-                   "default: refine every layer (memory is chunked).")
+@click.option("--max-neurons", default=512, show_default=True, type=int,
+              help="crown/alpha-crown: layers with more unstable neurons keep IBP bounds (faster, looser); "
+                   "0 refines every layer (memory is chunked; time grows with the layer width).")
 @click.option("--time-limit", default=10.0, show_default=True, type=float,
               help="milp: seconds per sample and ε; an unfinished check counts as not certified (unknown).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Output folder (RUN_DIR/verify).")
@@ -303,8 +303,10 @@ def verify(run_dir, task, n, bound, eps_max, iters, max_neurons, time_limit, out
         raise CmatError(f"--n must be ≥ 1, got {n}")
     if time_limit <= 0:
         raise CmatError(f"--time-limit must be > 0, got {time_limit}")
+    if max_neurons < 0:
+        raise CmatError(f"--max-neurons must be ≥ 0 (0: no limit), got {max_neurons}")
     summary = verify_run(run_dir, task, n, bound, eps_max, out, data_root, iters, time_limit=time_limit,
-                         max_neurons=max_neurons)
+                         max_neurons=max_neurons or None)
     if as_json:
         click.echo(json.dumps(summary, indent=1))
         return

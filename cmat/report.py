@@ -29,7 +29,8 @@ def summary_table(results: dict) -> str:
         scope = f"every column on the whole test set ({sum(ns)} images)" if ns else "whole test set"
     cw = 16
     lines = [f"{results['method']} / {results['objective']} on {results['tasks']}: accuracy after the last task, "
-             f"{scope}; worst = correct clean and under every attack",
+             f"{scope}; worst = correct clean and under every attack"
+             + ("; certified = proven for the whole ε-ball" if "certified" in names else ""),
              f"{'task':<{width}}{'n':>6}" + "".join(f"{n:>{cw}}" for n in names) + "".join(f"{k:>10}" for k in extra)]
     for j, tname in enumerate(results["task_names"]):
         rec = records.get(j, {})

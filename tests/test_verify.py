@@ -137,7 +137,7 @@ def test_verify_command_writes_verona_csv(individual_run, tmp_path):
     from cmat.cli import main
 
     out, _ = individual_run
-    res = CliRunner().invoke(main, ["verify", str(out), "--task", "1", "--n", "6", "--iters", "5",
+    res = CliRunner().invoke(main, ["verify", str(out), "--task", "1", "--n", "6", "--iters", "5", "--max-neurons", "512",
                                     "--out", str(tmp_path), "--json"])
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader((tmp_path / "task1_crown.csv").open()))
@@ -247,3 +247,17 @@ def test_milp_refuses_maxpool_with_one_line():
         y = model(x).argmax(1)
     with pytest.raises(CmatError, match="no MaxPool"):
         margin_lower_bound(network_ops(model), x, y, torch.full((1,), 0.01), "milp")
+
+
+def test_refining_every_layer_is_never_looser_than_the_capped_crown():
+    model = small_model()
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        ops = network_ops(model)
+        eps = torch.full((4,), 0.02)
+        capped = margin_lower_bound(ops, x, y, eps, "crown", max_neurons=4)  # wide layers keep IBP
+        full = margin_lower_bound(ops, x, y, eps, "crown")
+        ibp_only = margin_lower_bound(ops, x, y, eps, "ibp")
+    assert torch.all(full >= capped - 1e-6) and torch.all(capped >= ibp_only - 1e-6)
+    assert torch.any(full > capped + 1e-4)
