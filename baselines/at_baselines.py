@@ -36,6 +36,9 @@ class ATFinetune(Method):
 class ATIndividual(Method):
     name = "at-individual"
 
+    def evaluations_of(self, j, n_tasks):
+        return 1  # one network per task, never touched again
+
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
         self.nets = []

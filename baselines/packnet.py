@@ -15,6 +15,7 @@ from cmat.nn.masked import MaskedMultiHeadNet
 @register
 class PackNet(Method):
     name = "packnet"
+    masked = True  # trains masked layers (the cost estimate times those)
 
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
@@ -23,6 +24,15 @@ class PackNet(Method):
         opts = cfg.method_options
         self.prune_fraction = option(opts, "prune_fraction", 0.6, float, 0.0, 0.999)
         self.retrain_epochs = option(opts, "retrain_epochs", max(1, cfg.train.epochs // 2), int, 1, 10 ** 6)
+
+    def planned_phases(self, t, task):
+        phases = [{"name": "train", "epochs": self.cfg.train.epochs}]
+        if t < len(self.seq) - 1 and self.prune_fraction > 0:
+            phases.append({"name": "retrain", "epochs": self.retrain_epochs})
+        return phases
+
+    def evaluations_of(self, j, n_tasks):
+        return 1  # frozen owned weights: task j's function never changes
 
     def before_task(self, t, task):
         self.net.add_task(t, task.num_classes, task.mean, task.std, 1.0)

@@ -53,6 +53,7 @@ DEFAULTS = {"goal": "individual", "tolerance": 0.02, "tolerance_samples": 1, "ma
 @register
 class CMAT(Method):
     name = "cmat"
+    masked = True  # trains masked layers (the cost estimate times those)
 
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
@@ -144,6 +145,24 @@ class CMAT(Method):
         return [(0, j) for j in range(len(self.net.heads))]
 
     # ----- pieces --------------------------------------------------------------------------
+    def planned_phases(self, t, task):
+        o, epochs = self.opts, self.cfg.train.epochs
+        phases = []
+        if o["goal"] == "individual" and not o["individual_run"]:
+            phases.append({"name": "individual", "epochs": epochs})
+        phases.append({"name": "train", "epochs": epochs})
+        grow_steps = int((float(o["max_width"]) - 1.0) / float(o["width_step"]) + 1e-9)
+        if grow_steps:
+            phases.append({"name": "grow", "epochs": epochs, "expected_times": 0, "max_times": grow_steps})
+        if o["compact_last"] or t < len(self.seq) - 1:
+            levels = int(o["prune_levels"])
+            phases.append({"name": "compact", "epochs": o["compact_epochs"] or max(1, epochs // 5),
+                           "expected_times": levels, "max_times": levels})
+        return phases
+
+    def evaluations_of(self, j, n_tasks):
+        return 1  # masks freeze task j's function: one evaluation, reused
+
     def _fit(self, t, task, trainer, epochs, tag):
         wd = self.cfg.train.weight_decay
         groups = self.net.param_groups(t, wd)

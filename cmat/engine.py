@@ -259,6 +259,7 @@ class Run:
         if self.is_main:
             atomic_write_text(self.out / "config.yaml", config_mod.to_yaml(cfg))
         logger = RunLogger(self.out, enabled=self.is_main)
+        self.estimate = self._estimate(seq, method, device) if state is None else None
         try:
             return self._loop(seq, method, device, attacks, logger, state)
         except KeyboardInterrupt:
@@ -271,6 +272,16 @@ class Run:
             logger.close()
             if self.dist is not None:
                 self.dist.close()
+
+    def _estimate(self, seq, method, device) -> Optional[dict]:
+        """Measure the training pass rate on this device and print what the run will cost."""
+        from cmat import estimate
+
+        rate = estimate.measure_pass_seconds(self.cfg, seq[0], device, masked=getattr(method, "masked", False))
+        est = estimate.estimate(self.cfg, seq, method, device, rate)
+        for line in estimate.describe(est).splitlines():
+            self.say(line)
+        return est
 
     def _join_torchrun(self, device) -> None:
         from cmat import distributed
@@ -373,6 +384,7 @@ class Run:
             "decisions": method.decisions,
             "cost": {"train_seconds": train_seconds, "eval_seconds": eval_spent, "wall_seconds": wall_seconds,
                      "grad_evals": trainer.grad_evals,
+                     **({"estimate": self.estimate} if getattr(self, "estimate", None) else {}),
                      "params_total": sum(p.numel() for net in method.networks() for p in net.parameters()),
                      "store_bytes": store_path.stat().st_size},
             "seed": cfg.seed,

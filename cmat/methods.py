@@ -89,6 +89,17 @@ class Method(ABC):
     def after_task(self, t: int, task) -> None:
         pass
 
+    def planned_phases(self, t: int, task) -> list:
+        """The training phases task t will run, for the cost estimate (:mod:`cmat.estimate`):
+        dicts ``name``, ``epochs`` and optionally ``expected_times``/``max_times`` (a phase that
+        may be skipped or repeated). Default: one phase of ``train.epochs``."""
+        return [{"name": "train", "epochs": self.cfg.train.epochs}]
+
+    def evaluations_of(self, j: int, n_tasks: int) -> int:
+        """How many times task j's model is evaluated with new weights over the run (the engine
+        reuses an unchanged model's evaluation): by default after every task from j on."""
+        return n_tasks - j
+
     def model_for(self, j: int) -> nn.Module:
         """Task j's classifier ``x ↦ logits`` (images in [0, 1])."""
         net, head = self.task_slots()[j]

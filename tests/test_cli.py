@@ -26,7 +26,7 @@ def test_tasks_json_lists_every_sequence():
     assert res.exit_code == 0
     names = {s["name"] for s in json.loads(res.output)}
     assert names == {"cifar100-20split", "cifar100-10split", "cifar10-5split", "mnist-5split",
-                     "emnist-balanced", "digits-5split", "digits-2split", "toy-2task"}
+                     "emnist-balanced", "cifar10-cifar100", "mnist-emnist", "digits-5split", "digits-2split", "toy-2task"}
     show = invoke("tasks", "show", "cifar100-20split", "--json")
     assert show.exit_code == 0 and json.loads(show.output)["num_tasks"] == 20
     one_line_error(invoke("tasks", "show", "imagenet"))

@@ -1,0 +1,141 @@
+"""What a run will cost, said before it starts.
+
+The unit is the *pass*: one forward+backward of one image (``Objective.passes`` per training
+image and step, attack steps included; ``cost.grad_evals`` counts the same unit). The estimate
+
+- takes each method's planned phases per task (:meth:`cmat.methods.Method.planned_phases`:
+  name, epochs, and whether the phase may be skipped or repeated — CMAT's growth steps are an
+  upper bound, its compaction levels may stop early),
+- counts training passes = epochs × training images × objective passes, validation passes per
+  epoch (clean forward ≈ ⅓ pass per image, PGD-10 = 11 passes per attacked image) and
+  evaluation passes per task (FGSM 2, PGD-k k + 1, APGD 101 per clean-correct image; AutoAttack
+  counted as its upper bound, every image surviving every component),
+- and turns passes into seconds with a *measured* rate: a few training steps of the configured
+  objective on a network of the configured architecture — masked for methods that train masked
+  layers (``Method.masked``) — on this device.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+VAL_CLEAN_PASS = 1 / 3  # a forward pass without backward, in passes
+
+
+def attack_passes(name: str, n_classes: int) -> float:
+    """Passes per attacked image of an evaluation entry (upper bound for AutoAttack)."""
+    import re
+
+    if name == "fgsm":
+        return 2.0
+    m = re.fullmatch(r"pgd(\d+)(-cw)?", name)
+    if m:
+        return int(m[1]) + 1.0
+    if name in ("apgd-ce", "apgd-t"):
+        return 101.0 * (min(9, n_classes - 1) if name == "apgd-t" else 1)
+    if name == "aa":
+        targets = min(9, n_classes - 1)
+        return 101.0 + (101.0 * targets if n_classes >= 4 else 0) + 101.0 * targets + 5000 * VAL_CLEAN_PASS
+    if name == "certified":
+        return 0.0  # bound propagation, not counted in passes
+    return 1.0
+
+
+def measure_pass_seconds(cfg, task, device, masked: bool = False, steps: int = 3) -> float:
+    """Seconds per training pass of one image: ``steps`` timed training steps (after one warm-up)
+    of the configured objective on a throwaway network of the configured architecture — a
+    masked one for methods that train masked layers — the random state untouched."""
+    from cmat.nn.backbones import MultiHeadNet
+    from cmat.nn.masked import MaskedMultiHeadNet
+    from cmat.objectives import make_objective
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        c, h, _ = task.input_shape
+        if masked:
+            net = MaskedMultiHeadNet(cfg.model.arch, c, h, cfg.model.width).to(device)
+            net.add_task(0, task.num_classes, task.mean, task.std, 1.0)
+            net.to(device)
+        else:
+            net = MultiHeadNet(cfg.model.arch, c, h, [task.num_classes], [task.mean], [task.std],
+                               cfg.model.width).to(device)
+        model = net.task_view(0).train()
+        obj = make_objective(copy.deepcopy(cfg.objective), cfg.threat)
+        obj.total_iters = 10 ** 6
+        obj.reset()
+        opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+        n = min(cfg.train.batch_size, len(task.train))
+        x, y = task.train.tensors(torch.arange(n))
+        x, y = x.to(device), y.to(device)
+        gen = torch.Generator().manual_seed(0)
+        times = []
+        for i in range(steps + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            loss, _ = obj.loss(model, x, y, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:
+                times.append(time.perf_counter() - t0)
+    return min(times) / (n * obj.passes)
+
+
+def estimate(cfg, seq, method, device, pass_seconds: float) -> dict:
+    """Per task and phase: epochs, training passes and seconds; validation and evaluation;
+    totals (expected, and an upper bound where a method may repeat phases)."""
+    from cmat.objectives import make_objective
+
+    obj = make_objective(cfg.objective, cfg.threat)
+    tasks, totals = [], {"train_passes": 0, "train_passes_max": 0, "val_passes": 0, "eval_passes": 0}
+    for t, task in enumerate(seq):
+        n_train, n_val = len(task.train), len(task.val)
+        n_val_attack = min(cfg.train.val_attack_samples, n_val)
+        per_epoch_val = n_val * VAL_CLEAN_PASS + 11 * n_val_attack
+        phases = []
+        for ph in method.planned_phases(t, task):
+            epochs = max(1, ph["epochs"] // obj.replays) * obj.replays  # as Trainer.fit runs them
+            repeat_max = ph.get("max_times", 1)
+            expected = ph.get("expected_times", 1)
+            train = epochs * n_train * obj.passes
+            phases.append({"phase": ph["name"], "epochs": epochs, "times": expected, "max_times": repeat_max,
+                           "train_passes": train * expected, "seconds": train * expected * pass_seconds})
+            totals["train_passes"] += train * expected
+            totals["train_passes_max"] += train * repeat_max
+            totals["val_passes"] += per_epoch_val * epochs * expected
+        n_test = len(task.test) if cfg.eval.samples is None else min(cfg.eval.samples, len(task.test))
+        eval_passes = n_test * (VAL_CLEAN_PASS + sum(attack_passes(a, task.num_classes) for a in cfg.eval.attacks
+                                                    if a not in ("clean", "worst")))
+        totals["eval_passes"] += eval_passes * method.evaluations_of(t, len(seq))
+        tasks.append({"task": t, "name": task.name, "phases": phases,
+                      "seconds": sum(p["seconds"] for p in phases)})
+    sec = {k.replace("passes", "seconds"): v * pass_seconds for k, v in totals.items()}
+    return {"pass_seconds": pass_seconds, "device": str(device), "objective_passes": obj.passes,
+            "tasks": tasks, **totals, **sec,
+            "total_seconds": sec["train_seconds"] + sec["val_seconds"] + sec["eval_seconds"],
+            "total_seconds_max": sec["train_seconds_max"] + sec["val_seconds"] + sec["eval_seconds"],
+            "note": "pass rate measured on the method's kind of network (masked or plain); phase bookkeeping "
+                    "(CMAT's goal checks, checkpoints) is not counted; evaluation counts AutoAttack at its "
+                    "upper bound"}
+
+
+def describe(est: dict) -> str:
+    """Two lines for the console: totals, and task 1's phases."""
+    def fmt(s):
+        return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
+
+    upper = (f" (up to {fmt(est['total_seconds_max'])} if every optional phase runs)"
+             if est["total_seconds_max"] > est["total_seconds"] * 1.01 else "")
+    first = est["tasks"][0]
+    phases = ", ".join(f"{p['phase']} {p['epochs']} ep" + (f" ×{p['times']}" if p["times"] != 1 else "")
+                       + (f" (≤×{p['max_times']})" if p["max_times"] != p["times"] else "")
+                       for p in first["phases"])
+    return (f"estimate on {est['device']}: ≈ {fmt(est['total_seconds'])} in all{upper} — training "
+            f"{fmt(est['train_seconds'])}, validation {fmt(est['val_seconds'])}, evaluation ≤ {fmt(est['eval_seconds'])}; "
+            f"measured {est['pass_seconds'] * 1e3:.3g} ms per training pass\n"
+            f"  per task ≈ {fmt(first['seconds'])} of training (task 1: {phases})")
