@@ -35,7 +35,7 @@ def _overrides(**flags) -> dict:
     from cmat.config import deep_update, parse_set
 
     out: dict = {}
-    mapping = {"tasks": ("tasks",), "max_tasks": ("max_tasks",), "method": ("method",), "seed": ("seed",), "objective": ("objective", "name"),
+    mapping = {"tasks": ("tasks",), "max_tasks": ("max_tasks",), "train_samples": ("train", "samples"), "method": ("method",), "seed": ("seed",), "objective": ("objective", "name"),
                "epochs": ("train", "epochs"), "eval_samples": ("eval", "samples"), "attacks": ("eval", "attacks"),
                "data_root": ("data_root",), "device": ("device",), "eps": ("threat", "eps"),
                "alpha": ("threat", "alpha"), "batch_size": ("train", "batch_size"), "arch": ("model", "arch")}
@@ -63,6 +63,7 @@ def _overrides(**flags) -> dict:
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML file over the preset.")
 @click.option("--epochs", default=None, type=int, help="Epochs per task (train.epochs).")
 @click.option("--max-tasks", default=None, type=int, help="Only the first N tasks of the sequence (rehearsals).")
+@click.option("--train-samples", default=None, type=int, help="Train on a seeded subset of N images per task.")
 @click.option("--eval-samples", default=None, type=int, help="Attack a fixed seeded subset of N test images per task.")
 @click.option("--attacks", default=None, help="Comma-separated: clean,fgsm,pgd10,pgd40,apgd-ce,apgd-t,...")
 @click.option("--eps", default=None, help="Threat ε in [0,1] pixel units (e.g. 8/255).")
@@ -255,6 +256,7 @@ def tasks_show(name, as_json):
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False))
 @click.option("--epochs", default=None, type=int)
 @click.option("--max-tasks", default=None, type=int, help="Only the first N tasks of the sequence.")
+@click.option("--train-samples", default=None, type=int, help="Train on a seeded subset of N images per task.")
 @click.option("--eval-samples", default=None, type=int)
 @click.option("--attacks", default=None)
 @click.option("--data-root", default=None)

@@ -50,6 +50,7 @@ class TrainConfig:
     select: str = "auto"
     val_fraction: float = 0.1  # of each class's training images, held out for validation
     val_attack_samples: int = 512
+    samples: Optional[int] = None  # train on a seeded subset of N training images per task (rehearsals)
 
 
 @dataclass
@@ -283,6 +284,8 @@ def validate(cfg: RunConfig) -> None:
     _in_range("train.weight_decay", tc.weight_decay, 0, 1)
     _in_range("train.val_fraction", tc.val_fraction, 0, 1, lo_open=True, hi_open=True)
     _in_range("train.val_attack_samples", tc.val_attack_samples, 1, COUNT_LIMIT)
+    if tc.samples is not None:
+        _in_range("train.samples", tc.samples, 1, COUNT_LIMIT)
     if tc.schedule not in ("cosine", "step", "constant"):
         raise CmatError(f"train.schedule must be cosine, step or constant, got {tc.schedule!r}")
     if tc.select not in ("auto", "robust", "clean", "last"):

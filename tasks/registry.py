@@ -127,7 +127,32 @@ def get_tasks(name: str, data_root=None, download: bool = False, seed: int = 0,
 
 def tasks_for_config(cfg, data_root=None, download: Optional[bool] = None) -> TaskSequence:
     """The task sequence a run configuration names: ``cfg.tasks`` with its seed, validation
-    fraction and ``max_tasks``; ``data_root``/``download`` override the configuration's."""
-    return get_tasks(cfg.tasks, data_root=data_root or cfg.data_root,
-                     download=cfg.download if download is None else download, seed=cfg.seed,
-                     val_fraction=cfg.train.val_fraction, max_tasks=cfg.max_tasks)
+    fraction and ``max_tasks``; ``data_root``/``download`` override the configuration's. With
+    ``train.samples`` = N each task trains on a seeded subset of N of its training images
+    (validation and test splits unchanged)."""
+    seq = get_tasks(cfg.tasks, data_root=data_root or cfg.data_root,
+                    download=cfg.download if download is None else download, seed=cfg.seed,
+                    val_fraction=cfg.train.val_fraction, max_tasks=cfg.max_tasks)
+    n = getattr(cfg.train, "samples", None)
+    if n is not None:
+        seq.tasks = [subset_training(task, int(n), cfg.seed) for task in seq.tasks]
+    return seq
+
+
+def subset_training(task, n: int, seed: int):
+    """``task`` with a seeded subset of ``n`` training images (sorted indices; all if fewer)."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from tasks.base import ImageData
+    from tasks.build import task_seed
+
+    total = len(task.train)
+    if n >= total:
+        return task
+    rng = np.random.default_rng(task_seed(seed, 1000 + task.index))
+    idx = torch.from_numpy(np.sort(rng.choice(total, size=n, replace=False)))
+    train = ImageData(task.train.images[idx], task.train.labels[idx], task.train.augment)
+    return dataclasses.replace(task, train=train)

@@ -372,3 +372,24 @@ def test_digits_2split_is_the_digits_split_in_two_halves():
     assert len(two[0].test) + len(two[1].test) == sum(len(t.test) for t in five)
     for t in two:
         check_task_contract(t, (1, 8, 8), None)
+
+
+def test_train_samples_subsets_training_only_seeded():
+    from cmat.config import resolve
+
+    cfg = resolve("digits-5split", overrides={"train": {"samples": 50}, "max_tasks": 3})
+    full = tasks.get_tasks("digits-5split", seed=0, val_fraction=cfg.train.val_fraction)
+    seq = tasks.tasks_for_config(cfg)
+    assert len(seq) == 3
+    for a, b in zip(seq, full):
+        assert len(a.train) == 50
+        assert len(a.val) == len(b.val) and len(a.test) == len(b.test)
+        ids = {bytes(img.numpy().tobytes()) for img in b.train.images}
+        assert all(bytes(img.numpy().tobytes()) in ids for img in a.train.images)  # a subset
+    again = tasks.tasks_for_config(cfg)
+    assert all(torch.equal(a.train.images, b.train.images) for a, b in zip(seq, again))
+    with pytest.raises(CmatError, match="train.samples"):
+        from cmat.config import validate
+
+        cfg.train.samples = 0
+        validate(cfg)
