@@ -18,9 +18,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cmat.errors import CmatError
 from cmat.methods import Method, option, register
 from cmat.nn.backbones import MultiHeadNet
 from cmat.nn.beta_bernoulli import PRUNE_AT, BetaBernoulliMask
+
+
+SUPPORTED_OBJECTIVES = ("standard", "pgd", "fast")  # the ones whose attack the ANP-VS loss can use
 
 
 @register
@@ -33,6 +37,9 @@ class ANPVS(Method):
         self.kl_weight = option(opts, "kl_weight", 1.0, float, 0.0, 1e6)
         self.vs_weight = option(opts, "vs_weight", 0.01, float, 0.0, 1e6)
         self.mask_lr = option(opts, "mask_lr", 0.01, float, 1e-12, 10.0)
+        if cfg.objective.name not in SUPPORTED_OBJECTIVES:  # its own loss uses the objective's attack only
+            raise CmatError(f"anp-vs trains with its own adversarial loss and supports the objectives "
+                            f"{', '.join(SUPPORTED_OBJECTIVES)}; got {cfg.objective.name!r}")
         self.nets = []
         self.decisions = {"tasks": []}
 

@@ -85,3 +85,14 @@ def test_cmat_keeps_certificates_exactly(tmp_path):
     assert "certified" in res["summary"] and res["objective"] == "crown-ibp"
     assert res["cost"]["grad_evals"] > 0
     assert np.isfinite(res["summary"]["certified"]["acc"])
+
+
+@pytest.mark.parametrize("objective", ["crown-ibp", "trades"])
+def test_anp_vs_refuses_objectives_its_loss_would_ignore(objective):
+    from cmat.errors import CmatError
+    from cmat.methods import method_class
+    from tasks import get_tasks
+
+    cfg = quick_config(method="anp-vs", objective=objective)
+    with pytest.raises(CmatError, match="anp-vs"):
+        method_class("anp-vs")(cfg, get_tasks("toy-2task", seed=0), "cpu")
