@@ -218,7 +218,7 @@ def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=N
     from cmat import config as config_mod
     from cmat.atomic import atomic_write_text
     from cmat.bench import _reusable
-    from cmat.engine import Run, resolve_device
+    from cmat.engine import resolve_device
     from cmat.evaluate import build_attacks
     from cmat.transfer import default_tl_k
     from tasks import tasks_for_config
