@@ -387,7 +387,7 @@ def summarize_study(cfg, seq, source_task, target_task, strategies, cells, recor
                       "eval_seconds": rec["eval_seconds"], "verify_seconds": rec["verify_seconds"]})
     ref = records["none-scratch-pgd"]
     ref_row = ref["row"]
-    robust = "worst" if "worst" in ref_row else "pgd10"
+    robust = next(c for c in ("worst", "pgd10", "clean") if c in ref_row)
     ratios, tests = {}, {}
     for c in cells:
         rec = records[c.name]
