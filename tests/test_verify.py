@@ -39,6 +39,17 @@ def margins(model, x, y):
     return (out.gather(1, y[:, None]) - out).scatter(1, y[:, None], float("inf")).min(1).values
 
 
+def pgd_margin(model, x, y, lo, hi, step, steps):
+    """The margin at a PGD point (CE ascent) inside the box [lo, hi]."""
+    xa = x.clone()
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        (gr,) = torch.autograd.grad(nn.functional.cross_entropy(model(xa), y), xa)
+        xa = torch.min(torch.max(xa.detach() + step * gr.sign(), lo), hi)
+    with torch.no_grad():
+        return margins(model, xa, y)
+
+
 @pytest.mark.parametrize("kind", ["plain", "masked", "anp"])
 def test_bounds_contain_sampled_and_attacked_points(kind):
     model = small_model(kind)
@@ -62,14 +73,7 @@ def test_bounds_contain_sampled_and_attacked_points(kind):
                 worst = torch.min(worst, margins(model, lo + (hi - lo) * torch.rand(x.shape, generator=g), y))
             corners = torch.where(torch.rand(x.shape, generator=g) < 0.5, lo, hi)
             worst = torch.min(worst, margins(model, corners, y))
-        # a PGD point minimising the margin (CE ascent) inside the same box
-        xa = x.clone()
-        for _ in range(20):
-            xa.requires_grad_(True)
-            (gr,) = torch.autograd.grad(nn.functional.cross_entropy(model(xa), y), xa)
-            xa = torch.min(torch.max(xa.detach() + e / 4 * gr.sign(), lo), hi)
-        with torch.no_grad():
-            worst = torch.min(worst, margins(model, xa, y))
+        worst = torch.min(worst, pgd_margin(model, x, y, lo, hi, e / 4, 20))
         assert torch.all(lb_crown <= worst + 1e-5)
         assert torch.all(lb_ibp <= worst + 1e-5)
 
@@ -174,13 +178,7 @@ def test_alpha_crown_at_least_crown_at_least_ibp_and_sound():
         lo, hi = input_box(x, eps)
         with torch.no_grad():
             worst = torch.stack([margins(model, lo + (hi - lo) * torch.rand_like(x), y) for _ in range(200)]).min(0).values
-        xa = x.clone()
-        for _ in range(30):
-            xa.requires_grad_(True)
-            (gr,) = torch.autograd.grad(nn.functional.cross_entropy(model(xa), y), xa)
-            xa = torch.min(torch.max(xa.detach() + e / 8 * gr.sign(), lo), hi)
-        with torch.no_grad():
-            worst = torch.min(worst, margins(model, xa, y))
+        worst = torch.min(worst, pgd_margin(model, x, y, lo, hi, e / 8, 30))
         assert torch.all(lb["alpha-crown"] <= worst + 1e-5)
     assert torch.any(lb["alpha-crown"] > lb["crown"] + 1e-4)  # the optimisation does something
 
