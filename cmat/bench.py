@@ -1,7 +1,9 @@
 """``cmat bench``: several methods, one configuration, one harness, the same seeds.
 
 Each (method, seed) runs into ``OUT/<method>-s<seed>/`` (a finished run with the same
-configuration is reused), then ``bench.csv`` (one row per method), ``bench.md`` (mean ± std
+configuration is reused; when ``at-individual`` is in the list it runs first and CMAT reads its
+individual-model goals from it, ``method_options.individual_run``, instead of training them a
+second time), then ``bench.csv`` (one row per method), ``bench.md`` (mean ± std
 over seeds, the run budget, and exact paired McNemar tests of every method against the
 reference method — ``cmat`` when it is in the list — on the per-image ``worst`` outcomes of
 the same images and seeds) and ``bench.json`` are written and the table is returned for
@@ -47,11 +49,13 @@ def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True) -> dic
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_method = {}
-    for m in methods:
+    for m in sorted(methods, key=lambda name: name != "at-individual"):  # CMAT's goals come from it
         runs = []
         for seed in seeds:
             cfg = copy.deepcopy(base_cfg)
             cfg.method, cfg.seed = m, int(seed)
+            if m == "cmat" and "at-individual" in methods and _goal_from_individual(cfg):
+                cfg.method_options = {**cfg.method_options, "individual_run": str(out / f"at-individual-s{seed}")}
             run_dir = out / f"{m}-s{seed}"
             if _reusable(run_dir, cfg):
                 if verbose:
@@ -62,11 +66,12 @@ def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True) -> dic
                 (run_dir / name).unlink(missing_ok=True)
             runs.append(Run(cfg, run_dir, progress=progress, verbose=verbose, label=f"{m} s{seed}").execute())
         per_method[m] = runs
+    per_method = {m: per_method[m] for m in methods}
     columns = [c for c in ORDER if all(c in r["summary"] for runs in per_method.values() for r in runs)]
     rows = [aggregate(m, runs, columns) for m, runs in per_method.items()]
     reference = "cmat" if "cmat" in methods else methods[0]
     tests = paired_tests(out, methods, seeds, reference)
-    budget = run_budget(base_cfg, per_method[methods[0]][0], seeds)
+    budget = run_budget(base_cfg, per_method[methods[0]][0], seeds, methods)
     md = to_markdown(rows, columns, base_cfg, seeds, budget, reference, tests)
     atomic_write_text(out / "bench.csv", to_csv(rows, columns))
     atomic_write_text(out / "bench.md", md)
@@ -74,6 +79,13 @@ def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True) -> dic
                                                       "rows": rows, "budget": budget, "reference": reference,
                                                       "mcnemar": tests}, indent=1))
     return {"rows": rows, "markdown": md}
+
+
+def _goal_from_individual(cfg) -> bool:
+    """Whether CMAT would train an individual model per task for its goal: in a bench that also
+    runs at-individual (same configuration and seed) it reads those instead of paying twice."""
+    opts = cfg.method_options
+    return opts.get("goal", "individual") == "individual" and not opts.get("individual_run")
 
 
 def _check_options(base_cfg, methods) -> None:
@@ -110,6 +122,8 @@ def aggregate(method: str, runs: list, columns) -> dict:
     row["params"] = int(np.mean([r["cost"]["params_total"] for r in runs]))
     row["store_bytes"] = int(np.mean([r["cost"]["store_bytes"] for r in runs]))
     row["train_seconds"] = float(np.mean([r["cost"]["train_seconds"] for r in runs]))
+    passes = [r["cost"].get("grad_evals") for r in runs]
+    row["train_passes"] = float(np.mean(passes)) if all(p is not None for p in passes) else None
     return row
 
 
@@ -144,14 +158,15 @@ def paired_tests(out: Path, methods, seeds, reference: str, column: str = "worst
     return results
 
 
-def run_budget(cfg, results: dict, seeds) -> dict:
+def run_budget(cfg, results: dict, seeds, methods=()) -> dict:
     """What the numbers were bought with, so a reduced-budget table cannot pass for a full one."""
     ev = results.get("eval", {})
     return {"tasks": cfg.tasks, "objective": cfg.objective.name, "objective_steps": cfg.objective.steps,
             "epochs": cfg.train.epochs, "eval_samples": cfg.eval.samples, "images_per_task": ev.get("n"),
             "test_images_per_task": ev.get("n_test"), "attacks": results["attacks"], "seeds": list(seeds),
             "threat": {"eps": cfg.threat.eps, "alpha": cfg.threat.alpha}, "arch": cfg.model.arch,
-            "method_options": cfg.method_options}
+            "method_options": cfg.method_options,
+            "cmat_goals_from_individual": "cmat" in methods and "at-individual" in methods and _goal_from_individual(cfg)}
 
 
 def to_csv(rows: list, columns) -> str:
@@ -184,12 +199,13 @@ def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, t
             f"BWT and forgetting on clean and on `{rows[0]['robust_column']}` accuracy.\n\n")
     cols = ["method"] + [LABELS.get(c, c) for c in columns] + ["F1", "BWT", "forgetting",
                                                                f"BWT ({rows[0]['robust_column']})", "params",
-                                                               "store MB", "train s"]
+                                                               "store MB", "train s", "train passes"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [r["method"]] + [f"{r[c]:.4f} ± {r[c + '_std']:.4f}" for c in columns]
         cells += [f"{r['f1_clean']:.4f}", f"{r['bwt']:+.4f}", f"{r['forgetting']:.4f}", f"{r['bwt_robust']:+.4f}",
-                  f"{r['params']:,}", f"{r['store_bytes'] / 1e6:.2f}", f"{r['train_seconds']:.0f}"]
+                  f"{r['params']:,}", f"{r['store_bytes'] / 1e6:.2f}", f"{r['train_seconds']:.0f}",
+                  "—" if r.get("train_passes") is None else f"{r['train_passes']:,.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     text = head + "\n".join(lines) + "\n"
     if rows and all(f"{c}_ci95" in rows[0] for c in columns):
@@ -221,4 +237,8 @@ def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, t
              f"- attacks: " + "; ".join(t for t in (_attack_text(n, p) for n, p in budget["attacks"].items()) if t) + "\n"
              f"- seeds: {', '.join(map(str, budget['seeds']))}\n"
              f"- method options: {json.dumps(budget['method_options']) if budget['method_options'] else 'defaults'}\n")
+    if budget.get("cmat_goals_from_individual"):
+        text += ("- cmat's goals (the individual model's robust validation accuracy per task) are read from the "
+                 "at-individual run of the same seed (`method_options.individual_run`), not trained a second time; "
+                 "`train passes` = training forward+backward passes, attack steps included\n")
     return text

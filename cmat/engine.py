@@ -24,8 +24,8 @@ from cmat.atomic import atomic_write_text  # noqa: F401 (re-exported: bench, tra
 from cmat import config as config_mod
 from cmat.attacks import PGD, sound_alpha
 from cmat.errors import CmatError
-from cmat.evaluate import (attack_params, build_attacks, evaluate_task, model_fingerprint, result_columns,
-                           robust_accuracy)
+from cmat.evaluate import (FrozenCheck, attack_params, build_attacks, evaluate_task, model_fingerprint,
+                           result_columns, robust_accuracy)
 from cmat.methods import method_class
 from cmat.metrics import summarize, wilson_interval
 from cmat.objectives import make_objective
@@ -102,6 +102,9 @@ class Trainer:
         self.val_attack = PGD(eps=cfg.threat.eps, alpha=sound_alpha(cfg.threat.eps, cfg.threat.alpha, 10), steps=10)
         self.global_step = 0
         self.grad_evals = 0  # training forward+backward passes per image, attack steps included
+        self.steps = 0  # optimiser steps taken, and the wall seconds they took (validation excluded)
+        self.step_seconds = 0.0
+        self.val_seconds = 0.0  # validation (clean + PGD-10: model selection, CMAT's decisions) wall seconds
         self.label = ""      # e.g. "packnet s0 " under cmat bench: names the run on progress bars
         self.n_tasks = None  # for "task 2/5" on progress bars (1-based, as everywhere a user reads)
 
@@ -116,6 +119,7 @@ class Trainer:
         return sel
 
     def validate(self, model, task, t: int) -> dict:
+        start = time.perf_counter()
         if self.dist is not None:
             self.dist.sync_buffers(model)  # identical BN statistics, so identical decisions
         x, y = task.val.tensors()
@@ -123,6 +127,7 @@ class Trainer:
         k = min(self.cfg.train.val_attack_samples, len(y))
         robust = robust_accuracy(model, x[:k], y[:k], self.val_attack, generator(self.cfg.seed, "val", t),
                                  device=self.device)
+        self.val_seconds += time.perf_counter() - start
         return {"clean": clean, "robust": robust}
 
     def fit(self, model, params, task, t: int, snapshot: torch.nn.Module,
@@ -150,6 +155,7 @@ class Trainer:
             gen = generator(self.cfg.seed, tag, t, epoch)
             attack_gen = gen if self.dist is None else self.dist.attack_generator(self.cfg.seed, tag, t, epoch)
             tot_loss, tot_correct, tot_n = 0.0, 0, 0
+            epoch_start = time.perf_counter()
             for x, y in batches(task.train, tc.batch_size, gen, self.device):
                 scale, n_global = 1.0, len(y)
                 if self.dist is not None:  # every rank draws the global batch, trains on its shard
@@ -173,10 +179,12 @@ class Trainer:
                     sched.step()
                     bar.update(1)
                     self.global_step += 1
+                    self.steps += 1
                     self.grad_evals += obj.passes * n_global
                 tot_loss += float(loss.detach()) * len(y)
                 tot_correct += int((logits.detach().argmax(1) == y).sum())
                 tot_n += len(y)
+            self.step_seconds += time.perf_counter() - epoch_start
             val = self.validate(model, task, t)
             row = {"epoch": epoch, "loss": tot_loss / max(tot_n, 1), "acc": tot_correct / max(tot_n, 1),
                    "val_clean": val["clean"], "val_robust": val["robust"]}
@@ -196,6 +204,26 @@ class Trainer:
         if best_state is not None:
             snapshot.load_state_dict(best_state)
         return {"best_epoch": best_epoch, "history": history}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (``getrusage``; Linux reports KiB)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def task_cost(trainer: "Trainer", before: tuple) -> dict:
+    """What training one task cost, from the trainer's counters before (``before``) and now:
+    wall seconds, optimiser steps and their seconds (``step_seconds`` = seconds per step,
+    validation excluded), validation seconds and forward+backward passes (``grad_evals``)."""
+    t0, steps, step_s, val_s, passes = before
+    n = trainer.steps - steps
+    return {"train_seconds": time.perf_counter() - t0, "steps": n,
+            "step_seconds": (trainer.step_seconds - step_s) / max(n, 1),
+            "val_seconds": trainer.val_seconds - val_s, "grad_evals": trainer.grad_evals - passes}
 
 
 class Run:
@@ -311,16 +339,20 @@ class Run:
             trainer.grad_evals = int(state.get("grad_evals", 0))
             torch.set_rng_state(state["rng"])
             self.say(f"resuming after task {first}/{len(seq)}")
+        per_task = list(state.get("per_task", [])) if state is not None else []
         start = time.time() - spent
         final: list = []
         cache, previous = {}, {}  # (task, model fingerprint) → evaluation; task → its latest one
+        frozen = {}  # task → FrozenCheck, for methods that declare a learned task's function frozen
         for t in range(first, len(seq)):
             task = seq[t]
             self.say(f"task {t + 1}/{len(seq)}: {task.name} ({task.num_classes} classes, "
                      f"{len(task.train)} train / {len(task.val)} val / {len(task.test)} test)")
+            before = (time.perf_counter(), trainer.steps, trainer.step_seconds, trainer.val_seconds, trainer.grad_evals)
             method.before_task(t, task)
             method.train_task(t, task, trainer)
             method.after_task(t, task)
+            cost = task_cost(trainer, before)
             row = {name: [] for name in columns}
             full_row, final = [], []
             eval_start = time.time()
@@ -335,15 +367,21 @@ class Run:
                     bar.update(1)
 
                 model = method.model_for(j)
-                key = (j, model_fingerprint(model))
-                if key in cache:  # unchanged since its last evaluation: the same bits, no attacks
-                    res = cache[key]
+                if j in frozen and frozen[j].unchanged(model):  # same function on the probe images
+                    res = previous[j]
                     bar.update(len(task_attacks) - 1)
                 else:
-                    res = evaluate_task(model, seq[j].test, task_attacks, seq[j].num_classes,
-                                        cfg.seed, j, cfg.eval.samples, cfg.eval.batch_size, device, progress=status)
-                    cache = {k: v for k, v in cache.items() if v is not previous.get(j)}
-                    cache[key], previous[j] = res, res
+                    key = (j, model_fingerprint(model))
+                    if key in cache:  # unchanged since its last evaluation: the same bits, no attacks
+                        res = cache[key]
+                        bar.update(len(task_attacks) - 1)
+                    else:
+                        res = evaluate_task(model, seq[j].test, task_attacks, seq[j].num_classes, cfg.seed, j,
+                                            cfg.eval.samples, cfg.eval.batch_size, device, progress=status)
+                        cache = {k: v for k, v in cache.items() if v is not previous.get(j)}
+                        cache[key], previous[j] = res, res
+                    if method.evaluations_of(j, len(seq)) == 1:  # the method declares j frozen from now on
+                        frozen[j] = FrozenCheck(model, seq[j].test, res["clean"]["indices"], key[1], device, t)
                 for name in columns:
                     row[name].append(res[name]["acc"])
                     logger.scalar(f"eval/{name}/task_{j + 1}_{seq[j].name}", res[name]["acc"], t + 1)
@@ -352,22 +390,46 @@ class Run:
                 final.append(res)
             bar.close()
             eval_spent += time.time() - eval_start
+            cost["eval_seconds"] = time.time() - eval_start
             for name in columns:
                 acc[name].append(row[name])
             clean_full.append(full_row)
             logger.event(kind="eval", task=t, acc={n: row[n] for n in columns})
             self.say("  after task {}: ".format(t + 1) + "  ".join(f"{n}={sum(r) / len(r):.3f}" for n, r in row.items()))
+            cost["peak_rss_mb"] = peak_rss_mb()
+            per_task.append(cost)
             if t < len(seq) - 1 and self.is_main:
-                save_checkpoint(self.out / "checkpoint.h5", method, seq, cfg,
-                                {"completed": t + 1, "acc": acc, "clean_full": clean_full, "last": last,
-                                 "train_seconds": time.time() - start, "eval_seconds": eval_spent,
-                                 "global_step": trainer.global_step, "grad_evals": trainer.grad_evals},
-                                torch.get_rng_state())
+                ckpt_start = time.perf_counter()
+                path = save_checkpoint(self.out / "checkpoint.h5", method, seq, cfg,
+                                       {"completed": t + 1, "acc": acc, "clean_full": clean_full, "last": last,
+                                        "train_seconds": time.time() - start, "eval_seconds": eval_spent,
+                                        "global_step": trainer.global_step, "grad_evals": trainer.grad_evals,
+                                        "per_task": per_task},
+                                       torch.get_rng_state())
+                cost["checkpoint_seconds"] = time.perf_counter() - ckpt_start
+                cost["store_bytes"] = path.stat().st_size
+        check_start = time.time()
+        for j, check in frozen.items():
+            if check.evaluated_after < len(seq) - 1 and model_fingerprint(method.model_for(j)) != check.fingerprint:
+                self.say(f"warning: task {j + 1}'s model changed after its evaluation although {cfg.method} declares "
+                         "it frozen; re-evaluating it for the final row")
+                res = evaluate_task(method.model_for(j), seq[j].test, build_attacks(
+                    cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, seq[j].num_classes, alphas=cfg.eval.alphas),
+                    seq[j].num_classes, cfg.seed, j, cfg.eval.samples, cfg.eval.batch_size, device)
+                final[j] = res
+                for name in columns:
+                    acc[name][-1][j] = res[name]["acc"]
+                clean_full[-1][j] = res["clean"]["acc_full"]
+                last[str(j)] = {name: {k: res[name][k] for k in ("acc", "f1", "n")} for name in columns}
+        final_check_seconds = time.time() - check_start
+        eval_spent += final_check_seconds
         wall_seconds = time.time() - start
         train_seconds = wall_seconds - eval_spent
         if not self.is_main:
             return {}
         store_path = save_run(self.out / "store.h5", method, seq, cfg)
+        if per_task:
+            per_task[-1]["store_bytes"] = store_path.stat().st_size
         write_outcomes(self.out / "eval.h5", seq.task_names, final)
         results = {
             "format": "cmat-results", "version": 1, "method": cfg.method, "objective": cfg.objective.name,
@@ -383,7 +445,8 @@ class Run:
             "summary": {name: self._summary(acc[name], [res[name]["correct"] for res in final]) for name in columns},
             "decisions": method.decisions,
             "cost": {"train_seconds": train_seconds, "eval_seconds": eval_spent, "wall_seconds": wall_seconds,
-                     "grad_evals": trainer.grad_evals,
+                     "grad_evals": trainer.grad_evals, "per_task": per_task,
+                     "final_check_seconds": final_check_seconds,
                      **({"estimate": self.estimate} if getattr(self, "estimate", None) else {}),
                      "params_total": sum(p.numel() for net in method.networks() for p in net.parameters()),
                      "store_bytes": store_path.stat().st_size},

@@ -102,6 +102,33 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+class FrozenCheck:
+    """Cheap evidence that a task's model still computes what was evaluated: its eval-mode logits
+    on the first ``PROBE`` evaluated test images, compared bit for bit. Used for methods that
+    declare a learned task frozen (``Method.evaluations_of(j) == 1``), where hashing every
+    earlier task's weights after every task (``model_fingerprint``) would make evaluation cost
+    grow with the task count. ``fingerprint`` (the full hash at evaluation) is kept for the
+    end-of-run check, which still compares every reused task's weights."""
+
+    PROBE = 8
+
+    def __init__(self, model: nn.Module, data, indices, fingerprint: str, device, task_time: int = 0):
+        idx = torch.as_tensor(np.asarray(indices[: self.PROBE], dtype=np.int64))
+        self.x = data.tensors(idx)[0]
+        self.device = device
+        self.fingerprint = fingerprint
+        self.evaluated_after = task_time  # the task after which this evaluation was made
+        self.logits = self._logits(model)
+
+    @torch.no_grad()
+    def _logits(self, model: nn.Module) -> torch.Tensor:
+        model.eval()
+        return model(self.x.to(self.device)).float().cpu()
+
+    def unchanged(self, model: nn.Module) -> bool:
+        return torch.equal(self._logits(model), self.logits)
+
+
 def evaluate_task(model: nn.Module, data, attacks: dict, num_classes: int, seed: int, task: int,
                   samples: Optional[int] = None, batch_size: int = 256, device="cpu", progress=None) -> dict:
     """``{column: {"acc", "f1", "n", "correct"}}`` for one task's model on a dataset

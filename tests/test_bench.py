@@ -119,3 +119,31 @@ def test_anp_vs_prunes_channels_and_suppresses_vulnerability():
     rec = method.decisions["tasks"][0]
     assert rec["channels_pruned"] > 0, rec
     assert vul[1] < vul[0]
+
+
+def test_bench_cmat_reads_its_goals_from_the_at_individual_runs(tmp_path):
+    """With at-individual in the list, CMAT's goals come from those runs (no second individual
+    training): its passes are exactly a standalone CMAT's minus at-individual's (no growth, one
+    compaction level, so the schedule does not depend on the goal), and its goals are what a
+    standalone run reading the same directory decides."""
+    opts = "method_options={max_width: 1.0, prune_levels: 1, compact_epochs: 1}"
+    common = ["--tasks", "toy-2task", "--epochs", "1", "--eval-samples", "40", "--attacks", "clean,pgd10",
+              "--set", opts, "--no-progress"]
+    res = CliRunner().invoke(main, ["bench", "--methods", "cmat,at-individual", "--out", str(tmp_path / "b"), *common])
+    assert res.exit_code == 0, res.output
+    ind_dir = tmp_path / "b" / "at-individual-s0"
+    cfg = (tmp_path / "b" / "cmat-s0" / "config.yaml").read_text()
+    assert f"individual_run: {ind_dir}" in cfg
+    assert "read from the at-individual run" in (tmp_path / "b" / "bench.md").read_text()
+    rows = list(csv.DictReader((tmp_path / "b" / "bench.csv").open()))
+    assert [r["method"] for r in rows] == ["cmat", "at-individual"]  # the user's order
+    res = CliRunner().invoke(main, ["run", "--method", "cmat", "--out", str(tmp_path / "alone"), *common])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["run", "--method", "cmat", "--out", str(tmp_path / "reading"), *common,
+                                    "--set", f"method_options.individual_run={ind_dir}"])
+    assert res.exit_code == 0, res.output
+    load = lambda d: json.loads((d / "results.json").read_text())  # noqa: E731
+    bench_cmat, ind, alone, reading = (load(tmp_path / "b" / "cmat-s0"), load(ind_dir), load(tmp_path / "alone"),
+                                       load(tmp_path / "reading"))
+    assert bench_cmat["cost"]["grad_evals"] == alone["cost"]["grad_evals"] - ind["cost"]["grad_evals"] > 0
+    assert [d["goal"] for d in bench_cmat["decisions"]["tasks"]] == [d["goal"] for d in reading["decisions"]["tasks"]]

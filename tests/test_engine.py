@@ -6,7 +6,7 @@ import torch
 
 import cmat
 from cmat.evaluate import build_attacks, evaluate_task
-from tests.conftest import run_quick
+from tests.conftest import quick_config, run_quick
 
 from tasks import get_tasks
 
@@ -96,3 +96,56 @@ def test_grad_evals_count_every_forward_backward_pass(tmp_path, objective, passe
     res = run_quick(tmp_path, method="at-individual", objective=objective, epochs=1,
                     eval={"attacks": ["clean"], "samples": 20})
     assert res["cost"]["grad_evals"] == 2 * 1080 * passes
+
+
+def test_per_task_cost_adds_up(tmp_path):
+    res = run_quick(tmp_path, method="at-individual", objective="standard", epochs=1,
+                    eval={"attacks": ["clean"], "samples": 20})
+    per_task = res["cost"]["per_task"]
+    assert len(per_task) == 2
+    assert sum(c["grad_evals"] for c in per_task) == res["cost"]["grad_evals"] == 2 * 1080
+    batch = quick_config().train.batch_size
+    assert [c["steps"] for c in per_task] == [-(-1080 // batch)] * 2
+    assert all(c["step_seconds"] > 0 and c["val_seconds"] > 0 and c["eval_seconds"] > 0 for c in per_task)
+    assert per_task[0]["peak_rss_mb"] <= per_task[1]["peak_rss_mb"]  # a high-water mark
+    assert per_task[-1]["store_bytes"] == res["cost"]["store_bytes"] and per_task[0]["store_bytes"] > 0
+
+
+def _lying_method(monkeypatch):
+    """at-finetune (one shared network: task 1's training changes task 0's model) declaring,
+    falsely, that a learned task is frozen."""
+    from baselines.at_baselines import ATFinetune
+    from cmat import methods
+
+    class Lying(ATFinetune):
+        name = "lying-frozen"
+
+        def evaluations_of(self, j, n_tasks):
+            return 1
+
+    monkeypatch.setitem(methods.METHODS, "lying-frozen", Lying)
+
+
+def test_a_false_frozen_declaration_cannot_leave_stale_results(tmp_path, monkeypatch, finetune_run):
+    """The probe-logit check sees that task 0 changed and re-evaluates it: the matrix is
+    bit-identical to the honest at-finetune run's."""
+    _lying_method(monkeypatch)
+    res = run_quick(tmp_path, method="lying-frozen")
+    assert res["acc"] == finetune_run[1]["acc"]
+
+
+def test_the_end_of_run_check_catches_what_the_probe_missed(tmp_path, monkeypatch, finetune_run, capsys):
+    """With the probe blinded, the final row is still re-measured from the full fingerprint."""
+    from cmat.engine import Run
+    from cmat.evaluate import FrozenCheck
+
+    _lying_method(monkeypatch)
+    monkeypatch.setattr(FrozenCheck, "unchanged", lambda self, model: True)
+    Run(quick_config(method="lying-frozen"), tmp_path, progress=False, verbose=True).execute()
+    res = json.loads((tmp_path / "results.json").read_text())
+    honest = finetune_run[1]
+    for name in res["acc"]:
+        assert res["acc"][name][-1] == honest["acc"][name][-1]  # the final row: measured
+        assert res["acc"][name][0] == honest["acc"][name][0]
+    assert res["summary"]["worst"] == honest["summary"]["worst"]
+    assert "task 1's model changed after its evaluation" in capsys.readouterr().out

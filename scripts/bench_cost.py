@@ -1,0 +1,189 @@
+"""What the main job costs: CMAT against one individual model, cost over 20 tasks, CPU bf16.
+
+    python scripts/bench_cost.py --out runs/cost --json            # every part, one JSON object
+    python scripts/bench_cost.py --out runs/cost --only rehearsal  # one part
+    python scripts/bench_cost.py --out runs/cost --quick           # toy-sized smoke run (minutes)
+
+Every part drives the ``cmat`` command line a user runs, into ``OUT/<part>/``, and reads the
+numbers back from the result files (finished runs are reused, like ``cmat bench``):
+
+``compute``: ``cmat bench --tasks digits-5split --methods at-individual,cmat --seeds 0`` (the
+bench trains at-individual first and CMAT reads its goals from it).
+``cmat_vs_individual_compute`` = CMAT's training forward+backward passes (attack steps
+included, ``cost.grad_evals``) / at-individual's; ``cmat_vs_individual_seconds`` the same for
+training seconds; ``cmat_minus_individual_worst`` = CMAT's average worst-case robust accuracy
+(correct under every attack, per image) − at-individual's.
+
+``rehearsal``: the paper job's shape -- ``cifar100-20split`` (VGG16-BN, full width, PGD-7, the
+CMAT schedule with growth and 5 compaction levels) through all 20 tasks, on format-exact
+synthetic CIFAR-100 files, ``--train-samples`` images per task and one epoch per phase; the
+evaluation runs ``clean, fgsm, pgd10, pgd40`` (AutoAttack's cost depends on how many images
+the model keeps robust, a property of the model, not of the task count). From
+``results.json → cost.per_task``: ``task_cost_growth`` = training seconds per step of task 20 /
+task 1, ``eval_cost_growth`` = evaluation seconds after task 20 / after task 1, ``rss_growth``
+= peak RSS after task 20 / after task 1, and the store bytes per task (``rehearsal.csv``,
+``rehearsal.png``).
+
+``bf16``: the digits CMAT run (goals from the ``compute`` part's at-individual) in float32 and
+with ``accel.bf16=on``: ``bf16_speedup`` = float32 training seconds / bf16 training seconds,
+``bf16_worst_delta`` = bf16 worst-case robust accuracy − float32's; ``bf16_auto_picks`` = what
+``accel.bf16=auto`` chooses on this machine for that configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout: tests.fakedata writes the synthetic CIFAR-100
+
+
+def cmat(*args: str, quiet: bool = False) -> None:
+    """Run ``python -m cmat ARGS`` (the user's command line); a failure stops the benchmark."""
+    cmd = [sys.executable, "-m", "cmat", *args]
+    print("$ cmat " + " ".join(args), file=sys.stderr, flush=True)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else sys.stderr, stderr=sys.stderr)
+    if done.returncode:
+        raise SystemExit(f"bench_cost: `cmat {' '.join(args)}` failed with exit status {done.returncode}")
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def worst(res: dict) -> float:
+    return float(res["summary"]["worst"]["acc"])
+
+
+# ----- compute ------------------------------------------------------------------------------
+def part_compute(args) -> dict:
+    out = args.out / "compute"
+    tasks = "toy-2task" if args.quick else "digits-5split"
+    extra = ["--epochs", "2"] if args.quick else []
+    cmat("bench", "--tasks", tasks, "--methods", "at-individual,cmat", "--seeds", str(args.seed), "--out", str(out),
+         *extra, *args.progress)
+    ind, cm = results(out / f"at-individual-s{args.seed}"), results(out / f"cmat-s{args.seed}")
+    return {"cmat_vs_individual_compute": cm["cost"]["grad_evals"] / ind["cost"]["grad_evals"],
+            "cmat_vs_individual_seconds": cm["cost"]["train_seconds"] / ind["cost"]["train_seconds"],
+            "cmat_minus_individual_worst": worst(cm) - worst(ind),
+            "cmat_worst": worst(cm), "individual_worst": worst(ind),
+            "cmat_grad_evals": cm["cost"]["grad_evals"], "individual_grad_evals": ind["cost"]["grad_evals"],
+            "cmat_train_seconds": cm["cost"]["train_seconds"], "individual_train_seconds": ind["cost"]["train_seconds"]}
+
+
+# ----- rehearsal ----------------------------------------------------------------------------
+def part_rehearsal(args) -> dict:
+    from tests.fakedata import write_cifar100
+
+    out = args.out / "rehearsal"
+    data = out / "data"
+    if not (data / "cifar-100-python" / "meta").exists():
+        # 20 training and 4 test images per fine class: 100 / 20 per task, before --train-samples
+        write_cifar100(data, per_class_train=20, per_class_test=4, seed=0)
+    run = out / "run"
+    n_tasks = 3 if args.quick else 20
+    if not (run / "results.json").exists():
+        cmat("run", "--tasks", "cifar100-20split", "--data-root", str(data), "--max-tasks", str(n_tasks),
+             "--train-samples", str(args.train_samples), "--epochs", "1", "--attacks", "clean,fgsm,pgd10,pgd40",
+             "--set", f"threads={args.threads}", "--out", str(run), *args.progress)
+    per_task = results(run)["cost"]["per_task"]
+    keys = ("train_seconds", "steps", "step_seconds", "val_seconds", "grad_evals", "eval_seconds",
+            "checkpoint_seconds", "peak_rss_mb", "store_bytes")
+    with open(out / "rehearsal.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["task", *keys])
+        for t, c in enumerate(per_task):
+            w.writerow([t + 1, *(c.get(k, "") for k in keys)])
+    plot_rehearsal(per_task, out / "rehearsal.png")
+    first, last = per_task[0], per_task[-1]
+    return {"task_cost_growth": last["step_seconds"] / first["step_seconds"],
+            "eval_cost_growth": last["eval_seconds"] / first["eval_seconds"],
+            "rss_growth": last["peak_rss_mb"] / first["peak_rss_mb"],
+            "rehearsal_tasks": len(per_task),
+            "rehearsal_step_seconds": [round(c["step_seconds"], 3) for c in per_task],
+            "rehearsal_eval_seconds": [round(c["eval_seconds"], 2) for c in per_task],
+            "rehearsal_peak_rss_mb": [round(c["peak_rss_mb"], 1) for c in per_task],
+            "rehearsal_store_mb": [round(c["store_bytes"] / 2 ** 20, 2) for c in per_task if "store_bytes" in c]}
+
+
+def plot_rehearsal(per_task: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(range(1, len(per_task) + 1))
+    series = [("training s / step", "step_seconds", 1.0), ("evaluation s / task", "eval_seconds", 1.0),
+              ("peak RSS (MiB)", "peak_rss_mb", 1.0), ("store (MiB)", "store_bytes", 2.0 ** -20)]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    for ax, (label, key, scale) in zip(axes, series):
+        xs = [t for t, c in zip(tasks, per_task) if key in c]
+        ax.plot(xs, [per_task[t - 1][key] * scale for t in xs], marker="o", color="#1f77b4")
+        ax.set_xlabel("task")
+        ax.set_title(label)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    fig.suptitle("cifar100-20split rehearsal (VGG16-BN, synthetic CIFAR-100): cost per task")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----- bf16 ---------------------------------------------------------------------------------
+def part_bf16(args) -> dict:
+    base = args.out / "compute"
+    ind = base / f"at-individual-s{args.seed}"
+    if not (ind / "results.json").exists():
+        part_compute(args)
+    tasks = "toy-2task" if args.quick else "digits-5split"
+    extra = ["--epochs", "2"] if args.quick else []
+    runs = {}
+    for mode in ("off", "on"):
+        run = args.out / "bf16" / f"cmat-bf16-{mode}"
+        if not (run / "results.json").exists():
+            cmat("run", "--tasks", tasks, "--method", "cmat", "--seed", str(args.seed), "--out", str(run), *extra,
+                 "--set", f"method_options.individual_run={ind}", "--set", f"accel.bf16={mode}", *args.progress)
+        runs[mode] = results(run)
+    from cmat import accel, config
+    from cmat.engine import resolve_device
+    from tasks import tasks_for_config
+
+    cfg = config.load_config(tasks=tasks, overrides={"accel.bf16": "auto"})
+    seq = tasks_for_config(cfg)
+    choice = accel.resolve_bf16(cfg, seq[0], resolve_device("cpu"), masked=True)
+    fp32, bf16 = runs["off"], runs["on"]
+    return {"bf16_speedup": fp32["cost"]["train_seconds"] / bf16["cost"]["train_seconds"],
+            "bf16_worst_delta": worst(bf16) - worst(fp32), "bf16_worst": worst(bf16), "fp32_worst": worst(fp32),
+            "bf16_auto_picks": "bf16" if choice["bf16"] else "float32", "bf16_auto_measured": choice}
+
+
+PARTS = {"compute": part_compute, "rehearsal": part_rehearsal, "bf16": part_bf16}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/bench-cost"))
+    p.add_argument("--only", choices=sorted(PARTS), action="append", help="run only these parts (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-samples", type=int, default=32, help="rehearsal: training images per task")
+    p.add_argument("--threads", type=int, default=1, help="rehearsal: torch threads")
+    p.add_argument("--quick", action="store_true", help="toy-sized smoke run")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=["--no-progress"], default=[])
+    args = p.parse_args()
+    out = {}
+    for name in args.only or list(PARTS):
+        out.update(PARTS[name](args))
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        for k, v in out.items():
+            print(f"{k:32s} {v}")
+
+
+if __name__ == "__main__":
+    main()
