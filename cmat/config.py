@@ -90,12 +90,13 @@ class EvalConfig:
 
 @dataclass
 class AccelConfig:
-    """Fast paths for GPUs, off by default (on this project's CPUs they measured slower):
-    ``bf16`` runs training attacks and training forwards under bf16 autocast (validation and
-    evaluation stay float32, so reported accuracies are float32 accuracies); ``channels_last``
+    """Fast paths, off by default: ``bf16`` (``off``/``on``/``auto``) runs training attacks and
+    training forwards under bf16 autocast (validation and evaluation stay float32, so reported
+    accuracies are float32 accuracies); ``auto`` measures a few steps both ways on this device
+    and uses bf16 only when it is faster (:func:`cmat.accel.resolve_bf16`); ``channels_last``
     stores 4-D weights and batches in NHWC."""
 
-    bf16: bool = False
+    bf16: str = "off"
     channels_last: bool = False
 
 
@@ -274,6 +275,12 @@ def validate(cfg: RunConfig) -> None:
     if cfg.model.arch not in ARCHS:
         raise CmatError(f"model.arch must be one of {', '.join(sorted(ARCHS))}, got {cfg.model.arch!r}")
     _in_range("model.width", cfg.model.width, 0, 16, lo_open=True)
+    from cmat.accel import bf16_mode
+
+    mode = bf16_mode(cfg.accel.bf16)
+    if mode is None:
+        raise CmatError(f"accel.bf16 must be off, on or auto, got {cfg.accel.bf16!r}")
+    cfg.accel.bf16 = mode
     tc = cfg.train
     if cfg.max_tasks is not None:
         _in_range("max_tasks", cfg.max_tasks, 1, COUNT_LIMIT)

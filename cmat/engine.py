@@ -105,6 +105,7 @@ class Trainer:
         self.steps = 0  # optimiser steps taken, and the wall seconds they took (validation excluded)
         self.step_seconds = 0.0
         self.val_seconds = 0.0  # validation (clean + PGD-10: model selection, CMAT's decisions) wall seconds
+        self.bf16 = accel.bf16_mode(cfg.accel.bf16) == "on"  # Run resolves ``auto`` by measuring
         self.label = ""      # e.g. "packnet s0 " under cmat bench: names the run on progress bars
         self.n_tasks = None  # for "task 2/5" on progress bars (1-based, as everywhere a user reads)
 
@@ -162,7 +163,7 @@ class Trainer:
                     x, y, scale = self.dist.shard(x, y)
                 x = accel.prepare_batch(self.cfg.accel, x)
                 for _ in range(obj.replays):
-                    with accel.autocast(self.cfg.accel, self.device):
+                    with accel.autocast(self.cfg.accel, self.device, enabled=self.bf16):
                         loss, logits = (loss_fn or obj.loss)(train_model, x, y, attack_gen)
                     opt.zero_grad(set_to_none=True)
                     for extra in extra_optimizers:
@@ -287,6 +288,15 @@ class Run:
         if self.is_main:
             atomic_write_text(self.out / "config.yaml", config_mod.to_yaml(cfg))
         logger = RunLogger(self.out, enabled=self.is_main)
+        if state is not None and "precision" in state:  # a resumed run keeps the precision it chose
+            self.precision = state["precision"]
+        else:
+            self.precision = accel.resolve_bf16(cfg, seq[0], device, masked=getattr(method, "masked", False))
+        if self.precision["mode"] == "auto" and state is None:
+            p = self.precision
+            self.say(f"accel.bf16=auto: a training step under bf16 autocast runs at {p['speedup']:.2f}× float32's speed on "
+                     f"{device.type} → training in {'bf16' if p['bf16'] else 'float32'} "
+                     f"(bf16 needs ≥ {accel.AUTO_MIN_SPEEDUP}×); validation and evaluation stay float32")
         self.estimate = self._estimate(seq, method, device) if state is None else None
         try:
             return self._loop(seq, method, device, attacks, logger, state)
@@ -305,7 +315,12 @@ class Run:
         """Measure the training pass rate on this device and print what the run will cost."""
         from cmat import estimate
 
-        rate = estimate.measure_pass_seconds(self.cfg, seq[0], device, masked=getattr(method, "masked", False))
+        p = self.precision
+        if p["mode"] == "auto":  # measured already, both ways
+            rate = p["bf16_pass_seconds"] if p["bf16"] else p["fp32_pass_seconds"]
+        else:
+            rate = estimate.measure_pass_seconds(self.cfg, seq[0], device, masked=getattr(method, "masked", False),
+                                                 bf16=p["bf16"])
         est = estimate.estimate(self.cfg, seq, method, device, rate)
         for line in estimate.describe(est).splitlines():
             self.say(line)
@@ -324,6 +339,7 @@ class Run:
 
         cfg = self.cfg
         trainer = Trainer(cfg, device, logger, self.progress and self.is_main, self.dist)
+        trainer.bf16 = self.precision["bf16"]
         trainer.label, trainer.n_tasks = (f"{self.label} " if self.label else ""), len(seq)
         columns = result_columns(attacks)
         acc = {name: [] for name in columns}
@@ -404,7 +420,7 @@ class Run:
                                        {"completed": t + 1, "acc": acc, "clean_full": clean_full, "last": last,
                                         "train_seconds": time.time() - start, "eval_seconds": eval_spent,
                                         "global_step": trainer.global_step, "grad_evals": trainer.grad_evals,
-                                        "per_task": per_task},
+                                        "per_task": per_task, "precision": self.precision},
                                        torch.get_rng_state())
                 cost["checkpoint_seconds"] = time.perf_counter() - ckpt_start
                 cost["store_bytes"] = path.stat().st_size
@@ -446,7 +462,7 @@ class Run:
             "decisions": method.decisions,
             "cost": {"train_seconds": train_seconds, "eval_seconds": eval_spent, "wall_seconds": wall_seconds,
                      "grad_evals": trainer.grad_evals, "per_task": per_task,
-                     "final_check_seconds": final_check_seconds,
+                     "final_check_seconds": final_check_seconds, "precision": self.precision,
                      **({"estimate": self.estimate} if getattr(self, "estimate", None) else {}),
                      "params_total": sum(p.numel() for net in method.networks() for p in net.parameters()),
                      "store_bytes": store_path.stat().st_size},

@@ -43,10 +43,12 @@ def attack_passes(name: str, n_classes: int) -> float:
     return 1.0
 
 
-def measure_pass_seconds(cfg, task, device, masked: bool = False, steps: int = 3) -> float:
+def measure_pass_seconds(cfg, task, device, masked: bool = False, steps: int = 3, bf16: bool = False) -> float:
     """Seconds per training pass of one image: ``steps`` timed training steps (after one warm-up)
     of the configured objective on a throwaway network of the configured architecture — a
-    masked one for methods that train masked layers — the random state untouched."""
+    masked one for methods that train masked layers — the random state untouched; the loss
+    under bf16 autocast when ``bf16``."""
+    from cmat.accel import autocast
     from cmat.nn.backbones import MultiHeadNet
     from cmat.nn.masked import MaskedMultiHeadNet
     from cmat.objectives import make_objective
@@ -75,7 +77,8 @@ def measure_pass_seconds(cfg, task, device, masked: bool = False, steps: int = 3
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            loss, _ = obj.loss(model, x, y, gen)
+            with autocast(cfg.accel, device, enabled=bf16):
+                loss, _ = obj.loss(model, x, y, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -243,7 +243,7 @@ def bench_accel(args) -> dict:
 
     device = torch.device(args.device)
     variants = {"fp32": _cmat_at_step(args, device),
-                "bf16": _cmat_at_step(args, device, AccelConfig(bf16=True)),
+                "bf16": _cmat_at_step(args, device, AccelConfig(bf16="on")),
                 "channels_last": _cmat_at_step(args, device, AccelConfig(channels_last=True))}
     times = time_variants(variants, args.repeats, device, args.clock)
     med = {k: statistics.median(v) for k, v in times.items()}

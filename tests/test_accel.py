@@ -45,7 +45,7 @@ def test_bf16_autocast_agrees_with_float32(objective, min_cos):
     # pgd: bf16 input gradients flip the sign of a few attack steps, so the adversarial batch,
     # and with it the gradient, differs a little more than for a clean batch
     ref_loss, ref_grad = _loss_and_grads(AccelConfig(), objective)
-    loss, grad = _loss_and_grads(AccelConfig(bf16=True), objective)
+    loss, grad = _loss_and_grads(AccelConfig(bf16="on"), objective)
     assert abs(loss - ref_loss) < 0.03 * abs(ref_loss) + 1e-3
     assert _cos(grad, ref_grad) > min_cos
     assert not torch.equal(grad, ref_grad)  # bf16 was really used
@@ -69,3 +69,43 @@ def test_channels_last_agrees_with_contiguous():
     assert torch.allclose(grad, ref_grad, rtol=1e-4, atol=1e-6)
     net = accel.prepare_model(AccelConfig(channels_last=True), _net())
     assert net.masked_layers()[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("fp32,bf16,picks", [(2.0, 1.0, True), (1.0, 1.2, False), (1.05, 1.0, False)])
+def test_bf16_auto_picks_bf16_only_when_measured_faster(monkeypatch, fp32, bf16, picks):
+    from cmat import estimate
+    from cmat.config import resolve
+    from tasks import tasks_for_config
+
+    monkeypatch.setattr(estimate, "measure_pass_seconds",
+                        lambda cfg, task, device, masked=False, steps=3, bf16=False: bf16_s if bf16 else fp32)
+    bf16_s = bf16
+    cfg = resolve("toy-2task", overrides={"accel": {"bf16": "auto"}})
+    choice = accel.resolve_bf16(cfg, tasks_for_config(cfg)[0], torch.device("cpu"))
+    assert choice["bf16"] is picks and choice["speedup"] == pytest.approx(fp32 / bf16)
+
+
+def test_bf16_auto_resolves_in_a_run_and_is_recorded(tmp_path):
+    """A real auto run on this CPU: the choice follows the measured ratio, the run trains in
+    that precision and results.json says which and why."""
+    from tests.conftest import run_quick
+
+    res = run_quick(tmp_path, method="at-individual", epochs=1, accel={"bf16": "auto"},
+                    eval={"attacks": ["clean"], "samples": 20})
+    p = res["cost"]["precision"]
+    assert p["mode"] == "auto" and p["bf16"] == (p["speedup"] >= accel.AUTO_MIN_SPEEDUP)
+
+
+@pytest.mark.parametrize("value,mode", [(True, "on"), (False, "off"), ("auto", "auto"), ("ON", "on")])
+def test_bf16_config_values(value, mode):
+    from cmat.config import resolve
+
+    assert resolve("toy-2task", overrides={"accel": {"bf16": value}}).accel.bf16 == mode
+
+
+def test_bad_bf16_value_is_one_line():
+    from cmat.config import resolve
+    from cmat.errors import CmatError
+
+    with pytest.raises(CmatError, match="accel.bf16 must be off, on or auto"):
+        resolve("toy-2task", overrides={"accel": {"bf16": "fast"}})
