@@ -29,6 +29,9 @@ class CmatGroup(click.Group):
 @click.version_option(package_name="cmat")
 def main():
     """Adversarially robust continual learning: CMAT (CPG + adversarial training) and baselines."""
+    from cmat.memory import fix_mmap_threshold
+
+    fix_mmap_threshold()  # memory flat over long task sequences (cmat/memory.py); CMAT_MALLOC_TUNING=0 skips
 
 
 def _overrides(**flags) -> dict:
