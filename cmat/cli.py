@@ -81,7 +81,9 @@ def _overrides(**flags) -> dict:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--force", is_flag=True, help="Overwrite a finished run in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def run(out, config_file, resume, force, no_progress, **flags):
+@click.option("--estimate-only", is_flag=True,
+              help="Print what the run would cost on this device (a few timed steps) and exit; writes nothing.")
+def run(out, config_file, resume, force, no_progress, estimate_only, **flags):
     """Train a method over a task sequence and evaluate it after every task.
 
     Under ``torchrun --nproc_per_node N -m cmat run ...`` it trains data-parallel (DDP); rank 0
@@ -95,6 +97,9 @@ def run(out, config_file, resume, force, no_progress, **flags):
         raise CmatError("--resume and --force contradict each other: --resume continues the run in --out, "
                         "--force replaces it")
     cfg = config_mod.resolve(flags.get("tasks"), config_file, _overrides(**flags))
+    if estimate_only:
+        Run(cfg, out or ".", progress=False).estimate_only()
+        return
     out = Path(out or Path("checkpoints") / f"{cfg.tasks}-{cfg.method}-{cfg.objective.name}-s{cfg.seed}")
     if out.exists() and not out.is_dir():
         raise CmatError(f"--out {out} exists and is not a directory")

@@ -288,15 +288,7 @@ class Run:
         if self.is_main:
             atomic_write_text(self.out / "config.yaml", config_mod.to_yaml(cfg))
         logger = RunLogger(self.out, enabled=self.is_main)
-        if state is not None and "precision" in state:  # a resumed run keeps the precision it chose
-            self.precision = state["precision"]
-        else:
-            self.precision = accel.resolve_bf16(cfg, seq[0], device, masked=getattr(method, "masked", False))
-        if self.precision["mode"] == "auto" and state is None:
-            p = self.precision
-            self.say(f"accel.bf16=auto: a training step under bf16 autocast runs at {p['speedup']:.2f}× float32's speed on "
-                     f"{device.type} → training in {'bf16' if p['bf16'] else 'float32'} "
-                     f"(bf16 needs ≥ {accel.AUTO_MIN_SPEEDUP}×); validation and evaluation stay float32")
+        self._resolve_precision(seq, method, device, state)
         self.estimate = self._estimate(seq, method, device) if state is None else None
         try:
             return self._loop(seq, method, device, attacks, logger, state)
@@ -310,6 +302,30 @@ class Run:
             logger.close()
             if self.dist is not None:
                 self.dist.close()
+
+    def estimate_only(self) -> dict:
+        """What :meth:`execute` would print before training, without training or writing anything."""
+        cfg = self.cfg
+        seq = tasks_for_config(cfg)
+        device = resolve_device(cfg.device)
+        make_objective(cfg.objective, cfg.threat)
+        seed_everything(cfg.seed, cfg.deterministic)
+        method = method_class(cfg.method)(cfg, seq, device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self._resolve_precision(seq, method, device, None)
+        return self._estimate(seq, method, device)
+
+    def _resolve_precision(self, seq, method, device, state) -> None:
+        if state is not None and "precision" in state:  # a resumed run keeps the precision it chose
+            self.precision = state["precision"]
+            return
+        self.precision = accel.resolve_bf16(self.cfg, seq[0], device, masked=getattr(method, "masked", False))
+        p = self.precision
+        if p["mode"] == "auto":
+            self.say(f"accel.bf16=auto: a training step under bf16 autocast runs at {p['speedup']:.2f}× float32's speed "
+                     f"on {device.type} → training in {'bf16' if p['bf16'] else 'float32'} "
+                     f"(bf16 needs ≥ {accel.AUTO_MIN_SPEEDUP}×); validation and evaluation stay float32")
 
     def _estimate(self, seq, method, device) -> Optional[dict]:
         """Measure the training pass rate on this device and print what the run will cost."""

@@ -35,3 +35,16 @@ def test_attack_pass_counts():
     assert attack_passes("pgd10", 10) == 11 and attack_passes("fgsm", 2) == 2
     assert attack_passes("aa", 2) < attack_passes("aa", 10)  # APGD-T needs C ≥ 4
     assert attack_passes("certified", 10) == 0
+
+
+def test_estimate_only_prints_the_estimate_and_writes_nothing(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cmat.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["run", "--tasks", "toy-2task", "--epochs", "2", "--estimate-only",
+                                    "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert "estimate on cpu" in res.output and "task 1: individual 2 ep, train 2 ep" in res.output
+    assert list(tmp_path.iterdir()) == []
