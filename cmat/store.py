@@ -84,7 +84,7 @@ def write_masks(group: h5py.Group, net) -> None:
         for i, m in enumerate(layers):
             if tid in m.bits:
                 out, inp = m.shapes[tid]
-                sel = m.bits[tid][:out, :inp][_selectable(m, tid)].cpu().numpy()
+                sel = m.mask_bits(tid)[:out, :inp][_selectable(m, tid)].cpu().numpy()
                 ds = write_array(tg, str(i), np.packbits(sel))
                 ds.attrs["count"] = int(sel.size)
 
@@ -110,7 +110,7 @@ def read_masks(group: h5py.Group, net) -> None:
             out, inp = m.shapes[tid]
             view = full[:out, :inp]
             view[sel] = torch.from_numpy(bits)
-            m.bits[tid] = full
+            m.set_bits(tid, full)
 
 
 def save_run(path, method, seq, cfg, extra=None) -> Path:

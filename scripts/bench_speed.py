@@ -106,7 +106,7 @@ def _masked_and_plain(args, size):
     masked.prune_owned(0, 0.5)
     masked.add_task(1, 10, mean, std, 1.0)
     for m in masked.masked_layers():
-        m.bits[2] = torch.rand(m.weight.shape) < 0.5
+        m.set_bits(2, torch.rand(m.weight.shape) < 0.5)
     masked.eval()
     plain = MultiHeadNet(args.arch, 3, size, [10], [mean], [std], width=args.width).eval()
     mlayers = masked.masked_layers()
@@ -273,7 +273,7 @@ def bench_store(args) -> dict:
             net.prune_owned(t, 1 - 1 / (tasks - t))  # leave room for the remaining tasks
         if t > 0:
             for m in net.masked_layers():
-                m.bits[t + 1] = torch.rand(m.weight.shape) < 0.5
+                m.set_bits(t + 1, torch.rand(m.weight.shape) < 0.5)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "s.h5"
         with h5py.File(path, "w") as f:

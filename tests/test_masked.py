@@ -139,7 +139,7 @@ def test_masked_store_round_trip_with_bitpacking(tmp_path):
     for a, b in zip(net.masked_layers(), rebuilt.masked_layers()):
         assert torch.equal(a.owner, b.owner)
         sel = (a.owner > 0) & (a.owner < 2)
-        assert torch.equal(a.bits[2] & sel, b.bits[2])
+        assert torch.equal(a.mask_bits(2) & sel, b.mask_bits(2))
     for t in (0, 1):
         assert torch.equal(net(x, t), rebuilt(x, t))
     # packed over selectable positions only: far fewer bytes than one byte per weight

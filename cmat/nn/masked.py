@@ -14,15 +14,17 @@ Gradient rules, by construction: the gradient of ``W`` is non-zero only where ``
 weights enter through ``W.detach()``), so earlier tasks' weights and released weights never
 move; weight decay is applied by the method on owned weights only.
 
-Evaluation mode computes the effective weight without a graph and caches it per task, keyed
-by the versions of the weight, the owner tensor and the masks, so the K iterations of an attack
-and a whole evaluation cost what a plain layer costs. Stored weights are never mutated to
-evaluate a task.
+Evaluation mode computes the effective weight without a graph and caches it (for the task used
+last), keyed by the versions of the weight, the owner tensor and the masks, so the K iterations
+of an attack and a whole evaluation cost what a plain layer costs. Stored weights are never
+mutated to evaluate a task. Finished tasks' binary piggyback masks are kept bit-packed in host
+memory (:class:`PackedBits`), so memory grows by 1 bit per weight and task, not 1 byte.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.fx  # noqa: F401  (is_fx_tracing)
 import torch.nn.functional as F
@@ -30,6 +32,23 @@ from torch import nn
 
 PIGGY_THRESHOLD = 5e-3
 PIGGY_INIT = 1e-2
+
+
+class PackedBits:
+    """A bool tensor kept bit-packed (``np.packbits``, 1 bit per entry) in host memory. A task's
+    binarised piggyback mask spans the whole weight: unpacked, 20 tasks of the width-1.5 VGG16
+    held ~1 GB (measured growth 48 MB per task); packed, 120 MB."""
+
+    __slots__ = ("packed", "shape")
+
+    def __init__(self, mask: torch.Tensor):
+        self.shape = tuple(mask.shape)
+        self.packed = np.packbits(mask.detach().to("cpu", torch.bool).numpy().reshape(-1))
+
+    def unpack(self, device=None) -> torch.Tensor:
+        n = int(np.prod(self.shape))
+        bits = torch.from_numpy(np.unpackbits(self.packed, count=n).view(np.bool_)).reshape(self.shape)
+        return bits if device is None else bits.to(device)
 
 
 def _tracing() -> bool:
@@ -78,7 +97,7 @@ class MaskedLayer(nn.Module):
         self.fixed_out = False
         self.register_buffer("owner", torch.zeros(self.weight.shape, dtype=torch.int16), persistent=False)
         self.piggy = nn.ParameterDict()          # real-valued masks of the task being trained
-        self.bits: dict = {}                      # t -> bool tensor (binarised piggyback masks)
+        self.bits: dict = {}                      # t -> PackedBits (binarised piggyback masks)
         self.biases = nn.ParameterDict() if has_bias else None
         self.shapes: dict = {}                    # t -> (out_t, in_t)
         self.task = 0
@@ -140,9 +159,9 @@ class MaskedLayer(nn.Module):
         self.weight = nn.Parameter(new_w)
         self.owner = new_o
         for k, b in list(self.bits.items()):
-            nb = torch.zeros(shape, dtype=torch.bool, device=b.device)
-            nb[:o0, :i0] = b
-            self.bits[k] = nb
+            nb = torch.zeros(shape, dtype=torch.bool)
+            nb[:o0, :i0] = b.unpack()
+            self.bits[k] = PackedBits(nb)
         for k, p in list(self.piggy.items()):
             npg = torch.full(shape, PIGGY_INIT, device=p.device)
             with torch.no_grad():
@@ -157,12 +176,19 @@ class MaskedLayer(nn.Module):
     def finish_piggyback(self, t: int) -> None:
         """Binarise task t's real mask into ``bits[t]`` and drop the real-valued copy."""
         m = self.piggy.pop(str(t))
-        self.bits[t] = (m.detach() > PIGGY_THRESHOLD)
+        self.set_bits(t, m.detach() > PIGGY_THRESHOLD)
+
+    def set_bits(self, t: int, mask: torch.Tensor) -> None:
+        """Task t's binary piggyback mask (bool, the weight's shape), stored bit-packed."""
+        self.bits[t] = PackedBits(mask)
         self._mask_version += 1
 
+    def mask_bits(self, t: int) -> torch.Tensor:
+        """Task t's binary piggyback mask, unpacked on the weight's device."""
+        return self.bits[t].unpack(self.weight.device)
+
     def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        self.bits = {k: fn(v) for k, v in self.bits.items()}
+        super()._apply(fn, recurse)  # packed masks stay in host memory; unpacked on the weight's device
         self._cache = {}
         self._region_cache = {}
         self._owned_cache = {}
@@ -191,7 +217,7 @@ class MaskedLayer(nn.Module):
         if key in self.piggy:
             return old & (self.piggy[key].detach()[:out, :inp] > PIGGY_THRESHOLD)
         if t in self.bits:
-            return old & self.bits[t][:out, :inp]
+            return old & self.mask_bits(t)[:out, :inp]
         return old
 
     def effective_weight(self, t: int) -> torch.Tensor:
