@@ -102,8 +102,9 @@ class Trainer:
         self.val_attack = PGD(eps=cfg.threat.eps, alpha=sound_alpha(cfg.threat.eps, cfg.threat.alpha, 10), steps=10)
         self.global_step = 0
         self.grad_evals = 0  # training forward+backward passes per image, attack steps included
-        self.steps = 0  # optimiser steps taken, and the wall seconds they took (validation excluded)
+        self.steps = 0  # optimiser steps taken, and the wall / process-CPU seconds they took (validation excluded)
         self.step_seconds = 0.0
+        self.step_cpu_seconds = 0.0
         self.val_seconds = 0.0  # validation (clean + PGD-10: model selection, CMAT's decisions) wall seconds
         self.bf16 = accel.bf16_mode(cfg.accel.bf16) == "on"  # Run resolves ``auto`` by measuring
         self.label = ""      # e.g. "packnet s0 " under cmat bench: names the run on progress bars
@@ -156,7 +157,7 @@ class Trainer:
             gen = generator(self.cfg.seed, tag, t, epoch)
             attack_gen = gen if self.dist is None else self.dist.attack_generator(self.cfg.seed, tag, t, epoch)
             tot_loss, tot_correct, tot_n = 0.0, 0, 0
-            epoch_start = time.perf_counter()
+            epoch_start, epoch_cpu = time.perf_counter(), time.process_time()
             for x, y in batches(task.train, tc.batch_size, gen, self.device):
                 scale, n_global = 1.0, len(y)
                 if self.dist is not None:  # every rank draws the global batch, trains on its shard
@@ -186,6 +187,7 @@ class Trainer:
                 tot_correct += int((logits.detach().argmax(1) == y).sum())
                 tot_n += len(y)
             self.step_seconds += time.perf_counter() - epoch_start
+            self.step_cpu_seconds += time.process_time() - epoch_cpu
             val = self.validate(model, task, t)
             row = {"epoch": epoch, "loss": tot_loss / max(tot_n, 1), "acc": tot_correct / max(tot_n, 1),
                    "val_clean": val["clean"], "val_robust": val["robust"]}
@@ -219,11 +221,14 @@ def peak_rss_mb() -> float:
 def task_cost(trainer: "Trainer", before: tuple) -> dict:
     """What training one task cost, from the trainer's counters before (``before``) and now:
     wall seconds, optimiser steps and their seconds (``step_seconds`` = seconds per step,
-    validation excluded), validation seconds and forward+backward passes (``grad_evals``)."""
-    t0, steps, step_s, val_s, passes = before
+    validation excluded; ``step_cpu_seconds`` the same in process CPU time, which time spent
+    descheduled on a shared machine does not inflate), validation seconds and forward+backward
+    passes (``grad_evals``)."""
+    t0, steps, step_s, val_s, passes, step_cpu = before
     n = trainer.steps - steps
     return {"train_seconds": time.perf_counter() - t0, "steps": n,
             "step_seconds": (trainer.step_seconds - step_s) / max(n, 1),
+            "step_cpu_seconds": (trainer.step_cpu_seconds - step_cpu) / max(n, 1),
             "val_seconds": trainer.val_seconds - val_s, "grad_evals": trainer.grad_evals - passes}
 
 
@@ -380,14 +385,15 @@ class Run:
             task = seq[t]
             self.say(f"task {t + 1}/{len(seq)}: {task.name} ({task.num_classes} classes, "
                      f"{len(task.train)} train / {len(task.val)} val / {len(task.test)} test)")
-            before = (time.perf_counter(), trainer.steps, trainer.step_seconds, trainer.val_seconds, trainer.grad_evals)
+            before = (time.perf_counter(), trainer.steps, trainer.step_seconds, trainer.val_seconds, trainer.grad_evals,
+                      trainer.step_cpu_seconds)
             method.before_task(t, task)
             method.train_task(t, task, trainer)
             method.after_task(t, task)
             cost = task_cost(trainer, before)
             row = {name: [] for name in columns}
             full_row, final = [], []
-            eval_start = time.time()
+            eval_start, eval_cpu = time.time(), time.process_time()
             bar = tqdm(total=(t + 1) * (len(attacks) - 1), desc=f"{trainer.task_label(t)} eval", leave=False,
                        disable=not (self.progress and self.is_main), unit="attack")
             for j in range(t + 1):
@@ -423,6 +429,7 @@ class Run:
             bar.close()
             eval_spent += time.time() - eval_start
             cost["eval_seconds"] = time.time() - eval_start
+            cost["eval_cpu_seconds"] = time.process_time() - eval_cpu
             for name in columns:
                 acc[name].append(row[name])
             clean_full.append(full_row)

@@ -4,11 +4,15 @@
     python scripts/bench_cost.py --out runs/cost --only rehearsal  # one part
     python scripts/bench_cost.py --out runs/cost --quick           # toy-sized smoke run (minutes)
 
+Parts run at different times merge into ``OUT/bench_cost.json``; ``OUT/bench_cost.md`` is its
+table with the goals of issue [12] (what docs/benchmarks.md includes).
+
 Every part drives the ``cmat`` command line a user runs, into ``OUT/<part>/``, and reads the
 numbers back from the result files (finished runs are reused, like ``cmat bench``):
 
-``compute``: ``cmat bench --tasks digits-5split --methods at-individual,cmat --seeds 0`` (the
-bench trains at-individual first and CMAT reads its goals from it).
+``compute``: ``cmat bench --tasks digits-5split --methods at-individual,cmat --seeds 0,1`` (the
+bench trains at-individual first and CMAT reads its goals from it); ratios are per seed and
+their mean is the headline.
 ``cmat_vs_individual_compute`` = CMAT's training forward+backward passes (attack steps
 included, ``cost.grad_evals``) / at-individual's; ``cmat_vs_individual_seconds`` the same for
 training seconds; ``cmat_minus_individual_worst`` = CMAT's average worst-case robust accuracy
@@ -20,7 +24,9 @@ synthetic CIFAR-100 files, ``--train-samples`` images per task and one epoch per
 evaluation runs ``clean, fgsm, pgd10, pgd40`` (AutoAttack's cost depends on how many images
 the model keeps robust, a property of the model, not of the task count). From
 ``results.json → cost.per_task``: ``task_cost_growth`` = training seconds per step of task 20 /
-task 1, ``eval_cost_growth`` = evaluation seconds after task 20 / after task 1, ``rss_growth``
+task 1, ``eval_cost_growth`` = evaluation seconds after task 20 / after task 1 (both in process
+CPU time, which a machine shared with other jobs does not inflate; ``*_wall`` the same in wall
+seconds), ``rss_growth``
 = peak RSS after task 20 / after task 1, and the store bytes per task (``rehearsal.csv``,
 ``rehearsal.png``).
 
@@ -64,15 +70,23 @@ def part_compute(args) -> dict:
     out = args.out / "compute"
     tasks = "toy-2task" if args.quick else "digits-5split"
     extra = ["--epochs", "2"] if args.quick else []
-    cmat("bench", "--tasks", tasks, "--methods", "at-individual,cmat", "--seeds", str(args.seed), "--out", str(out),
-         *extra, *args.progress)
-    ind, cm = results(out / f"at-individual-s{args.seed}"), results(out / f"cmat-s{args.seed}")
-    return {"cmat_vs_individual_compute": cm["cost"]["grad_evals"] / ind["cost"]["grad_evals"],
-            "cmat_vs_individual_seconds": cm["cost"]["train_seconds"] / ind["cost"]["train_seconds"],
-            "cmat_minus_individual_worst": worst(cm) - worst(ind),
-            "cmat_worst": worst(cm), "individual_worst": worst(ind),
+    seeds = args.seeds
+    cmat("bench", "--tasks", tasks, "--methods", "at-individual,cmat", "--seeds", ",".join(map(str, seeds)),
+         "--out", str(out), *extra, *args.progress)
+    per_seed = {}
+    for seed in seeds:
+        ind, cm = results(out / f"at-individual-s{seed}"), results(out / f"cmat-s{seed}")
+        per_seed[seed] = {
+            "compute": cm["cost"]["grad_evals"] / ind["cost"]["grad_evals"],
+            "seconds": cm["cost"]["train_seconds"] / ind["cost"]["train_seconds"],
+            "worst_delta": worst(cm) - worst(ind), "cmat_worst": worst(cm), "individual_worst": worst(ind),
             "cmat_grad_evals": cm["cost"]["grad_evals"], "individual_grad_evals": ind["cost"]["grad_evals"],
-            "cmat_train_seconds": cm["cost"]["train_seconds"], "individual_train_seconds": ind["cost"]["train_seconds"]}
+            "cmat_final_width": cm["decisions"]["tasks"][-1]["width"]}
+    mean = lambda key: sum(v[key] for v in per_seed.values()) / len(per_seed)  # noqa: E731
+    bench = json.loads((out / "bench.json").read_text())
+    return {"cmat_vs_individual_compute": mean("compute"), "cmat_vs_individual_seconds": mean("seconds"),
+            "cmat_minus_individual_worst": mean("worst_delta"),
+            "compute_seeds": seeds, "compute_per_seed": per_seed, "compute_mcnemar": bench["mcnemar"]}
 
 
 # ----- rehearsal ----------------------------------------------------------------------------
@@ -91,21 +105,31 @@ def part_rehearsal(args) -> dict:
              "--train-samples", str(args.train_samples), "--epochs", "1", "--attacks", "clean,fgsm,pgd10,pgd40",
              "--set", f"threads={args.threads}", "--out", str(run), *args.progress)
     per_task = results(run)["cost"]["per_task"]
-    keys = ("train_seconds", "steps", "step_seconds", "val_seconds", "grad_evals", "eval_seconds",
-            "checkpoint_seconds", "peak_rss_mb", "store_bytes")
+    keys = ("train_seconds", "steps", "step_seconds", "step_cpu_seconds", "val_seconds", "grad_evals", "eval_seconds",
+            "eval_cpu_seconds", "checkpoint_seconds", "peak_rss_mb", "store_bytes")
     with open(out / "rehearsal.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["task", *keys])
         for t, c in enumerate(per_task):
             w.writerow([t + 1, *(c.get(k, "") for k in keys)])
     plot_rehearsal(per_task, out / "rehearsal.png")
+    md = ["| task | steps | CPU s / step (wall) | validation s | evaluation CPU s (wall) | checkpoint s | peak RSS MiB | "
+          "store MiB |", "|---|---|---|---|---|---|---|---|"]
+    for t, c in enumerate(per_task):
+        ck = f"{c['checkpoint_seconds']:.1f}" if "checkpoint_seconds" in c else "— (final store)"
+        md.append(f"| {t + 1} | {c['steps']} | {c['step_cpu_seconds']:.2f} ({c['step_seconds']:.2f}) | {c['val_seconds']:.1f} | "
+                  f"{c['eval_cpu_seconds']:.1f} ({c['eval_seconds']:.1f}) | "
+                  f"{ck} | {c['peak_rss_mb']:.0f} | {c['store_bytes'] / 2 ** 20:.1f} |")
+    (out / "rehearsal.md").write_text("\n".join(md) + "\n")
     first, last = per_task[0], per_task[-1]
-    return {"task_cost_growth": last["step_seconds"] / first["step_seconds"],
-            "eval_cost_growth": last["eval_seconds"] / first["eval_seconds"],
+    return {"task_cost_growth": last["step_cpu_seconds"] / first["step_cpu_seconds"],
+            "eval_cost_growth": last["eval_cpu_seconds"] / first["eval_cpu_seconds"],
+            "task_cost_growth_wall": last["step_seconds"] / first["step_seconds"],
+            "eval_cost_growth_wall": last["eval_seconds"] / first["eval_seconds"],
             "rss_growth": last["peak_rss_mb"] / first["peak_rss_mb"],
             "rehearsal_tasks": len(per_task),
-            "rehearsal_step_seconds": [round(c["step_seconds"], 3) for c in per_task],
-            "rehearsal_eval_seconds": [round(c["eval_seconds"], 2) for c in per_task],
+            "rehearsal_step_cpu_seconds": [round(c["step_cpu_seconds"], 3) for c in per_task],
+            "rehearsal_eval_cpu_seconds": [round(c["eval_cpu_seconds"], 2) for c in per_task],
             "rehearsal_peak_rss_mb": [round(c["peak_rss_mb"], 1) for c in per_task],
             "rehearsal_store_mb": [round(c["store_bytes"] / 2 ** 20, 2) for c in per_task if "store_bytes" in c]}
 
@@ -115,15 +139,17 @@ def plot_rehearsal(per_task: list, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     tasks = list(range(1, len(per_task) + 1))
-    series = [("training s / step", "step_seconds", 1.0), ("evaluation s / task", "eval_seconds", 1.0),
+    series = [("training CPU s / step", "step_cpu_seconds", 1.0), ("evaluation CPU s / task", "eval_cpu_seconds", 1.0),
               ("peak RSS (MiB)", "peak_rss_mb", 1.0), ("store (MiB)", "store_bytes", 2.0 ** -20)]
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
     for ax, (label, key, scale) in zip(axes, series):
         xs = [t for t, c in zip(tasks, per_task) if key in c]
         ax.plot(xs, [per_task[t - 1][key] * scale for t in xs], marker="o", color="#1f77b4")
         ax.set_xlabel("task")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(label)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
@@ -136,7 +162,8 @@ def plot_rehearsal(per_task: list, path: Path) -> None:
 # ----- bf16 ---------------------------------------------------------------------------------
 def part_bf16(args) -> dict:
     base = args.out / "compute"
-    ind = base / f"at-individual-s{args.seed}"
+    seed = args.seeds[0]
+    ind = base / f"at-individual-s{seed}"
     if not (ind / "results.json").exists():
         part_compute(args)
     tasks = "toy-2task" if args.quick else "digits-5split"
@@ -145,7 +172,7 @@ def part_bf16(args) -> dict:
     for mode in ("off", "on"):
         run = args.out / "bf16" / f"cmat-bf16-{mode}"
         if not (run / "results.json").exists():
-            cmat("run", "--tasks", tasks, "--method", "cmat", "--seed", str(args.seed), "--out", str(run), *extra,
+            cmat("run", "--tasks", tasks, "--method", "cmat", "--seed", str(seed), "--out", str(run), *extra,
                  "--set", f"method_options.individual_run={ind}", "--set", f"accel.bf16={mode}", *args.progress)
         runs[mode] = results(run)
     from cmat import accel, config
@@ -162,22 +189,58 @@ def part_bf16(args) -> dict:
 
 
 PARTS = {"compute": part_compute, "rehearsal": part_rehearsal, "bf16": part_bf16}
+GOALS = {"cmat_vs_individual_compute": ("≤", 1.5), "cmat_minus_individual_worst": ("≥", -0.01),
+         "task_cost_growth": ("≤", 1.2), "eval_cost_growth": ("≤", 1.2), "rss_growth": ("≤", 1.2),
+         "bf16_worst_delta": ("≥", -0.01)}
+HEADLINE = ("cmat_vs_individual_compute", "cmat_vs_individual_seconds", "cmat_minus_individual_worst",
+            "task_cost_growth", "eval_cost_growth", "rss_growth", "bf16_speedup", "bf16_worst_delta", "bf16_auto_picks")
+
+
+def to_markdown(res: dict) -> str:
+    """The headline keys with their goals (issue [12]), as the table docs/benchmarks.md shows."""
+    lines = ["| key | value | goal |", "|---|---|---|"]
+    for key in HEADLINE:
+        if key not in res:
+            continue
+        v = res[key]
+        value = f"{v:+.4f}" if key.endswith(("_worst", "_delta")) else f"{v:.3f}" if isinstance(v, float) else str(v)
+        goal = ""
+        if key in GOALS:
+            op, bound = GOALS[key]
+            met = v <= bound if op == "≤" else v >= bound
+            goal = f"{op} {bound:g}: {'met' if met else '**not met**'}"
+        lines.append(f"| `{key}` | {value} | {goal} |")
+    if "compute_per_seed" in res:
+        lines += ["", "| seed | CMAT / at-individual passes | seconds | worst: CMAT − at-individual (CMAT, at-individual) | CMAT final width |",
+                  "|---|---|---|---|---|"]
+        for seed, v in res["compute_per_seed"].items():
+            lines.append(f"| {seed} | {v['compute']:.3f} ({v['cmat_grad_evals']:,} / {v['individual_grad_evals']:,}) | "
+                         f"{v['seconds']:.2f} | {v['worst_delta']:+.4f} ({v['cmat_worst']:.4f}, {v['individual_worst']:.4f}) | "
+                         f"{v['cmat_final_width']:g} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/bench-cost"))
     p.add_argument("--only", choices=sorted(PARTS), action="append", help="run only these parts (repeatable)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1],
+                   help="compute part: comma-separated seeds (default 0,1); bf16 uses the first")
     p.add_argument("--train-samples", type=int, default=32, help="rehearsal: training images per task")
     p.add_argument("--threads", type=int, default=1, help="rehearsal: torch threads")
     p.add_argument("--quick", action="store_true", help="toy-sized smoke run")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=["--no-progress"], default=[])
     args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    merged_path = args.out / "bench_cost.json"  # parts run at different times merge into one file
+    merged = json.loads(merged_path.read_text()) if merged_path.exists() else {}
     out = {}
     for name in args.only or list(PARTS):
         out.update(PARTS[name](args))
+    merged.update(json.loads(json.dumps(out)))  # JSON keys (seeds) as strings, like the file's
+    merged_path.write_text(json.dumps(merged, indent=1))
+    (args.out / "bench_cost.md").write_text(to_markdown(merged))
     if args.json:
         print(json.dumps(out, indent=1))
     else:

@@ -106,7 +106,8 @@ def test_per_task_cost_adds_up(tmp_path):
     assert sum(c["grad_evals"] for c in per_task) == res["cost"]["grad_evals"] == 2 * 1080
     batch = quick_config().train.batch_size
     assert [c["steps"] for c in per_task] == [-(-1080 // batch)] * 2
-    assert all(c["step_seconds"] > 0 and c["val_seconds"] > 0 and c["eval_seconds"] > 0 for c in per_task)
+    keys = ("step_seconds", "step_cpu_seconds", "val_seconds", "eval_seconds", "eval_cpu_seconds")
+    assert all(c[k] > 0 for c in per_task for k in keys)
     assert per_task[0]["peak_rss_mb"] <= per_task[1]["peak_rss_mb"]  # a high-water mark
     assert per_task[-1]["store_bytes"] == res["cost"]["store_bytes"] and per_task[0]["store_bytes"] > 0
 
