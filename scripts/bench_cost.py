@@ -179,7 +179,7 @@ def part_bf16(args) -> dict:
     from cmat.engine import resolve_device
     from tasks import tasks_for_config
 
-    cfg = config.load_config(tasks=tasks, overrides={"accel.bf16": "auto"})
+    cfg = config.resolve(tasks, overrides={"accel": {"bf16": "auto"}, "method": "cmat"})
     seq = tasks_for_config(cfg)
     choice = accel.resolve_bf16(cfg, seq[0], resolve_device("cpu"), masked=True)
     fp32, bf16 = runs["off"], runs["on"]
