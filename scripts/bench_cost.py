@@ -30,9 +30,10 @@ seconds), ``rss_growth``
 = peak RSS after task 20 / after task 1, and the store bytes per task (``rehearsal.csv``,
 ``rehearsal.png``).
 
-``bf16``: the digits CMAT run (goals from the ``compute`` part's at-individual) in float32 and
-with ``accel.bf16=on``: ``bf16_speedup`` = float32 training seconds / bf16 training seconds,
-``bf16_worst_delta`` = bf16 worst-case robust accuracy − float32's; ``bf16_auto_picks`` = what
+``bf16``: the digits CMAT runs (goals from the ``compute`` part's at-individual, every seed) in
+float32 and with ``accel.bf16=on``: ``bf16_speedup`` = float32 training seconds / bf16 training
+seconds, ``bf16_worst_delta`` = bf16 worst-case robust accuracy − float32's (means over seeds;
+``bf16_mcnemar``: the exact paired test, pooled); ``bf16_auto_picks`` = what
 ``accel.bf16=auto`` chooses on this machine for that configuration.
 """
 from __future__ import annotations
@@ -161,30 +162,44 @@ def plot_rehearsal(per_task: list, path: Path) -> None:
 
 # ----- bf16 ---------------------------------------------------------------------------------
 def part_bf16(args) -> dict:
+    import numpy as np
+
+    from cmat.metrics import mcnemar_exact
+    from cmat.outcomes import read_outcomes
+
     base = args.out / "compute"
-    seed = args.seeds[0]
-    ind = base / f"at-individual-s{seed}"
-    if not (ind / "results.json").exists():
+    if not all((base / f"at-individual-s{seed}" / "results.json").exists() for seed in args.seeds):
         part_compute(args)
     tasks = "toy-2task" if args.quick else "digits-5split"
     extra = ["--epochs", "2"] if args.quick else []
-    runs = {}
-    for mode in ("off", "on"):
-        run = args.out / "bf16" / f"cmat-bf16-{mode}"
-        if not (run / "results.json").exists():
-            cmat("run", "--tasks", tasks, "--method", "cmat", "--seed", str(seed), "--out", str(run), *extra,
-                 "--set", f"method_options.individual_run={ind}", "--set", f"accel.bf16={mode}", *args.progress)
-        runs[mode] = results(run)
+    per_seed, outcomes = {}, {"off": [], "on": []}
+    for seed in args.seeds:
+        runs = {}
+        for mode in ("off", "on"):
+            run = args.out / "bf16" / f"cmat-bf16-{mode}-s{seed}"
+            if not (run / "results.json").exists():
+                cmat("run", "--tasks", tasks, "--method", "cmat", "--seed", str(seed), "--out", str(run), *extra,
+                     "--set", f"method_options.individual_run={base / f'at-individual-s{seed}'}",
+                     "--set", f"accel.bf16={mode}", *args.progress)
+            runs[mode] = results(run)
+            outcomes[mode].append(np.concatenate(read_outcomes(run / "eval.h5")["correct"]["worst"]))
+        fp32, bf16 = runs["off"], runs["on"]
+        per_seed[seed] = {"speedup": fp32["cost"]["train_seconds"] / bf16["cost"]["train_seconds"],
+                          "worst_delta": worst(bf16) - worst(fp32), "bf16_worst": worst(bf16), "fp32_worst": worst(fp32)}
+    import torch
+
     from cmat import accel, config
     from cmat.engine import resolve_device
     from tasks import tasks_for_config
 
     cfg = config.resolve(tasks, overrides={"accel": {"bf16": "auto"}, "method": "cmat"})
-    seq = tasks_for_config(cfg)
-    choice = accel.resolve_bf16(cfg, seq[0], resolve_device("cpu"), masked=True)
-    fp32, bf16 = runs["off"], runs["on"]
-    return {"bf16_speedup": fp32["cost"]["train_seconds"] / bf16["cost"]["train_seconds"],
-            "bf16_worst_delta": worst(bf16) - worst(fp32), "bf16_worst": worst(bf16), "fp32_worst": worst(fp32),
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # as the run does
+    choice = accel.resolve_bf16(cfg, tasks_for_config(cfg)[0], resolve_device("cpu"), masked=True)
+    mean = lambda key: sum(v[key] for v in per_seed.values()) / len(per_seed)  # noqa: E731
+    test = mcnemar_exact(np.concatenate(outcomes["off"]), np.concatenate(outcomes["on"]))
+    return {"bf16_speedup": mean("speedup"), "bf16_worst_delta": mean("worst_delta"), "bf16_per_seed": per_seed,
+            "bf16_mcnemar": {**test, "a": "float32", "b": "bf16"},
             "bf16_auto_picks": "bf16" if choice["bf16"] else "float32", "bf16_auto_measured": choice}
 
 
@@ -210,6 +225,12 @@ def to_markdown(res: dict) -> str:
             met = v <= bound if op == "≤" else v >= bound
             goal = f"{op} {bound:g}: {'met' if met else '**not met**'}"
         lines.append(f"| `{key}` | {value} | {goal} |")
+    if "bf16_mcnemar" in res:
+        t = res["bf16_mcnemar"]
+        lines += ["", f"bf16 against float32, paired on the same {t['n']} test images × seeds: float32 only "
+                      f"{t['a_only']}, bf16 only {t['b_only']}, exact McNemar p = {t['p']:.3g}; per seed: "
+                      + ", ".join(f"s{k} speedup {v['speedup']:.2f}, Δworst {v['worst_delta']:+.4f}"
+                                  for k, v in res["bf16_per_seed"].items())]
     if "compute_per_seed" in res:
         lines += ["", "| seed | CMAT / at-individual passes | seconds | worst: CMAT − at-individual (CMAT, at-individual) | CMAT final width |",
                   "|---|---|---|---|---|"]
