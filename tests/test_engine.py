@@ -141,7 +141,7 @@ def test_the_end_of_run_check_catches_what_the_probe_missed(tmp_path, monkeypatc
     from cmat.evaluate import FrozenCheck
 
     _lying_method(monkeypatch)
-    monkeypatch.setattr(FrozenCheck, "unchanged", lambda self, model: True)
+    monkeypatch.setattr(FrozenCheck, "unchanged", lambda self, model, task_time=0: True)
     Run(quick_config(method="lying-frozen"), tmp_path, progress=False, verbose=True).execute()
     res = json.loads((tmp_path / "results.json").read_text())
     honest = finetune_run[1]
