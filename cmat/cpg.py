@@ -150,14 +150,17 @@ class CMAT(Method):
         phases = []
         if o["goal"] == "individual" and not o["individual_run"]:
             phases.append({"name": "individual", "epochs": epochs})
-        phases.append({"name": "train", "epochs": epochs})
+        # extra_validations: the goal checks after a phase (_metric), beside the per-epoch ones
+        goal_checks = 1 if o["goal"] == "individual" else 0
+        phases.append({"name": "train", "epochs": epochs, "extra_validations": 1 + goal_checks})
         grow_steps = int((float(o["max_width"]) - 1.0) / float(o["width_step"]) + 1e-9)
         if grow_steps:
-            phases.append({"name": "grow", "epochs": epochs, "expected_times": 0, "max_times": grow_steps})
+            phases.append({"name": "grow", "epochs": epochs, "expected_times": 0, "max_times": grow_steps,
+                           "extra_validations": 1})
         if o["compact_last"] or t < len(self.seq) - 1:
             levels = int(o["prune_levels"])
             phases.append({"name": "compact", "epochs": o["compact_epochs"] or max(1, epochs // 5),
-                           "expected_times": levels, "max_times": levels})
+                           "expected_times": levels, "max_times": levels, "extra_validations": 1})
         return phases
 
     def evaluations_of(self, j, n_tasks):

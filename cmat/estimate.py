@@ -5,7 +5,8 @@ image and step, attack steps included; ``cost.grad_evals`` counts the same unit)
 
 - takes each method's planned phases per task (:meth:`cmat.methods.Method.planned_phases`:
   name, epochs, and whether the phase may be skipped or repeated — CMAT's growth steps are an
-  upper bound, its compaction levels may stop early),
+  upper bound, its compaction levels may stop early — and validations beyond one per epoch,
+  such as CMAT's goal checks),
 - counts training passes = epochs × training images × objective passes, validation passes per
   epoch (clean forward ≈ ⅓ pass per image, PGD-10 = 11 passes per attacked image) and
   evaluation passes per task (FGSM 2, PGD-k k + 1, APGD 101 per clean-correct image; AutoAttack
@@ -110,7 +111,7 @@ def estimate(cfg, seq, method, device, pass_seconds: float) -> dict:
                            "train_passes": train * expected, "seconds": train * expected * pass_seconds})
             totals["train_passes"] += train * expected
             totals["train_passes_max"] += train * repeat_max
-            totals["val_passes"] += per_epoch_val * epochs * expected
+            totals["val_passes"] += per_epoch_val * (epochs + ph.get("extra_validations", 0)) * expected
         n_test = len(task.test) if cfg.eval.samples is None else min(cfg.eval.samples, len(task.test))
         eval_passes = n_test * (VAL_CLEAN_PASS + sum(attack_passes(a, task.num_classes) for a in cfg.eval.attacks
                                                     if a not in ("clean", "worst")))
@@ -122,9 +123,8 @@ def estimate(cfg, seq, method, device, pass_seconds: float) -> dict:
             "tasks": tasks, **totals, **sec,
             "total_seconds": sec["train_seconds"] + sec["val_seconds"] + sec["eval_seconds"],
             "total_seconds_max": sec["train_seconds_max"] + sec["val_seconds"] + sec["eval_seconds"],
-            "note": "pass rate measured on the method's kind of network (masked or plain); phase bookkeeping "
-                    "(CMAT's goal checks, checkpoints) is not counted; evaluation counts AutoAttack at its "
-                    "upper bound"}
+            "note": "pass rate measured on the method's kind of network (masked or plain); checkpoints and "
+                    "phase bookkeeping are not counted; evaluation counts AutoAttack at its upper bound"}
 
 
 def describe(est: dict) -> str:
