@@ -231,6 +231,10 @@ def to_markdown(res: dict) -> str:
                       f"{t['a_only']}, bf16 only {t['b_only']}, exact McNemar p = {t['p']:.3g}; per seed: "
                       + ", ".join(f"s{k} speedup {v['speedup']:.2f}, Δworst {v['worst_delta']:+.4f}"
                                   for k, v in res["bf16_per_seed"].items())]
+    if "compute_mcnemar" in res and "at-individual" in res["compute_mcnemar"]:
+        t = res["compute_mcnemar"]["at-individual"]["pooled"]
+        lines += ["", f"CMAT against at-individual, paired on the same {t['n']} test images × seeds (`worst`): CMAT only "
+                      f"{t['a_only']}, at-individual only {t['b_only']}, exact McNemar p = {t['p']:.3g}."]
     if "compute_per_seed" in res:
         lines += ["", "| seed | CMAT / at-individual passes | seconds | worst: CMAT − at-individual (CMAT, at-individual) | CMAT final width |",
                   "|---|---|---|---|---|"]
