@@ -1,7 +1,8 @@
 """Estimated and measured cost per preset: the table README shows (``docs/results/cost/``).
 
-    python scripts/cost_table.py --runs runs/cost/compute/cmat-s0 runs/cost/compute/at-individual-s0 \\
-        runs/cost/rehearsal/run --out docs/results/cost
+    python scripts/cost_table.py --runs "digits CMAT s0 (bench)=runs/cost/compute/cmat-s0" \\
+        "digits at-individual s0=runs/cost/compute/at-individual-s0" \\
+        "cifar100-20split rehearsal=runs/cost/rehearsal/run" --out docs/results/cost
 
 1. **Measured runs** (``--runs``): each run's ``results.json`` holds the estimate printed before
    it trained (``cost.estimate``) beside what it measured (``cost.grad_evals``, the per-task
@@ -101,7 +102,7 @@ def to_markdown(measured: list, presets: list, machine: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", nargs="*", default=[], type=Path, help="finished run directories")
+    ap.add_argument("--runs", nargs="*", default=[], help="finished run directories, each as LABEL=DIR or DIR")
     ap.add_argument("--presets", nargs="*", default=["toy-2task", "digits-5split", "cifar10-5split",
                                                      "cifar100-10split", "cifar100-20split"])
     ap.add_argument("--method", default="cmat")
@@ -109,13 +110,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/results/cost"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.runs:  # a new set of measured runs replaces the copied ones
+        shutil.rmtree(args.out / "runs", ignore_errors=True)
     (args.out / "runs").mkdir(exist_ok=True)
     measured = []
-    for d in args.runs:
-        name = f"{d.parent.name}/{d.name}" if d.parent.name not in ("", ".") else d.name
-        shutil.copyfile(d / "results.json", args.out / "runs" / (name.replace("/", "__") + ".json"))
+    for i, spec in enumerate(args.runs):
+        label, _, path = spec.rpartition("=")
+        d = Path(path)
+        label = label or d.name
+        shutil.copyfile(d / "results.json", args.out / "runs" / f"{i:02d} {label}.json")
     for f in sorted((args.out / "runs").glob("*.json")):
-        measured.append(measured_row(f.stem.replace("__", "/"), json.loads(f.read_text())))
+        measured.append(measured_row(f.stem.split(" ", 1)[1], json.loads(f.read_text())))
     with tempfile.TemporaryDirectory() as tmp:
         made = []
 
