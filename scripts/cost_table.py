@@ -114,13 +114,18 @@ def main() -> None:
         shutil.rmtree(args.out / "runs", ignore_errors=True)
     (args.out / "runs").mkdir(exist_ok=True)
     measured = []
-    for i, spec in enumerate(args.runs):
-        label, _, path = spec.rpartition("=")
-        d = Path(path)
-        label = label or d.name
-        shutil.copyfile(d / "results.json", args.out / "runs" / f"{i:02d} {label}.json")
-    for f in sorted((args.out / "runs").glob("*.json")):
-        measured.append(measured_row(f.stem.split(" ", 1)[1], json.loads(f.read_text())))
+    labels_path = args.out / "runs" / "labels.json"
+    if args.runs:
+        labels = {}
+        for i, spec in enumerate(args.runs):
+            label, _, path = spec.rpartition("=")
+            d = Path(path)
+            labels[f"{i:02d}.json"] = label or d.name
+            shutil.copyfile(d / "results.json", args.out / "runs" / f"{i:02d}.json")
+        labels_path.write_text(json.dumps(labels, indent=1))
+    labels = json.loads(labels_path.read_text()) if labels_path.exists() else {}
+    for name, label in sorted(labels.items()):
+        measured.append(measured_row(label, json.loads((args.out / "runs" / name).read_text())))
     with tempfile.TemporaryDirectory() as tmp:
         made = []
 
