@@ -400,9 +400,6 @@ class Run:
             # the rest reuse their evaluation until their turn or the end-of-run fingerprint check
             probe = set(sorted(frozen, key=lambda k: frozen[k].checked_after)[:FrozenCheck.PROBES_PER_TASK])
             for j in range(t + 1):
-                task_attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, seq[j].num_classes,
-                                             alphas=cfg.eval.alphas)
-
                 def status(name, j=j):
                     bar.set_postfix_str(f"task {j + 1} {seq[j].name}: {name}")
                     bar.update(1)
@@ -410,15 +407,14 @@ class Run:
                 model = method.model_for(j)
                 if j in frozen and (j not in probe or frozen[j].unchanged(model, t)):
                     res = previous[j]  # declared frozen (and, when probed, the same logits bit for bit)
-                    bar.update(len(task_attacks) - 1)
+                    bar.update(len(attacks) - 1)
                 else:
                     key = (j, model_fingerprint(model))
                     if key in cache:  # unchanged since its last evaluation: the same bits, no attacks
                         res = cache[key]
-                        bar.update(len(task_attacks) - 1)
+                        bar.update(len(attacks) - 1)
                     else:
-                        res = evaluate_task(model, seq[j].test, task_attacks, seq[j].num_classes, cfg.seed, j,
-                                            cfg.eval.samples, cfg.eval.batch_size, device, progress=status)
+                        res = self._evaluate(seq, j, model, device, progress=status)
                         cache = {k: v for k, v in cache.items() if v is not previous.get(j)}
                         cache[key], previous[j] = res, res
                     if method.evaluations_of(j, len(seq)) == 1:  # the method declares j frozen from now on
@@ -455,9 +451,7 @@ class Run:
             if check.evaluated_after < len(seq) - 1 and model_fingerprint(method.model_for(j)) != check.fingerprint:
                 self.say(f"warning: task {j + 1}'s model changed after its evaluation although {cfg.method} declares "
                          "it frozen; re-evaluating it for the final row")
-                res = evaluate_task(method.model_for(j), seq[j].test, build_attacks(
-                    cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, seq[j].num_classes, alphas=cfg.eval.alphas),
-                    seq[j].num_classes, cfg.seed, j, cfg.eval.samples, cfg.eval.batch_size, device)
+                res = self._evaluate(seq, j, method.model_for(j), device)
                 final[j] = res
                 for name in columns:
                     acc[name][-1][j] = res[name]["acc"]
@@ -498,6 +492,14 @@ class Run:
         (self.out / "checkpoint.h5").unlink(missing_ok=True)
         self._figure(logger, acc, seq.task_names)
         return results
+
+    def _evaluate(self, seq, j: int, model, device, progress=None) -> dict:
+        """Task j's model under every configured attack (the attacks sized to j's head)."""
+        cfg = self.cfg
+        task_attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, seq[j].num_classes,
+                                     alphas=cfg.eval.alphas)
+        return evaluate_task(model, seq[j].test, task_attacks, seq[j].num_classes, cfg.seed, j, cfg.eval.samples,
+                             cfg.eval.batch_size, device, progress=progress)
 
     @staticmethod
     def _summary(mat, correct_per_task) -> dict:

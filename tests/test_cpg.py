@@ -1,6 +1,5 @@
 """CMAT (compact–pick–grow + AT) and PackNet on toy-2task: exact zero forgetting, picking,
 released capacity, growth, resume."""
-import json
 
 import pytest
 import torch

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 import cmat
 from cmat.evaluate import build_attacks, evaluate_task
