@@ -20,9 +20,8 @@ import torch.nn.functional as F
 
 from cmat.errors import CmatError
 from cmat.methods import Method, option, register
-from cmat.nn.backbones import MultiHeadNet
 from cmat.nn.beta_bernoulli import PRUNE_AT, BetaBernoulliMask
-
+from cmat.nn.multihead import MultiHeadNet
 
 SUPPORTED_OBJECTIVES = ("standard", "pgd", "fast")  # the ones whose attack the ANP-VS loss can use
 

@@ -13,6 +13,6 @@ def load(run_dir):
 
 
 def get_tasks(name, data_root=None, download=False, **kwargs):
-    from tasks import get_tasks as _get_tasks
+    from cmat.tasks import get_tasks as _get_tasks
 
     return _get_tasks(name, data_root=data_root, download=download, **kwargs)

@@ -21,10 +21,13 @@ import numpy as np
 import yaml
 
 from cmat import config as config_mod
-from cmat.engine import Run, atomic_write_text
+from cmat.atomic import atomic_write_text
+from cmat.catalog import method_class
+from cmat.engine import Run
 from cmat.errors import CmatError
-from cmat.methods import method_class
 from cmat.metrics import mcnemar_exact
+from cmat.outcomes import read_outcomes
+from cmat.tasks import tasks_for_config
 
 ORDER = ("clean", "fgsm", "pgd10", "pgd40", "apgd-ce", "apgd-t", "aa", "worst", "certified")
 LABELS = {"clean": "clean", "fgsm": "FGSM", "pgd10": "PGD-10", "pgd40": "PGD-40", "apgd-ce": "APGD-CE",
@@ -32,7 +35,9 @@ LABELS = {"clean": "clean", "fgsm": "FGSM", "pgd10": "PGD-10", "pgd40": "PGD-40"
 ALPHA = 0.05  # significance level of the paired tests
 
 
-def _reusable(run_dir: Path, cfg) -> bool:
+def reusable_run(run_dir: Path, cfg) -> bool:
+    """Whether ``run_dir`` holds a finished run (results.json, config.yaml, eval.h5) of exactly
+    the configuration ``cfg`` — then a bench or study reuses it instead of training again."""
     if not all((run_dir / f).exists() for f in ("results.json", "config.yaml", "eval.h5")):
         return False
     stored = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -57,7 +62,7 @@ def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True) -> dic
             if m == "cmat" and "at-individual" in methods and _goal_from_individual(cfg):
                 cfg.method_options = {**cfg.method_options, "individual_run": str(out / f"at-individual-s{seed}")}
             run_dir = out / f"{m}-s{seed}"
-            if _reusable(run_dir, cfg):
+            if reusable_run(run_dir, cfg):
                 if verbose:
                     print(f"[{m} s{seed}] reusing the finished run in {run_dir}")
                 runs.append(json.loads((run_dir / "results.json").read_text()))
@@ -92,8 +97,6 @@ def _check_options(base_cfg, methods) -> None:
     """Build every method once (CPU, untrained) so an invalid ``method_options`` value fails with
     one line before the first method trains, not after it."""
     import torch
-
-    from tasks import tasks_for_config
 
     seq = tasks_for_config(base_cfg)
     for m in methods:
@@ -131,8 +134,6 @@ def paired_tests(out: Path, methods, seeds, reference: str, column: str = "worst
     """Exact McNemar test of each method against ``reference`` on the per-image ``column``
     outcomes, pooled over tasks and seeds (pairs = the same test image, task and seed), plus
     one test per seed. Runs whose evaluated images differ cannot be paired (an error)."""
-    from cmat.outcomes import read_outcomes
-
     def bits(m, seed):
         o = read_outcomes(out / f"{m}-s{seed}" / "eval.h5")
         if column not in o["correct"]:

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import yaml
 
 from cmat.errors import CmatError
+from cmat.nn.backbones import ARCHS
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -257,6 +258,15 @@ SEED_LIMIT = 2 ** 63
 COUNT_LIMIT = 10 ** 7  # epochs, batch sizes, steps: anything larger is a typo, not a plan
 
 
+def bf16_mode(value) -> Optional[str]:
+    """``off``, ``on`` or ``auto`` from a config value (YAML booleans included); None if invalid."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).strip().lower()
+    return {"true": "on", "on": "on", "yes": "on", "1": "on", "false": "off", "off": "off", "no": "off",
+            "0": "off", "auto": "auto"}.get(text)
+
+
 def _in_range(where: str, value, lo, hi, lo_open: bool = False, hi_open: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
@@ -268,15 +278,11 @@ def _in_range(where: str, value, lo, hi, lo_open: bool = False, hi_open: bool = 
 def validate(cfg: RunConfig) -> None:
     """Every value a user can set, checked before anything is written; each failure raises a
     one-line :class:`CmatError` naming the key and the valid range."""
-    from cmat.nn.backbones import ARCHS
-
     _in_range("threat.eps", cfg.threat.eps, 0, 1)
     _in_range("threat.alpha", cfg.threat.alpha, 0, 1, lo_open=True)
     if cfg.model.arch not in ARCHS:
         raise CmatError(f"model.arch must be one of {', '.join(sorted(ARCHS))}, got {cfg.model.arch!r}")
     _in_range("model.width", cfg.model.width, 0, 16, lo_open=True)
-    from cmat.accel import bf16_mode
-
     mode = bf16_mode(cfg.accel.bf16)
     if mode is None:
         raise CmatError(f"accel.bf16 must be off, on or auto, got {cfg.accel.bf16!r}")

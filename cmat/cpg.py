@@ -44,6 +44,7 @@ from tqdm import tqdm
 from cmat.errors import CmatError
 from cmat.methods import Method, option, register
 from cmat.nn.masked import MaskedMultiHeadNet
+from cmat.store import load as load_run
 
 DEFAULTS = {"goal": "individual", "tolerance": 0.02, "tolerance_samples": 1, "max_width": 1.5,
             "width_step": 0.5, "max_sparsity": 0.9, "prune_levels": 5, "compact_epochs": None, "mask_lr": 5e-4,
@@ -204,10 +205,8 @@ class CMAT(Method):
         if isinstance(goal, (int, float)):
             return float(goal)
         if self.opts["individual_run"]:
-            import cmat
-
             if self._individual is None:
-                self._individual = cmat.load(self.opts["individual_run"])
+                self._individual = load_run(self.opts["individual_run"])
             if t >= len(self._individual.task_names):
                 raise CmatError(f"individual_run {self.opts['individual_run']} has no task {t}")
             return self._metric(t, task, trainer, self._individual.model(t).to(self.device))

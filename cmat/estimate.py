@@ -18,17 +18,25 @@ image and step, attack steps included; ``cost.grad_evals`` counts the same unit)
 from __future__ import annotations
 
 import copy
+import re
+import statistics
 import time
 
 import torch
 
+from cmat.accel import autocast
+from cmat.config import bf16_mode
+from cmat.nn.masked import MaskedMultiHeadNet
+from cmat.nn.multihead import MultiHeadNet
+from cmat.objectives import make_objective
+
 VAL_CLEAN_PASS = 1 / 3  # a forward pass without backward, in passes
+AUTO_MIN_SPEEDUP = 1.1  # bf16 must be this much faster per training step for ``bf16: auto`` to pick it
+REPEATS = 3  # interleaved fp32/bf16 measurements (each the fastest of 3 steps); medians compared
 
 
 def attack_passes(name: str, n_classes: int) -> float:
     """Passes per attacked image of an evaluation entry (upper bound for AutoAttack)."""
-    import re
-
     if name == "fgsm":
         return 2.0
     m = re.fullmatch(r"pgd(\d+)(-cw)?", name)
@@ -49,11 +57,6 @@ def measure_pass_seconds(cfg, task, device, masked: bool = False, steps: int = 3
     of the configured objective on a throwaway network of the configured architecture — a
     masked one for methods that train masked layers — the random state untouched; the loss
     under bf16 autocast when ``bf16``."""
-    from cmat.accel import autocast
-    from cmat.nn.backbones import MultiHeadNet
-    from cmat.nn.masked import MaskedMultiHeadNet
-    from cmat.objectives import make_objective
-
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         c, h, _ = task.input_shape
@@ -90,11 +93,27 @@ def measure_pass_seconds(cfg, task, device, masked: bool = False, steps: int = 3
     return min(times) / (n * obj.passes)
 
 
+def resolve_bf16(cfg, task, device: torch.device, masked: bool = False) -> dict:
+    """Whether training runs under bf16 autocast (``accel.bf16``, see :mod:`cmat.accel`):
+    ``{"bf16": bool, "mode": ...}``; for ``auto`` also the measured seconds per pass in float32
+    and bf16 (:func:`measure_pass_seconds`, interleaved, medians of ``REPEATS``) and their ratio
+    ``speedup``; bf16 is chosen when ``speedup >= AUTO_MIN_SPEEDUP``."""
+    mode = bf16_mode(cfg.accel.bf16)
+    if mode != "auto":
+        return {"bf16": mode == "on", "mode": mode}
+    times = {False: [], True: []}
+    for _ in range(REPEATS):  # interleaved, so a load change on a shared machine hits both alike
+        for use in (False, True):
+            times[use].append(measure_pass_seconds(cfg, task, device, masked=masked, bf16=use))
+    fp32, bf16 = statistics.median(times[False]), statistics.median(times[True])
+    speedup = fp32 / bf16
+    return {"bf16": speedup >= AUTO_MIN_SPEEDUP, "mode": "auto", "fp32_pass_seconds": fp32,
+            "bf16_pass_seconds": bf16, "speedup": speedup}
+
+
 def estimate(cfg, seq, method, device, pass_seconds: float) -> dict:
     """Per task and phase: epochs, training passes and seconds; validation and evaluation;
     totals (expected, and an upper bound where a method may repeat phases)."""
-    from cmat.objectives import make_objective
-
     obj = make_objective(cfg.objective, cfg.threat)
     tasks, totals = [], {"train_passes": 0, "train_passes_max": 0, "val_passes": 0, "eval_passes": 0}
     for t, task in enumerate(seq):

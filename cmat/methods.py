@@ -3,12 +3,15 @@
 A method is a small class with a few hooks; the engine (:mod:`cmat.engine`) owns the task loop,
 training loop, evaluation, logging and the store. For each task t the engine calls
 ``before_task(t, task)``, ``train_task(t, task, trainer)``, ``after_task(t, task)``, then
-evaluates ``model_for(j)`` for every j ≤ t. ``networks()`` and ``task_slots()`` tell the store
+evaluates ``model_for(j)`` for every j ≤ t.
+Methods register by name (:func:`register`); :mod:`cmat.catalog` imports the built-in ones and
+looks names up, so this module never imports a method. ``networks()`` and ``task_slots()`` tell the store
 what to save: the list of networks and, per task, ``(network index, head index)``.
 """
 from __future__ import annotations
 
-import importlib
+import math
+import numbers
 from abc import ABC, abstractmethod
 
 import torch
@@ -17,7 +20,7 @@ from torch import nn
 from cmat.errors import CmatError
 from cmat.nn import MultiHeadNet
 
-METHODS: dict = {}
+METHODS: dict = {}  # name -> Method subclass, filled by register (cmat.catalog imports the built-in ones)
 
 
 def register(cls):
@@ -29,9 +32,6 @@ def register(cls):
 def option(opts: dict, key: str, default, kind=float, lo=None, hi=None, allow_none: bool = False):
     """``method_options[key]`` (else ``default``) as a finite ``kind`` in [lo, hi]; anything else
     is a one-line :class:`CmatError` naming the option (checked before a run writes anything)."""
-    import math
-    import numbers
-
     value = opts.get(key, default)
     if value is None and allow_none:
         return None
@@ -42,23 +42,6 @@ def option(opts: dict, key: str, default, kind=float, lo=None, hi=None, allow_no
         rng = f" in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
         raise CmatError(f"method_options.{key} must be {'an integer' if kind is int else 'a number'}{rng}, got {value!r}")
     return kind(value)
-
-
-def available_methods() -> list:
-    _import_builtin()
-    return sorted(METHODS)
-
-
-def method_class(name: str):
-    _import_builtin()
-    if name not in METHODS:
-        raise CmatError(f"unknown method {name!r} (valid: {', '.join(sorted(METHODS))})")
-    return METHODS[name]
-
-
-def _import_builtin() -> None:
-    for module in ("baselines.at_baselines", "baselines.packnet", "baselines.anp_vs", "cmat.cpg"):
-        importlib.import_module(module)
 
 
 class Method(ABC):

@@ -4,7 +4,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cmat import bench as bench_mod
+from cmat.attacks import sound_alpha
+from cmat.config import from_dict
 from cmat.errors import CmatError
+from cmat.evaluate import eps_sweep, eval_subset, steps_sweep
+from cmat.plots import (
+    accuracy_grid_figure,
+    accuracy_matrix_figure,
+    accuracy_title,
+    curves_figure,
+    eps_text,
+    plt,
+    task_bars_figure,
+)
+from cmat.store import load as load_run
+from cmat.store import open_store
+from cmat.tasks import tasks_for_config
+from cmat.tblog import RunLogger
+from cmat.transfer_study import study_markdown
 
 
 def _interval(ci) -> str:
@@ -57,8 +75,6 @@ def summary_table(results: dict) -> str:
 def inspect_store(run_dir) -> str:
     """Tasks, networks, parameter counts and stored bytes per part of a run's store."""
     import h5py
-
-    from cmat.store import open_store
 
     p = Path(run_dir)
     path = p / "store.h5" if p.is_dir() else p
@@ -140,12 +156,7 @@ def sweeps(run_dir: Path, samples=None, data_root=None, progress: bool = True, l
     method) and the task."""
     from tqdm import tqdm
 
-    import cmat
-    from cmat.attacks import sound_alpha
-    from cmat.evaluate import eps_sweep, eval_subset, steps_sweep
-    from tasks import tasks_for_config
-
-    run = cmat.load(run_dir)
+    run = load_run(run_dir)
     cfg = run.config
     n = attack_samples(samples, cfg.eval.samples)
     seq = tasks_for_config(cfg, data_root, download=False)
@@ -202,10 +213,6 @@ def plot_run(run_dir, samples=None, data_root=None, progress: bool = True) -> li
       attacks ``attack_samples(samples, run's eval.samples)`` images per task.
 
     Returns the PNG paths."""
-    from cmat.plots import (accuracy_grid_figure, accuracy_matrix_figure, accuracy_title, curves_figure,
-                            eps_text, plt, task_bars_figure)
-    from cmat.tblog import RunLogger
-
     p = Path(run_dir)
     run_dirs = _run_dirs(p)
     results = {m: _read_results(d / "results.json") for m, d in run_dirs.items()}
@@ -278,9 +285,6 @@ def render_report(path) -> str:
     transfer-study directory (study.json)."""
     import yaml
 
-    from cmat import bench as bench_mod
-    from cmat.config import from_dict
-
     p = Path(path)
     if (p / "bench.json").exists():
         try:
@@ -297,8 +301,6 @@ def render_report(path) -> str:
         budget = bench_mod.run_budget(cfg, per_method[methods[0]][0], seeds)
         return bench_mod.to_markdown(rows, columns, cfg, seeds, budget, reference, tests)
     if (p / "study.json").exists():
-        from cmat.transfer_study import study_markdown
-
         try:
             study = json.loads((p / "study.json").read_text())
             if study.get("format") != "cmat-transfer-study":

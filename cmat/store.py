@@ -30,8 +30,10 @@ import numpy as np
 import torch
 
 from cmat.atomic import atomic_write_bytes
+from cmat.config import from_dict, to_yaml
 from cmat.errors import CmatError
 from cmat.h5safe import sign, verify
+from cmat.nn import build_network
 
 FORMAT = "cmat-store"
 VERSION = 2  # 2: root SHA-256 over everything (cmat.h5safe)
@@ -123,8 +125,6 @@ def _build_run(method, seq, cfg, slots, extra) -> memoryview:
     """The store file's bytes, built in memory: written with plain file I/O, a full disk or a
     read-only file system is a clean ``OSError`` instead of a failure inside HDF5's own writes
     (which h5py reports while deallocating, and which crashed the process)."""
-    from cmat.config import to_yaml
-
     buf = io.BytesIO()
     with h5py.File(buf, "w") as f:
         f.attrs["format"] = FORMAT
@@ -171,8 +171,6 @@ def save_checkpoint(path, method, seq, cfg, state: dict, rng: torch.Tensor) -> P
 def read_checkpoint(path, cfg) -> dict:
     """The resume state of a checkpoint, refusing one whose configuration differs from ``cfg``."""
     import yaml
-
-    from cmat.config import to_yaml
 
     run = LoadedRun(path)
     stored = yaml.safe_load(run.config_yaml)
@@ -231,8 +229,6 @@ class LoadedRun:
     """A trained run read back from its store: ``.task_names``, ``.model(j)``, ``.config``."""
 
     def __init__(self, path: Path):
-        from cmat.nn import build_network
-
         self.path = Path(path)
         with open_store(self.path) as f:
             try:
@@ -280,8 +276,6 @@ class LoadedRun:
     @property
     def config(self):
         import yaml
-
-        from cmat.config import from_dict
 
         return from_dict(yaml.safe_load(self.config_yaml))
 

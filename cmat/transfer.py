@@ -29,7 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmat import config as config_mod
+from cmat.atomic import atomic_write_text
+from cmat.engine import Trainer, resolve_device
 from cmat.errors import CmatError
+from cmat.evaluate import build_attacks, evaluate_task
+from cmat.nn.layers import Normalize
+from cmat.objectives import make_objective
+from cmat.plots import plt
+from cmat.seeding import seed_everything
+from cmat.store import load as load_run
+from cmat.tasks import get_tasks
+from cmat.tblog import RunLogger
 
 STRATEGY_FORMS = "linear, tl-K (K ≥ 1), finetune, lwf, scratch"
 
@@ -46,7 +57,7 @@ class TransferModel(nn.Module):
         return self.features(self.norm(x))
 
     def verify_parts(self) -> list:
-        """The modules in order, for :func:`cmat.verify.network_ops`."""
+        """The modules in order, for :func:`cmat.bounds.network_ops`."""
         return [self.norm, self.features, self.head]
 
     def forward(self, x):
@@ -85,8 +96,6 @@ def build_transfer_model(source, strategy: str, num_classes: int, target_stats=N
     """``(model, kind)`` for ``strategy`` from a source ``TaskView`` (plain net); ``kind`` says
     which parameters train (see :func:`param_groups`). ``scratch`` takes the architecture only,
     normalised with ``target_stats = (mean, std)`` of the target task when given."""
-    from cmat.nn.backbones import Normalize
-
     net, t = source.net, source.task
     if getattr(net, "spec", {}).get("masked") or not hasattr(net, "features"):
         raise CmatError("transfer needs a plain-network source (an at-individual or at-finetune run)")
@@ -167,10 +176,6 @@ def train_transfer(source_view, strategy: str, objective: str, task, target_task
     """Train ``strategy`` with target ``objective`` on ``task``: ``(model, seconds, grad_evals)``,
     grad_evals = forward+backward passes per image spent on the target, attack steps included
     (the source's own training is not counted)."""
-    from cmat.engine import Trainer
-    from cmat.objectives import make_objective
-    from cmat.seeding import seed_everything
-
     seed_everything(cfg.seed)
     cfg_o = copy.deepcopy(cfg)
     cfg_o.objective.name = objective
@@ -195,14 +200,7 @@ def train_transfer(source_view, strategy: str, objective: str, task, target_task
 def run_transfer(source_dir, source_task: int, target_tasks: str, target_task: int, strategies, objectives,
                  out, cfg_overrides: dict, progress: bool = True) -> dict:
     """Every strategy × objective on the target task; writes transfer.json/.csv/.md."""
-    import cmat
-    from cmat import config as config_mod
-    from cmat.engine import atomic_write_text, resolve_device
-    from cmat.evaluate import build_attacks, evaluate_task
-    from cmat.tblog import RunLogger
-    from tasks import get_tasks
-
-    run = cmat.load(source_dir)
+    run = load_run(source_dir)
     if not 0 <= source_task < len(run.task_names):
         raise CmatError(f"source task {source_task} out of range (0..{len(run.task_names) - 1})")
     source_view = run.model(source_task)
@@ -258,8 +256,6 @@ def run_transfer(source_dir, source_task: int, target_tasks: str, target_task: i
 
 
 def _plot(rows, out: Path) -> None:
-    from cmat.plots import plt
-
     labels = [f"{r['strategy']}\n{r['objective']}" for r in rows]
     attacks = [k for k in ("clean", "pgd10", "pgd40") if k in rows[0]]
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows)), 3.5))

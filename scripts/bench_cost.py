@@ -197,14 +197,14 @@ def part_bf16(args) -> dict:
                           "worst_delta": worst(bf16) - worst(fp32), "bf16_worst": worst(bf16), "fp32_worst": worst(fp32)}
     import torch
 
-    from cmat import accel, config
+    from cmat import config, estimate
     from cmat.engine import resolve_device
-    from tasks import tasks_for_config
+    from cmat.tasks import tasks_for_config
 
     cfg = config.resolve(tasks, overrides={"accel": {"bf16": "auto"}, "method": "cmat"})
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # as the run does
-    choice = accel.resolve_bf16(cfg, tasks_for_config(cfg)[0], resolve_device("cpu"), masked=True)
+    choice = estimate.resolve_bf16(cfg, tasks_for_config(cfg)[0], resolve_device("cpu"), masked=True)
     mean = lambda key: sum(v[key] for v in per_seed.values()) / len(per_seed)  # noqa: E731
     test = mcnemar_exact(np.concatenate(outcomes["off"]), np.concatenate(outcomes["on"]))
     return {"bf16_speedup": mean("speedup"), "bf16_worst_delta": mean("worst_delta"), "bf16_per_seed": per_seed,

@@ -290,7 +290,7 @@ def bench_store(args) -> dict:
 
 def bench_bounds(args) -> dict:
     """Bound throughput (samples/s) of IBP and CROWN on the small CNN (8×8, width 0.5)."""
-    from cmat.verify import margin_lower_bound, network_ops
+    from cmat.bounds import margin_lower_bound, network_ops
 
     torch.manual_seed(args.seed)
     net = MultiHeadNet("smallcnn", 1, 8, [10], [[0.3]], [[0.3]], width=0.5).eval()

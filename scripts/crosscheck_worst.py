@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import cmat  # noqa: E402
 from cmat.outcomes import read_outcomes  # noqa: E402
-from tasks import tasks_for_config  # noqa: E402
+from cmat.tasks import tasks_for_config  # noqa: E402
 
 
 def crosscheck(run_dir: Path, steps: int, restarts: int, seed: int) -> dict:

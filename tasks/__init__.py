@@ -9,6 +9,6 @@ label in ``0..C_j-1``). ``SEQUENCES``/``list_sequences()`` describe what is avai
 Modules: ``base`` (containers), ``build`` (shared helpers), ``cifar``, ``mnist`` (MNIST and
 EMNIST), ``digits``, ``toy`` (loaders), ``registry`` (names -> loaders).
 """
-from tasks.base import ImageData, Task, TaskSequence, augment_batch, stratified_split  # noqa: F401
-from tasks.build import resolve_data_root  # noqa: F401
-from tasks.registry import SEQUENCES, SequenceInfo, get_tasks, list_sequences, sequence_info, tasks_for_config  # noqa: F401
+from cmat.tasks.base import ImageData, Task, TaskSequence, augment_batch, stratified_split  # noqa: F401
+from cmat.tasks.build import resolve_data_root  # noqa: F401
+from cmat.tasks.registry import SEQUENCES, SequenceInfo, get_tasks, list_sequences, sequence_info, tasks_for_config  # noqa: F401

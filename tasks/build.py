@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cmat.errors import CmatError
-from tasks.base import ImageData, Task, stratified_split
+from cmat.tasks.base import ImageData, Task, stratified_split
 
 DEFAULT_DATA_ROOT = "./data"
 DATA_ENV = "CMAT_DATA"

@@ -22,13 +22,12 @@ Sequences:
 from __future__ import annotations
 
 import dataclasses
-
 import pickle
 from pathlib import Path
 
 import numpy as np
 
-from tasks.build import class_split_tasks, download_with, malformed_error, missing_data_error
+from cmat.tasks.build import class_split_tasks, download_with, malformed_error, missing_data_error
 
 AUGMENT = "crop-flip"
 CIFAR100_DIR = "cifar-100-python"

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.base import stratified_split
-from tasks.build import class_split_tasks
+from cmat.tasks.base import stratified_split
+from cmat.tasks.build import class_split_tasks
 
 AUGMENT = None
 TEST_FRACTION = 0.2

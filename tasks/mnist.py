@@ -20,13 +20,12 @@ a b d e f g h n q r t that differ from their capitals).
 from __future__ import annotations
 
 import dataclasses
-
 import gzip
 from pathlib import Path
 
 import numpy as np
 
-from tasks.build import class_split_tasks, download_with, malformed_error, missing_data_error
+from cmat.tasks.build import class_split_tasks, download_with, malformed_error, missing_data_error
 
 AUGMENT = None
 MNIST_RAW = "MNIST/raw"

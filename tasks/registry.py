@@ -12,9 +12,9 @@ from types import MappingProxyType
 from typing import Callable, Optional
 
 from cmat.errors import CmatError
-from tasks import cifar, digits, mnist, toy
-from tasks.base import TaskSequence
-from tasks.build import resolve_data_root
+from cmat.tasks import cifar, digits, mnist, toy
+from cmat.tasks.base import ImageData, TaskSequence
+from cmat.tasks.build import resolve_data_root, task_seed
 
 
 @dataclass(frozen=True)
@@ -145,9 +145,6 @@ def subset_training(task, n: int, seed: int):
 
     import numpy as np
     import torch
-
-    from tasks.base import ImageData
-    from tasks.build import task_seed
 
     total = len(task.train)
     if n >= total:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.build import make_task
+from cmat.tasks.build import make_task
 
 NUM_TASKS = 2
 NUM_CLASSES = 4

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmat import accel
+from cmat import accel, estimate
 from cmat.config import AccelConfig, ObjectiveConfig, ThreatConfig
 from cmat.nn.masked import MaskedMultiHeadNet
 from cmat.objectives import make_objective
@@ -73,15 +73,14 @@ def test_channels_last_agrees_with_contiguous():
 
 @pytest.mark.parametrize("fp32,bf16,picks", [(2.0, 1.0, True), (1.0, 1.2, False), (1.05, 1.0, False)])
 def test_bf16_auto_picks_bf16_only_when_measured_faster(monkeypatch, fp32, bf16, picks):
-    from cmat import estimate
     from cmat.config import resolve
-    from tasks import tasks_for_config
+    from cmat.tasks import tasks_for_config
 
     monkeypatch.setattr(estimate, "measure_pass_seconds",
                         lambda cfg, task, device, masked=False, steps=3, bf16=False: bf16_s if bf16 else fp32)
     bf16_s = bf16
     cfg = resolve("toy-2task", overrides={"accel": {"bf16": "auto"}})
-    choice = accel.resolve_bf16(cfg, tasks_for_config(cfg)[0], torch.device("cpu"))
+    choice = estimate.resolve_bf16(cfg, tasks_for_config(cfg)[0], torch.device("cpu"))
     assert choice["bf16"] is picks and choice["speedup"] == pytest.approx(fp32 / bf16)
 
 
@@ -93,7 +92,7 @@ def test_bf16_auto_resolves_in_a_run_and_is_recorded(tmp_path):
     res = run_quick(tmp_path, method="at-individual", epochs=1, accel={"bf16": "auto"},
                     eval={"attacks": ["clean"], "samples": 20})
     p = res["cost"]["precision"]
-    assert p["mode"] == "auto" and p["bf16"] == (p["speedup"] >= accel.AUTO_MIN_SPEEDUP)
+    assert p["mode"] == "auto" and p["bf16"] == (p["speedup"] >= estimate.AUTO_MIN_SPEEDUP)
 
 
 @pytest.mark.parametrize("value,mode", [(True, "on"), (False, "off"), ("auto", "auto"), ("ON", "on")])

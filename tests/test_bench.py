@@ -7,12 +7,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from baselines.anp_vs import ANPVS
+from cmat.baselines.anp_vs import ANPVS
 from cmat.nn.beta_bernoulli import kl_kumaraswamy_beta, kumaraswamy_mean
 from cmat.cli import main
 from cmat.engine import Trainer
 from cmat.tblog import RunLogger
-from tasks import get_tasks
+from cmat.tasks import get_tasks
 from tests.conftest import quick_config
 
 METHODS = "cmat,packnet,anp-vs,at-finetune,at-individual"

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmat.certified import CertifiedObjective, CrownIBP, recorded_bn_stats, worst_case_logits
+from cmat.objectives.certified import CertifiedObjective, CrownIBP, recorded_bn_stats, worst_case_logits
 from cmat.config import ObjectiveConfig, ThreatConfig
 from cmat.engine import Run
-from cmat.verify import input_box, network_ops
+from cmat.bounds import network_ops
+from cmat.bounds.ibp import input_box
 from tests.conftest import quick_config
 from tests.test_verify import small_model
 
@@ -90,8 +91,8 @@ def test_cmat_keeps_certificates_exactly(tmp_path):
 @pytest.mark.parametrize("objective", ["crown-ibp", "trades"])
 def test_anp_vs_refuses_objectives_its_loss_would_ignore(objective):
     from cmat.errors import CmatError
-    from cmat.methods import method_class
-    from tasks import get_tasks
+    from cmat.catalog import method_class
+    from cmat.tasks import get_tasks
 
     cfg = quick_config(method="anp-vs", objective=objective)
     with pytest.raises(CmatError, match="anp-vs"):

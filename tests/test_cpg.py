@@ -8,8 +8,8 @@ from cmat.cpg import CMAT
 from cmat.engine import Run, Trainer
 from cmat.errors import CmatError
 from cmat.tblog import RunLogger
-from baselines.packnet import PackNet
-from tasks import get_tasks
+from cmat.baselines.packnet import PackNet
+from cmat.tasks import get_tasks
 from tests.conftest import quick_config, run_quick
 
 CMAT_OPTS = {"goal": "none", "max_sparsity": 0.6, "prune_levels": 2, "compact_epochs": 1}

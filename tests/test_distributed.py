@@ -25,9 +25,9 @@ from cmat import config as config_mod
 from cmat.distributed import Dist, check_supported, from_env
 from cmat.engine import Trainer
 from cmat.errors import CmatError
-from cmat.nn.backbones import Normalize, TaskView
+from cmat.nn import Normalize, TaskView
 from cmat.tblog import RunLogger
-from tasks import get_tasks
+from cmat.tasks import get_tasks
 
 BATCH = 43  # odd: every global batch splits 22/21, the last one (1080 = 25·43 + 5) 3/2
 

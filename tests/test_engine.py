@@ -7,7 +7,7 @@ import cmat
 from cmat.evaluate import build_attacks, evaluate_task
 from tests.conftest import quick_config, run_quick
 
-from tasks import get_tasks
+from cmat.tasks import get_tasks
 
 
 def test_results_contract(finetune_run):
@@ -114,7 +114,7 @@ def test_per_task_cost_adds_up(tmp_path):
 def _lying_method(monkeypatch):
     """at-finetune (one shared network: task 1's training changes task 0's model) declaring,
     falsely, that a learned task is frozen."""
-    from baselines.at_baselines import ATFinetune
+    from cmat.baselines.at_baselines import ATFinetune
     from cmat import methods
 
     class Lying(ATFinetune):

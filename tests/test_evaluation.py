@@ -215,7 +215,7 @@ def test_certified_column_is_a_proof_below_worst_per_image(individual_run):
     """``certified`` in the harness: computed on the same images, never part of ``worst``, and
     every certified image survives every attack (a sound proof is never broken)."""
     import cmat
-    from tasks import get_tasks
+    from cmat.tasks import get_tasks
 
     out, _ = individual_run
     model = cmat.load(out).model(1)

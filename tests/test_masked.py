@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cmat.nn.backbones import build_network
+from cmat.nn import build_network
 from cmat.nn.masked import PIGGY_THRESHOLD, MaskedConv2d, MaskedLayer, MaskedLinear, MaskedMultiHeadNet
 from cmat.store import read_masks, read_state, write_masks, write_state
 

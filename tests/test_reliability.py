@@ -200,7 +200,7 @@ def test_failed_store_write_is_one_line_and_leaves_no_temporary(tmp_path, indivi
 def test_a_planted_cifar_pickle_cannot_run_code(tmp_path):
     import pickle
 
-    import tasks
+    from cmat import tasks
     from tests import fakedata
 
     fakedata.write_cifar100(tmp_path)
@@ -223,7 +223,7 @@ def test_bench_refuses_a_bad_method_option_before_training(tmp_path):
 
 
 def test_damaged_checkpoint_state_is_one_line(tmp_path, monkeypatch):
-    from baselines.at_baselines import ATIndividual
+    from cmat.baselines.at_baselines import ATIndividual
     from cmat import store as store_mod
     from cmat.engine import Run
     from tests.conftest import quick_config

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import tasks
+from cmat import tasks
 from cmat.errors import CmatError
 try:
     from tests import fakedata

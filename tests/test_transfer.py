@@ -11,7 +11,7 @@ from cmat.engine import Trainer
 from cmat.errors import CmatError
 from cmat.tblog import RunLogger
 from cmat.transfer import build_transfer_model, param_groups
-from tasks import get_tasks
+from cmat.tasks import get_tasks
 from tests.conftest import quick_config
 
 

@@ -14,7 +14,7 @@ from cmat.plots import pareto_front
 from cmat.tblog import RunLogger
 from cmat.transfer import default_tl_k, train_transfer, weight_layers
 from cmat.transfer_study import CSV_COLUMNS, plan, run_study
-from tasks import get_tasks
+from cmat.tasks import get_tasks
 from tests.conftest import quick_config
 
 TINY = {"train": {"epochs": 1, "val_attack_samples": 16},

@@ -11,8 +11,9 @@ from torch import nn
 from cmat.errors import CmatError
 from cmat.nn import MultiHeadNet
 from cmat.nn.masked import MaskedMultiHeadNet
-from cmat.verify import (critical_eps, input_box, margin_lower_bound, network_ops, pgd_per_sample,
-                         run_ops)
+from cmat.bounds import margin_lower_bound, network_ops, run_ops
+from cmat.bounds.ibp import input_box
+from cmat.verify import critical_eps, pgd_per_sample
 
 
 def small_model(kind="plain", seed=0):
@@ -92,19 +93,20 @@ def test_crown_strictly_tighter_somewhere():
 def test_skipping_crown_on_interval_exact_segments_changes_no_bound(kind, monkeypatch):
     """CROWN is skipped where interval arithmetic is already exact (one mixing affine map between
     ReLUs/MaxPools); refining there anyway must give the same bounds."""
-    import cmat.verify as V
+    import cmat.bounds.crown as C
+    from cmat.bounds.ops import ReLU
 
     model = small_model(kind)
     x = torch.rand(5, 1, 8, 8)
     with torch.no_grad():
         y = model(x).argmax(1)
         ops = network_ops(model)
-        assert any(V._interval_exact(ops[V._segment_start(ops, i):i]) for i, op in enumerate(ops)
-                   if isinstance(op, V.ReLU))
+        assert any(C.interval_exact(ops[C.segment_start(ops, i):i]) for i, op in enumerate(ops)
+                   if isinstance(op, ReLU))
         for e in (0.003, 0.02):
             eps = torch.full((5,), e)
             fast = margin_lower_bound(ops, x, y, eps, "crown")
-            monkeypatch.setattr(V, "_interval_exact", lambda segment: False)
+            monkeypatch.setattr(C, "interval_exact", lambda segment: False)
             full = margin_lower_bound(ops, x, y, eps, "crown")
             monkeypatch.undo()
             assert torch.allclose(fast, full, atol=1e-5, rtol=1e-5)
@@ -188,8 +190,8 @@ def test_milp_agrees_with_brute_force_enumeration_on_two_neurons():
     four activation patterns (one LP each), equals the MILP's optimum."""
     from scipy.optimize import linprog
 
-    from cmat.milp import encode, min_margin
-    from cmat.verify import crown_bounds
+    from cmat.bounds.crown import crown_bounds
+    from cmat.bounds.milp import encode, min_margin
 
     for seed in range(5):
         model = mlp((2, 2, 2), seed)

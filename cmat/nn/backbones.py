@@ -1,4 +1,4 @@
-"""Backbones with normalisation as their first layer, and the multi-head container.
+"""Backbone feature extractors, built from layer factories, and their registry ``ARCHS``.
 
 Every network takes images in [0, 1]. :class:`Normalize` (per task: each task has its own
 statistics) is the first layer, so attacks and ε live in pixel space. Backbones are built from
@@ -14,24 +14,13 @@ Architectures (``ARCHS``):
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
-import torch
 from torch import nn
 
+from cmat.nn.beta_bernoulli import masked_bn
+
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
-
-
-class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel; the model's first layer (pixel-space threat model)."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 def _conv_bn_relu(conv, bn, cin, cout):
@@ -98,75 +87,12 @@ def resnet18_features(in_ch: int, width: float, conv, linear, bn, input_size: in
 
 def norm_layer_factory(kind: str) -> Callable:
     """``batchnorm`` → BatchNorm2d; ``beta-bernoulli`` → BatchNorm2d followed by ANP-VS's
-    per-channel beta-Bernoulli mask (:mod:`baselines.anp_vs`)."""
+    per-channel beta-Bernoulli mask (:mod:`cmat.baselines.anp_vs`)."""
     if kind == "batchnorm":
         return nn.BatchNorm2d
     if kind == "beta-bernoulli":
-        from cmat.nn.beta_bernoulli import masked_bn
-
         return masked_bn
     raise ValueError(f"unknown norm layer {kind!r}")
 
 
 ARCHS: dict = {"vgg16": vgg16_features, "resnet18": resnet18_features, "smallcnn": smallcnn_features}
-
-
-class MultiHeadNet(nn.Module):
-    """A shared feature extractor with one normalisation layer and one linear head per task.
-
-    ``net(x, task)`` = ``heads[task](features(norms[task](x)))``. ``spec`` holds everything needed
-    to rebuild the architecture (it is stored beside the weights; no pickle).
-    """
-
-    def __init__(self, arch: str, in_channels: int, input_size: int, head_sizes: Sequence[int],
-                 means: Sequence[Sequence[float]], stds: Sequence[Sequence[float]], width: float = 1.0,
-                 norm_layer: str = "batchnorm"):
-        super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"unknown architecture {arch!r}")
-        self.spec = {"arch": arch, "in_channels": int(in_channels), "input_size": int(input_size),
-                     "head_sizes": [int(h) for h in head_sizes], "width": float(width),
-                     "means": [list(map(float, m)) for m in means], "stds": [list(map(float, s)) for s in stds],
-                     "norm_layer": norm_layer}
-        self.features, self.feature_dim = ARCHS[arch](in_channels, width, nn.Conv2d, nn.Linear,
-                                                      norm_layer_factory(norm_layer), input_size)
-        self.norms = nn.ModuleList(Normalize(m, s) for m, s in zip(means, stds))
-        self.heads = nn.ModuleList(nn.Linear(self.feature_dim, h) for h in head_sizes)
-
-    def forward(self, x: torch.Tensor, task: int = 0) -> torch.Tensor:
-        return self.heads[task](self.features(self.norms[task](x)))
-
-    def task_view(self, task: int) -> "TaskView":
-        return TaskView(self, task)
-
-
-class TaskView(nn.Module):
-    """Task ``j``'s classifier as a plain module ``x ↦ logits`` (what attacks and users call)."""
-
-    def __init__(self, net: MultiHeadNet, task: int):
-        super().__init__()
-        self.net = net
-        self.task = int(task)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x, self.task)
-
-    def plain_equivalent(self) -> nn.Module:
-        """A module of plain layers computing this view's eval-mode function, for attacks'
-        input gradients (BN folding then applies): the masked network's export, else itself."""
-        export = getattr(self.net, "plain_task_view", None)
-        return export(self.task) if export is not None and not self.training else self
-
-
-def build_network(spec: dict) -> nn.Module:
-    """Rebuild a :class:`MultiHeadNet` (or a masked network) from its ``spec``; the caller loads
-    the weights (and, for masked networks, the owner and piggyback masks)."""
-    if spec.get("masked"):
-        from cmat.nn.masked import MaskedMultiHeadNet
-
-        net = MaskedMultiHeadNet(spec["arch"], spec["in_channels"], spec["input_size"], spec.get("width", 1.0))
-        for t in spec["tasks"]:
-            net.add_task(t["task"], t["num_classes"], t["mean"], t["std"], t["multiplier"])
-        return net
-    return MultiHeadNet(spec["arch"], spec["in_channels"], spec["input_size"], spec["head_sizes"],
-                        spec["means"], spec["stds"], spec.get("width", 1.0), spec.get("norm_layer", "batchnorm"))

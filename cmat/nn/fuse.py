@@ -131,14 +131,14 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     for conv_name, bn_name in pairs:
         replace[conv_name] = fold_conv_bn(modules[conv_name], modules[bn_name])
         replace[bn_name] = nn.Identity()
-    return _with_replaced(model, replace, "")
+    return with_replaced(model, replace, "")
 
 
-def _with_replaced(module: nn.Module, replace: dict, prefix: str) -> nn.Module:
+def with_replaced(module: nn.Module, replace: dict, prefix: str) -> nn.Module:
     """``module`` with the submodules named in ``replace`` swapped, copying only their ancestors."""
     if prefix in replace:
         return replace[prefix]
-    children = {name: _with_replaced(child, replace, f"{prefix}.{name}" if prefix else name)
+    children = {name: with_replaced(child, replace, f"{prefix}.{name}" if prefix else name)
                 for name, child in module._modules.items() if child is not None}
     if all(children[name] is module._modules[name] for name in children):
         return module

@@ -4,7 +4,7 @@ through ``scipy.optimize.milp``.
 For one sample x, radius ε and specification row c (= e_y − e_k), the MILP minimises c·f(x')
 over x' ∈ B(x, ε) ∩ [0, 1]ⁿ exactly: affine layers between ReLUs are composed into one matrix
 (W, b); every ReLU a = max(z, 0) with pre-activation bounds l ≤ z ≤ u (from
-:func:`cmat.verify.crown_bounds`, the best incomplete bounds cmat has) is
+:func:`cmat.bounds.crown.crown_bounds`, the best incomplete bounds cmat has) is
 
 - stable active (l ≥ 0): a = z;  stable inactive (u ≤ 0): a = 0;
 - unstable: a ≥ z, a ≥ 0, a ≤ u·δ, a ≤ z − l·(1 − δ), δ ∈ {0, 1} (big-M from l and u).
@@ -17,19 +17,21 @@ for small networks.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Optional
 
 import numpy as np
 import torch
 
+from cmat.bounds.crown import crown_bounds
+from cmat.bounds.ibp import input_box
+from cmat.bounds.ops import MaxPool, ReLU, run_ops
 from cmat.errors import CmatError
 
 
 def _affine_matrix(segment: list, in_shape: tuple) -> tuple:
     """(W, b) of a composition of affine ops on flattened inputs: f(v) = W v + b."""
-    from cmat.verify import run_ops
-
     d = int(np.prod(in_shape))
     with torch.no_grad():
         basis = torch.eye(d, dtype=torch.float64).view((d,) + tuple(in_shape))
@@ -41,8 +43,6 @@ def _affine_matrix(segment: list, in_shape: tuple) -> tuple:
 
 
 def _to64(op):
-    import dataclasses
-
     if dataclasses.is_dataclass(op):
         return dataclasses.replace(op, **{f.name: (getattr(op, f.name).double() if torch.is_tensor(getattr(op, f.name))
                                                    else getattr(op, f.name)) for f in dataclasses.fields(op)})
@@ -51,11 +51,9 @@ def _to64(op):
 
 def encode(ops: list, x: torch.Tensor, eps: float, bounds: list) -> dict:
     """The MILP's variables and constraints for one sample (x: C×H×W); ``bounds`` from
-    :func:`cmat.verify.crown_bounds` on the batch holding this sample only."""
+    :func:`cmat.bounds.crown.crown_bounds` on the batch holding this sample only."""
     from scipy.optimize import Bounds, LinearConstraint
     from scipy.sparse import csr_matrix, lil_matrix
-
-    from cmat.verify import MaxPool, ReLU
 
     if any(isinstance(op, MaxPool) for op in ops):
         raise CmatError("the milp bound supports networks of affine layers and ReLUs (no MaxPool); "
@@ -122,8 +120,6 @@ def milp_lower_bound(ops: list, x: torch.Tensor, y: torch.Tensor, eps: torch.Ten
     −∞ when a row's MILP found a margin ≤ 0 (not certified; the remaining rows are skipped) or
     the sample's ``time_limit`` ran out (unknown). ``stats`` counts solved/unknown samples and
     collects ``points``: (sample, ε, minimising input) of rows whose minimum is ≤ 0."""
-    from cmat.verify import crown_bounds, input_box
-
     out = torch.full((len(x),), -float("inf"), dtype=torch.float64)
     for n in range(len(x)):
         lo, hi = input_box(x[n:n + 1], eps[n:n + 1])

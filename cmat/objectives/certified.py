@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmat.bounds import network_ops, training_margin_lower_bound
 from cmat.distributed import unwrap
-from cmat.objectives import Objective
-from cmat.verify import _backward_lower, _concretize, _segment_start, ibp, input_box, margin_spec, network_ops
+from cmat.objectives.base import Objective, register_objective
 
 
 @contextlib.contextmanager
@@ -61,26 +61,16 @@ def recorded_bn_stats(model: nn.Module):
 
 def worst_case_logits(ops: list, x: torch.Tensor, y: torch.Tensor, eps: float, beta: float) -> torch.Tensor:
     """(N, C): −(lower bound of z_y − z_k) for k ≠ y and 0 at y, over B(x, ε) ∩ [0, 1]ⁿ;
-    the bound is β·CROWN-IBP + (1 − β)·IBP (β = 0: pure IBP, no backward pass)."""
-    lo, hi = input_box(x, torch.full((len(x),), float(eps), dtype=x.dtype, device=x.device))
-    bounds: list = []
-    out = ibp(ops, lo, hi, bounds)
-    bounds.append(out)
-    n_classes = out[0].shape[1]
-    spec = margin_spec(y, n_classes).to(x.dtype)
-    zero = torch.zeros(spec.shape[:2], dtype=x.dtype, device=x.device)
-    lower = _concretize(spec, zero, *out)
-    if beta > 0:
-        shapes = [b[0].shape[1:] for b in bounds]
-        s = _segment_start(ops, len(ops))
-        crown = _backward_lower(ops[s:], shapes[s:], bounds[s:], spec)
-        lower = beta * crown + (1 - beta) * lower
-    logits = torch.zeros(len(x), n_classes, dtype=x.dtype, device=x.device)
+    the bound is β·CROWN-IBP + (1 − β)·IBP (β = 0: pure IBP, no backward pass), from
+    :func:`cmat.bounds.training_margin_lower_bound`."""
+    lower = training_margin_lower_bound(ops, x, y, eps, beta)
+    logits = torch.zeros(len(x), lower.shape[1] + 1, dtype=x.dtype, device=x.device)
     keep = torch.ones_like(logits, dtype=torch.bool)
     keep[torch.arange(len(x)), y] = False
     return logits.masked_scatter(keep, -lower)
 
 
+@register_objective
 class CertifiedObjective(Objective):
     """IBP / CROWN-IBP training; ``total_iters`` is set by the trainer before each phase."""
 
@@ -133,6 +123,7 @@ class CertifiedObjective(Objective):
                 "eps_factor": c.cert_eps_factor, **({"beta_end": c.beta_end} if self.use_crown else {})}
 
 
+@register_objective
 class CrownIBP(CertifiedObjective):
     name = "crown-ibp"
     use_crown = True

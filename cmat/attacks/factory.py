@@ -1,0 +1,44 @@
+"""Evaluation attack names (``clean``, ``fgsm``, ``pgd40``, ``aa``, ``certified`` ...) → attacks."""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from cmat.attacks.apgd import AutoAttack, AutoPGD
+from cmat.attacks.base import Attack, check_number, sound_alpha
+from cmat.attacks.pgd import FGSM, PGD
+from cmat.bounds import CertifiedCheck
+from cmat.errors import CmatError
+
+ATTACK_FORMS = "clean, fgsm, pgdN, pgdN-cw, apgd-ce, apgd-t, aa, certified (N = steps, e.g. pgd10)"
+PGD_NAME = re.compile(r"pgd(\d+)(-cw)?")
+
+
+def make_attack(name: str, eps: float, alpha: float, n_classes: Optional[int] = None,
+                alphas: Optional[dict] = None) -> Optional[Attack]:
+    """The attack for an evaluation name: ``clean`` → None, ``fgsm`` (one step of ε, no random
+    start), ``pgdN`` / ``pgdN-cw`` (N steps, random start, CE / CW loss, step
+    ``alphas[name]`` if the user set one, else :func:`sound_alpha` (ε, α, N)), ``apgd-ce``
+    (100 steps), ``apgd-t`` (100 steps, targeted DLR over ``n_classes − 1`` targets), ``aa``
+    (:class:`AutoAttack` for a head of ``n_classes``)."""
+    key = str(name).strip().lower()
+    alphas = alphas or {}
+    if key == "clean":
+        return None
+    if key == "fgsm":
+        return FGSM(eps)
+    match = PGD_NAME.fullmatch(key)
+    if match:
+        steps = int(match[1])
+        step = alphas[key] if key in alphas else sound_alpha(check_number("eps", eps, False),
+                                                             check_number("alpha", alpha, True), max(steps, 1))
+        return PGD(eps, step, steps, random_start=True, loss="cw" if match[2] else "ce")
+    if key == "aa":
+        return AutoAttack(eps, n_classes=n_classes if n_classes is not None else 10)
+    if key == "apgd-ce":
+        return AutoPGD(eps, loss="ce")
+    if key == "apgd-t":
+        return AutoPGD(eps, loss="dlr-targeted", n_classes=n_classes)
+    if key == "certified":
+        return CertifiedCheck(check_number("eps", eps, False))
+    raise CmatError(f"unknown attack {name!r}; valid forms: {ATTACK_FORMS}")

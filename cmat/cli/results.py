@@ -1,0 +1,97 @@
+"""Reading finished runs: ``cmat eval``, ``inspect``, ``plot`` and ``report``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("eval")
+@click.argument("run_dir", type=click.Path())
+@click.option("--attacks", default=None, help="Comma-separated attack names (default: the run's).")
+@click.option("--samples", default=None, type=int, help="Attack a fixed seeded subset of N test images.")
+@click.option("--data-root", default=None)
+@click.option("--device", default="auto")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def eval_cmd(run_dir, attacks, samples, data_root, device, as_json):
+    """Evaluate a trained run's tasks under attacks (reads store.h5)."""
+    from cmat.engine import resolve_device
+    from cmat.evaluate import WORST, attack_params, build_attacks, evaluate_task
+    from cmat.metrics import wilson_interval
+    from cmat.store import load as load_run
+    from cmat.tasks import tasks_for_config
+
+    loaded = load_run(run_dir)
+    cfg = loaded.config
+    requested = [a.strip() for a in attacks.split(",")] if attacks else list(cfg.eval.attacks)
+    names = list(build_attacks(requested, cfg.threat.eps, cfg.threat.alpha, alphas=cfg.eval.alphas))  # validate first
+    seq = tasks_for_config(cfg, data_root, download=False)
+    dev = resolve_device(device)
+    samples = samples if samples is not None else cfg.eval.samples
+    per_task = []
+    for j in range(len(loaded.task_names)):
+        atks = build_attacks(names, cfg.threat.eps, cfg.threat.alpha, seq[j].num_classes, alphas=cfg.eval.alphas)
+        model = loaded.model(j).to(dev)
+        res = evaluate_task(model, seq[j].test, atks, seq[j].num_classes, cfg.seed, j, samples,
+                            cfg.eval.batch_size, dev)
+        columns = [n for n in res if n in names or n == WORST]
+        per_task.append({"task": j, "name": loaded.task_names[j],
+                         **{n: {k: res[n][k] for k in ("acc", "f1", "n")} for n in columns}})
+    columns = [n for n in per_task[0] if n not in ("task", "name")]
+    pooled = {n: (sum(round(r[n]["acc"] * r[n]["n"]) for r in per_task), sum(r[n]["n"] for r in per_task))
+              for n in columns}
+    report = {"run": str(run_dir), "samples": samples,
+              "attacks": attack_params(build_attacks(names, cfg.threat.eps, cfg.threat.alpha, alphas=cfg.eval.alphas)),
+              "tasks": per_task,
+              "mean": {n: sum(r[n]["acc"] for r in per_task) / len(per_task) for n in columns},
+              "ci95": {n: list(wilson_interval(*pooled[n])) for n in columns}}
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+        return
+    click.echo(f"every column on the same {'seeded subset of ' + str(samples) if samples else 'whole test set of'} "
+               f"images per task; worst = correct clean and under every attack")
+    header = f"{'task':<24}{'n':>6}" + "".join(f"{n:>16}" for n in columns)
+    click.echo(header)
+    for r in per_task:
+        click.echo(f"{r['name'][:24]:<24}{r['clean']['n']:>6}" + "".join(f"{r[n]['acc']:>16.4f}" for n in columns))
+    click.echo(f"{'mean':<24}{'':>6}" + "".join(f"{report['mean'][n]:>16.4f}" for n in columns))
+    click.echo(f"{'pooled 95% CI':<24}{pooled['clean'][1]:>6}"
+               + "".join(f"{'[%.3f, %.3f]' % tuple(report['ci95'][n]):>16}" for n in columns))
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path())
+def inspect(run_dir):
+    """Summarise a run's store: tasks, networks, parameters, bytes per part."""
+    from cmat.report import inspect_store
+
+    click.echo(inspect_store(run_dir))
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--samples", default=None, type=int,
+              help="Test images per task for the ε/steps sweeps (default: the run's eval.samples; capped at it).")
+@click.option("--data-root", default=None)
+def plot(run_dir, samples, data_root):
+    """Plot a run or bench directory: heat maps, per-task bars, accuracy over ε and steps."""
+    from cmat.report import plot_run
+
+    for path in plot_run(run_dir, samples, data_root):
+        click.echo(f"wrote {path}")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--markdown", "as_markdown", is_flag=True, help="Markdown (the default output; kept for scripts).")
+@click.option("--out", "out", default=None, type=click.Path(dir_okay=False), help="Also write the tables to this file.")
+def report(run_dir, as_markdown, out):
+    """Render the results tables of a run or bench directory from its result files (the tables
+    in README/docs are made with this command, never typed)."""
+    from cmat.report import render_report
+
+    text = render_report(run_dir)
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+    click.echo(text, nl=False)

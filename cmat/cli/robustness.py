@@ -1,0 +1,113 @@
+"""Robustness beyond the training run: ``cmat verify`` (critical ε), ``cmat transfer`` and
+``cmat transfer-study`` (robustness transfer)."""
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from cmat.cli.common import overrides
+from cmat.errors import CmatError
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--task", "task", default=0, show_default=True, type=int, help="Task index j.")
+@click.option("--n", "n", default=100, show_default=True, type=int, help="First N test images of the task.")
+@click.option("--bound", default="crown", show_default=True,
+              type=click.Choice(["ibp", "crown", "alpha-crown", "milp"]),
+              help="ibp, crown, alpha-crown (optimised slopes) or milp (exact, small networks, per-sample time limit).")
+@click.option("--eps-max", default=None, type=float, help="Bisection range [0, eps-max] (default 4× the run's ε).")
+@click.option("--iters", default=12, show_default=True, type=int, help="Bisection steps.")
+@click.option("--max-neurons", default=512, show_default=True, type=int,
+              help="crown/alpha-crown: layers with more unstable neurons keep IBP bounds (faster, looser); "
+                   "0 refines every layer (memory is chunked; time grows with the layer width).")
+@click.option("--time-limit", default=10.0, show_default=True, type=float,
+              help="milp: seconds per sample and ε; an unfinished check counts as not certified (unknown).")
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Output folder (RUN_DIR/verify).")
+@click.option("--data-root", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def verify(run_dir, task, n, bound, eps_max, iters, max_neurons, time_limit, out, data_root, as_json):
+    """Per-sample critical ε: certified lower end (IBP/CROWN) and PGD upper end; CSV + ECDF."""
+    from cmat.verify import verify_run
+
+    if n < 1:
+        raise CmatError(f"--n must be ≥ 1, got {n}")
+    if time_limit <= 0:
+        raise CmatError(f"--time-limit must be > 0, got {time_limit}")
+    if max_neurons < 0:
+        raise CmatError(f"--max-neurons must be ≥ 0 (0: no limit), got {max_neurons}")
+    summary = verify_run(run_dir, task, n, bound, eps_max, out, data_root, iters, time_limit=time_limit,
+                         max_neurons=max_neurons or None)
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    for k, v in summary.items():
+        click.echo(f"{k}: {v}")
+
+
+@click.command()
+@click.option("--source", "source", required=True, type=click.Path(), help="Run directory of the robust source.")
+@click.option("--source-task", default=0, show_default=True, type=int)
+@click.option("--tasks", "target", required=True, help="Target task sequence.")
+@click.option("--task", "target_task", default=0, show_default=True, type=int, help="Target task index.")
+@click.option("--strategies", default="linear,tl-1,finetune,lwf,scratch", show_default=True)
+@click.option("--objectives", default="standard,pgd", show_default=True)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False))
+@click.option("--epochs", default=None, type=int)
+@click.option("--eval-samples", default=None, type=int)
+@click.option("--attacks", default="clean,pgd10,pgd40", show_default=True)
+@click.option("--data-root", default=None)
+@click.option("--download", is_flag=True)
+@click.option("--device", default=None)
+@click.option("--set", "set_", multiple=True, help="e.g. --set method_options.lwf_lambda=0.5")
+@click.option("--no-progress", is_flag=True)
+def transfer(source, source_task, target, target_task, strategies, objectives, out, no_progress, **flags):
+    """Adapt a robust source to a target task: linear, tl-K, finetune, lwf vs scratch."""
+    from cmat.transfer import run_transfer
+
+    flags["tasks"] = target
+    report = run_transfer(source, source_task, target, target_task,
+                          [s.strip() for s in strategies.split(",") if s.strip()],
+                          [o.strip() for o in objectives.split(",") if o.strip()], out, overrides(**flags),
+                          progress=not no_progress)
+    click.echo(report["markdown"])
+    click.echo(f"wrote {out}/transfer.json, transfer.csv, transfer.md, transfer.png")
+
+
+@click.command("transfer-study")
+@click.option("--tasks", required=True, help="Sequence holding source and target task, e.g. digits-2split.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Study directory.")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML file over the preset.")
+@click.option("--source-task", default=0, show_default=True, type=int, help="Source task index.")
+@click.option("--target-task", default=1, show_default=True, type=int, help="Target task index.")
+@click.option("--strategies", default=None,
+              help="Comma-separated transfer strategies (default linear,tl-K,finetune,lwf; scratch is always run).")
+@click.option("--jobs", default=None, type=int, help="Worker processes (default: CPU cores on a CPU, 1 on a GPU).")
+@click.option("--verify-samples", default=30, show_default=True, type=int,
+              help="Correct test images per cell whose critical ε is bracketed (ECDF).")
+@click.option("--seed", default=None, type=int)
+@click.option("--epochs", default=None, type=int)
+@click.option("--eval-samples", default=None, type=int)
+@click.option("--attacks", default=None)
+@click.option("--data-root", default=None)
+@click.option("--download", is_flag=True)
+@click.option("--device", default=None)
+@click.option("--set", "set_", multiple=True, help="e.g. --set method_options.lwf_lambda=0.5")
+@click.option("--no-progress", is_flag=True)
+def transfer_study(out, config_file, source_task, target_task, strategies, jobs, verify_samples, no_progress, **flags):
+    """The robustness-transfer study in one command: standard and PGD sources, every strategy ×
+    target objective plus scratch; attacks, certification, cost; study.csv/md and plots."""
+    from cmat import config as config_mod
+    from cmat.engine import resolve_device
+    from cmat.transfer_study import run_study, study_markdown
+
+    cfg = config_mod.resolve(flags.get("tasks"), config_file, overrides(**flags))
+    if jobs is None:
+        jobs = 1 if resolve_device(cfg.device).type == "cuda" else max(1, min(os.cpu_count() or 1, 8))
+    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    study = run_study(cfg, out, source_task, target_task, names, jobs, verify_samples, progress=not no_progress,
+                      say=lambda m: click.echo(m, err=False))
+    click.echo(study_markdown(study))
+    click.echo(f"wrote {out}/study.csv, study.md, study.json, critical_eps.csv, pareto.png, bars.png, ecdf.png")

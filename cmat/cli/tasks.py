@@ -1,0 +1,44 @@
+"""``cmat tasks [show NAME]``: the task sequences and their presets."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from cmat.errors import CmatError
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def tasks(ctx, as_json):
+    """List the task sequences (`cmat tasks show NAME` for one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cmat.tasks import list_sequences
+
+    seqs = list_sequences()
+    if as_json:
+        click.echo(json.dumps(seqs, indent=1))
+        return
+    for s in seqs:
+        click.echo(f"{s['name']:<18} {s['num_tasks']:>3} tasks  {s['description']}")
+
+
+@tasks.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def tasks_show(name, as_json):
+    """Show one sequence: its tasks, classes, files and preset."""
+    from cmat.tasks import list_sequences
+
+    found = [s for s in list_sequences() if s["name"] == name]
+    if not found:
+        names = ", ".join(s["name"] for s in list_sequences())
+        raise CmatError(f"unknown task sequence {name!r} (valid: {names})")
+    info = found[0]
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    for k, v in info.items():
+        click.echo(f"{k}: {v}")

@@ -1,0 +1,269 @@
+"""The task-sequence engine: one readable loop over tasks (:class:`Run`).
+
+``Run(cfg, out).execute()``: for each task t — the method's hooks train it (:class:`Trainer`);
+then every seen task j ≤ t is evaluated under every configured attack, filling
+``acc[attack][t][j]``. After every task a checkpoint is written; at the end ``results.json``
+(the contract in DESIGN.md, assembled by :mod:`cmat.engine.results`), ``store.h5``,
+``eval.h5`` and ``config.yaml``, each atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from cmat import config as config_mod
+from cmat import distributed, estimate
+from cmat.atomic import atomic_write_text
+from cmat.catalog import method_class
+from cmat.engine.results import evaluate_on_test, matrix_figures, results_json
+from cmat.engine.trainer import Trainer, peak_rss_mb, resolve_device, task_cost
+from cmat.errors import CmatError
+from cmat.evaluate import FrozenCheck, build_attacks, model_fingerprint, result_columns
+from cmat.objectives import make_objective
+from cmat.outcomes import write_outcomes
+from cmat.seeding import seed_everything
+from cmat.store import read_checkpoint, save_checkpoint, save_run
+from cmat.tasks import tasks_for_config
+from cmat.tblog import RunLogger
+
+
+class Run:
+    """One run of one method over one task sequence, writing into ``out``.
+
+    After every task a checkpoint (``checkpoint.h5``: the store of the tasks so far, the
+    accuracy rows, the random-generator state) is written atomically; Ctrl-C leaves it in
+    place and ``resume=True`` continues from it, ending with exactly the results an
+    uninterrupted run gets. The finished run replaces it by ``store.h5`` and ``results.json``.
+    """
+    def __init__(self, cfg, out, progress: bool = True, verbose: bool = True, resume: bool = False,
+                 label: Optional[str] = None):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.progress = progress
+        self.verbose = verbose
+        self.resume = resume
+        self.label = label  # names the run on every line it prints (cmat bench: "packnet s0")
+        self.dist = None  # set under torchrun (cmat.distributed)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run directory and prints (rank 0, or no torchrun)."""
+        return self.dist is None or self.dist.is_main
+
+    def say(self, msg: str) -> None:
+        if self.verbose and self.is_main:
+            tqdm.write(f"[{self.label or 'cmat'}] {msg}")
+
+    def execute(self) -> dict:
+        cfg = self.cfg
+        seq = tasks_for_config(cfg)
+        method_cls = method_class(cfg.method)
+        device = resolve_device(cfg.device)
+        attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha,
+                                n_classes=max(t.num_classes for t in seq), alphas=cfg.eval.alphas)
+        make_objective(cfg.objective, cfg.threat)  # validate before any output is written
+        self._join_torchrun(device)
+        if self.dist is not None and device.type == "cuda":
+            device = torch.device("cuda", self.dist.local_rank)
+        checkpoint = self.out / "checkpoint.h5"
+        state = None
+        if self.resume:
+            if not checkpoint.exists():
+                raise CmatError(f"nothing to resume in {self.out} (no checkpoint.h5)")
+            state = read_checkpoint(checkpoint, cfg)
+        seed_everything(cfg.seed, cfg.deterministic)
+        method = method_cls(cfg, seq, device)  # method options are checked before anything is written
+        if self.is_main:
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise CmatError(f"cannot create the run directory {self.out}: {err.strerror}") from None
+            if not os.access(self.out, os.W_OK | os.X_OK):
+                raise CmatError(f"the run directory {self.out} is not writable (read-only file system or permissions)")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if self.is_main:
+            atomic_write_text(self.out / "config.yaml", config_mod.to_yaml(cfg))
+        logger = RunLogger(self.out, enabled=self.is_main)
+        self._resolve_precision(seq, method, device, state)
+        self.estimate = self._estimate(seq, method, device) if state is None else None
+        try:
+            return self._loop(seq, method, device, attacks, logger, state)
+        except KeyboardInterrupt:
+            logger.event(kind="interrupted")
+            if checkpoint.exists():
+                raise CmatError(f"interrupted; tasks finished so far are checkpointed in {checkpoint}: "
+                                f"continue with the same command plus --resume") from None
+            raise CmatError("interrupted before the first task finished; nothing to resume") from None
+        finally:
+            logger.close()
+            if self.dist is not None:
+                self.dist.close()
+
+    def estimate_only(self) -> dict:
+        """What :meth:`execute` would print before training, without training or writing anything."""
+        cfg = self.cfg
+        seq = tasks_for_config(cfg)
+        device = resolve_device(cfg.device)
+        make_objective(cfg.objective, cfg.threat)
+        seed_everything(cfg.seed, cfg.deterministic)
+        method = method_class(cfg.method)(cfg, seq, device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self._resolve_precision(seq, method, device, None)
+        return self._estimate(seq, method, device)
+
+    def _resolve_precision(self, seq, method, device, state) -> None:
+        if state is not None and "precision" in state:  # a resumed run keeps the precision it chose
+            self.precision = state["precision"]
+            return
+        self.precision = estimate.resolve_bf16(self.cfg, seq[0], device, masked=getattr(method, "masked", False))
+        p = self.precision
+        if p["mode"] == "auto":
+            self.say(f"accel.bf16=auto: a training step under bf16 autocast runs at {p['speedup']:.2f}× float32's speed "
+                     f"on {device.type} → training in {'bf16' if p['bf16'] else 'float32'} "
+                     f"(bf16 needs ≥ {estimate.AUTO_MIN_SPEEDUP}×); validation and evaluation stay float32")
+
+    def _estimate(self, seq, method, device) -> Optional[dict]:
+        """Measure the training pass rate on this device and print what the run will cost."""
+        p = self.precision
+        if p["mode"] == "auto":  # measured already, both ways
+            rate = p["bf16_pass_seconds"] if p["bf16"] else p["fp32_pass_seconds"]
+        else:
+            rate = estimate.measure_pass_seconds(self.cfg, seq[0], device, masked=getattr(method, "masked", False),
+                                                 bf16=p["bf16"])
+        est = estimate.estimate(self.cfg, seq, method, device, rate)
+        for line in estimate.describe(est).splitlines():
+            self.say(line)
+        return est
+
+    def _join_torchrun(self, device) -> None:
+        if distributed.world_size() > 1:
+            distributed.check_supported(self.cfg.method, self.cfg.objective.name)
+        self.dist = distributed.from_env(device)
+
+    def _loop(self, seq, method, device, attacks, logger, state) -> dict:
+        cfg = self.cfg
+        trainer = Trainer(cfg, device, logger, self.progress and self.is_main, self.dist)
+        trainer.bf16 = self.precision["bf16"]
+        trainer.label, trainer.n_tasks = (f"{self.label} " if self.label else ""), len(seq)
+        columns = result_columns(attacks)
+        acc = {name: [] for name in columns}
+        clean_full: list = []
+        last: dict = {}
+        spent, first, eval_spent = 0.0, 0, 0.0  # spent: wall seconds so far, evaluation included
+        if state is not None:
+            method.restore([net.to(device) for net in state["networks"]], state["decisions"])
+            acc, last, spent, first = state["acc"], state["last"], state["train_seconds"], state["completed"]
+            eval_spent = state.get("eval_seconds", 0.0)
+            clean_full = state.get("clean_full", acc.get("clean", []))
+            trainer.global_step = state["global_step"]
+            trainer.grad_evals = int(state.get("grad_evals", 0))
+            torch.set_rng_state(state["rng"])
+            self.say(f"resuming after task {first}/{len(seq)}")
+        per_task = list(state.get("per_task", [])) if state is not None else []
+        start = time.time() - spent
+        final: list = []
+        cache, previous = {}, {}  # (task, model fingerprint) → evaluation; task → its latest one
+        frozen = {}  # task → FrozenCheck, for methods that declare a learned task's function frozen
+        for t in range(first, len(seq)):
+            task = seq[t]
+            self.say(f"task {t + 1}/{len(seq)}: {task.name} ({task.num_classes} classes, "
+                     f"{len(task.train)} train / {len(task.val)} val / {len(task.test)} test)")
+            before = (time.perf_counter(), trainer.steps, trainer.step_seconds, trainer.val_seconds, trainer.grad_evals,
+                      trainer.step_cpu_seconds)
+            method.before_task(t, task)
+            method.train_task(t, task, trainer)
+            method.after_task(t, task)
+            cost = task_cost(trainer, before)
+            row = {name: [] for name in columns}
+            full_row, final = [], []
+            eval_start, eval_cpu = time.time(), time.process_time()
+            bar = tqdm(total=(t + 1) * (len(attacks) - 1), desc=f"{trainer.task_label(t)} eval", leave=False,
+                       disable=not (self.progress and self.is_main), unit="attack")
+            # frozen tasks probed this round: the PROBES_PER_TASK checked longest ago (O(1) per task);
+            # the rest reuse their evaluation until their turn or the end-of-run fingerprint check
+            probe = set(sorted(frozen, key=lambda k: frozen[k].checked_after)[:FrozenCheck.PROBES_PER_TASK])
+            for j in range(t + 1):
+                def status(name, j=j):
+                    bar.set_postfix_str(f"task {j + 1} {seq[j].name}: {name}")
+                    bar.update(1)
+
+                model = method.model_for(j)
+                if j in frozen and (j not in probe or frozen[j].unchanged(model, t)):
+                    res = previous[j]  # declared frozen (and, when probed, the same logits bit for bit)
+                    bar.update(len(attacks) - 1)
+                else:
+                    key = (j, model_fingerprint(model))
+                    if key in cache:  # unchanged since its last evaluation: the same bits, no attacks
+                        res = cache[key]
+                        bar.update(len(attacks) - 1)
+                    else:
+                        res = evaluate_on_test(cfg, seq, j, model, device, progress=status)
+                        cache = {k: v for k, v in cache.items() if v is not previous.get(j)}
+                        cache[key], previous[j] = res, res
+                    if method.evaluations_of(j, len(seq)) == 1:  # the method declares j frozen from now on
+                        frozen[j] = FrozenCheck(model, seq[j].test, res["clean"]["indices"], key[1], device, t)
+                for name in columns:
+                    row[name].append(res[name]["acc"])
+                    logger.scalar(f"eval/{name}/task_{j + 1}_{seq[j].name}", res[name]["acc"], t + 1)
+                full_row.append(res["clean"]["acc_full"])
+                last[str(j)] = {name: {k: res[name][k] for k in ("acc", "f1", "n")} for name in columns}
+                final.append(res)
+            bar.close()
+            eval_spent += time.time() - eval_start
+            cost["eval_seconds"] = time.time() - eval_start
+            cost["eval_cpu_seconds"] = time.process_time() - eval_cpu
+            for name in columns:
+                acc[name].append(row[name])
+            clean_full.append(full_row)
+            logger.event(kind="eval", task=t, acc={n: row[n] for n in columns})
+            self.say("  after task {}: ".format(t + 1) + "  ".join(f"{n}={sum(r) / len(r):.3f}" for n, r in row.items()))
+            cost["peak_rss_mb"] = peak_rss_mb()
+            per_task.append(cost)
+            if t < len(seq) - 1 and self.is_main:
+                ckpt_start = time.perf_counter()
+                path = save_checkpoint(self.out / "checkpoint.h5", method, seq, cfg,
+                                       {"completed": t + 1, "acc": acc, "clean_full": clean_full, "last": last,
+                                        "train_seconds": time.time() - start, "eval_seconds": eval_spent,
+                                        "global_step": trainer.global_step, "grad_evals": trainer.grad_evals,
+                                        "per_task": per_task, "precision": self.precision},
+                                       torch.get_rng_state())
+                cost["checkpoint_seconds"] = time.perf_counter() - ckpt_start
+                cost["store_bytes"] = path.stat().st_size
+        check_start = time.time()
+        for j, check in frozen.items():
+            if check.evaluated_after < len(seq) - 1 and model_fingerprint(method.model_for(j)) != check.fingerprint:
+                self.say(f"warning: task {j + 1}'s model changed after its evaluation although {cfg.method} declares "
+                         "it frozen; re-evaluating it for the final row")
+                res = evaluate_on_test(cfg, seq, j, method.model_for(j), device)
+                final[j] = res
+                for name in columns:
+                    acc[name][-1][j] = res[name]["acc"]
+                clean_full[-1][j] = res["clean"]["acc_full"]
+                last[str(j)] = {name: {k: res[name][k] for k in ("acc", "f1", "n")} for name in columns}
+        final_check_seconds = time.time() - check_start
+        eval_spent += final_check_seconds
+        wall_seconds = time.time() - start
+        train_seconds = wall_seconds - eval_spent
+        if not self.is_main:
+            return {}
+        store_path = save_run(self.out / "store.h5", method, seq, cfg)
+        if per_task:
+            per_task[-1]["store_bytes"] = store_path.stat().st_size
+        write_outcomes(self.out / "eval.h5", seq.task_names, final)
+        results = results_json(cfg, seq, method, columns, acc, clean_full, last, final, trainer, per_task, {
+            "train_seconds": train_seconds, "eval_seconds": eval_spent, "wall_seconds": wall_seconds,
+            "final_check_seconds": final_check_seconds, "precision": self.precision,
+            **({"estimate": self.estimate} if getattr(self, "estimate", None) else {}),
+            "store_bytes": store_path.stat().st_size})
+        atomic_write_text(self.out / "results.json", json.dumps(results, indent=1))
+        (self.out / "checkpoint.h5").unlink(missing_ok=True)
+        matrix_figures(logger, cfg.method, acc, seq.task_names)
+        return results

@@ -1,0 +1,128 @@
+"""Adversarial-training objectives: standard, pgd (Madry), trades, fast (FGSM with random start)
+and free (minibatch replay); see :mod:`cmat.objectives.base` for the contract."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cmat.attacks import FGSM, PGD
+from cmat.errors import CmatError
+from cmat.objectives.base import Objective, register_objective
+
+
+@register_objective
+class Standard(Objective):
+    name = "standard"
+    adversarial = False
+
+    def loss(self, model, x, y, generator):
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+
+
+@register_objective
+class MadryPGD(Objective):
+    name = "pgd"
+
+    def __init__(self, cfg, threat):
+        super().__init__(cfg, threat)
+        self.passes = cfg.steps + 1  # K attack steps, then the training step
+        self.attack = PGD(eps=self.eps, alpha=self.alpha, steps=cfg.steps, random_start=True)
+
+    def loss(self, model, x, y, generator):
+        x_adv = self.attack(self.attack_view(model), x, y, generator=generator)
+        logits = model(x_adv)
+        return F.cross_entropy(logits, y), logits
+
+    def describe(self):
+        return {**super().describe(), "steps": self.cfg.steps}
+
+
+@register_objective
+class Trades(Objective):
+    name = "trades"
+
+    def __init__(self, cfg, threat):
+        super().__init__(cfg, threat)
+        self.passes = cfg.steps + 2  # K attack steps, then f(x) and f(x_adv) in the loss
+    def _adversary(self, model, x, generator):
+        view = self.attack_view(model)
+        was_training = [m.training for m in model.modules()]
+        model.eval()
+        try:
+            with torch.no_grad():
+                p_clean = F.softmax(view(x), dim=1)
+            noise = torch.randn(x.shape, generator=generator).to(x.device)
+            x_adv = (x + 0.001 * noise).clamp(0, 1)
+            for _ in range(self.cfg.steps):
+                x_adv.requires_grad_(True)
+                kl = F.kl_div(F.log_softmax(view(x_adv), dim=1), p_clean, reduction="sum")
+                (grad,) = torch.autograd.grad(kl, x_adv)
+                x_adv = x_adv.detach() + self.alpha * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp_(0, 1)
+        finally:
+            for m, mode in zip(model.modules(), was_training):
+                m.training = mode
+        return x_adv.detach()
+
+    def loss(self, model, x, y, generator):
+        x_adv = self._adversary(model, x, generator)
+        logits = model(x)
+        robust = F.kl_div(F.log_softmax(model(x_adv), dim=1), F.softmax(logits, dim=1), reduction="batchmean")
+        return F.cross_entropy(logits, y) + self.cfg.trades_beta * robust, logits
+
+    def describe(self):
+        return {**super().describe(), "steps": self.cfg.steps, "beta": self.cfg.trades_beta}
+
+
+@register_objective
+class FastFGSM(Objective):
+    name = "fast"
+    detects_collapse = True
+    passes = 2  # one FGSM step, then the training step
+    def __init__(self, cfg, threat):
+        super().__init__(cfg, threat)
+        self.attack = FGSM(eps=self.eps, random_start=True, alpha=cfg.fast_alpha * self.eps)
+
+    def loss(self, model, x, y, generator):
+        x_adv = self.attack(self.attack_view(model), x, y, generator=generator)
+        logits = model(x_adv)
+        return F.cross_entropy(logits, y), logits
+
+    def describe(self):
+        return {**super().describe(), "alpha": self.cfg.fast_alpha * self.eps}
+
+
+@register_objective
+class FreeAT(Objective):
+    name = "free"
+
+    def __init__(self, cfg, threat):
+        super().__init__(cfg, threat)
+        if cfg.free_replays < 1:
+            raise CmatError(f"objective.free_replays must be ≥ 1, got {cfg.free_replays}")
+        self.replays = int(cfg.free_replays)
+        self.delta = None
+        self._current = None
+
+    def loss(self, model, x, y, generator):
+        if self.delta is None or self.delta.shape != x.shape:
+            self.delta = torch.zeros_like(x)
+        delta = self.delta.detach().requires_grad_(True)
+        self._current = (x, delta)
+        logits = model((x + delta).clamp(0, 1))
+        return F.cross_entropy(logits, y), logits
+
+    def reset(self):
+        self.delta = None
+        self._current = None
+
+    def after_backward(self):
+        x, delta = self._current
+        step = self.eps * delta.grad.sign()
+        new = (delta.detach() + step).clamp(-self.eps, self.eps)
+        self.delta = ((x + new).clamp(0, 1) - x).detach()
+        self._current = None
+
+    def describe(self):
+        return {**super().describe(), "replays": self.replays}

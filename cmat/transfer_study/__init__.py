@@ -1,0 +1,29 @@
+"""``cmat transfer-study``: the robustness-transfer study end to end in one command.
+
+1. **Sources.** Two plain networks trained on the source task (``at-individual`` runs of the
+   sequence's first ``source_task + 1`` tasks): objective ``standard`` and ``pgd``. They are
+   ordinary run directories under ``OUT/sources/`` (a finished one with the same configuration
+   is reused, as ``cmat bench`` does).
+2. **Cells.** On the target task, for each source: ``linear``, ``tl-K``, ``finetune`` and ``lwf``
+   (:mod:`cmat.transfer`), each with target objective ``standard`` and ``pgd``; plus ``scratch``
+   with both objectives (``source_objective`` = ``none``). Every cell is evaluated by the
+   harness (:func:`cmat.evaluate.evaluate_task`: clean, the configured attacks and ``worst``,
+   all on the same images), certified at the run's ε with CROWN (the tightest bound cmat has;
+   ``certified`` counts images proven for every point of the ball), and bracketed per sample
+   by critical-ε bisection (certified lower end, PGD upper end; VERONA's CSV columns) on the
+   first ``verify_samples`` correctly classified evaluated images. Cost: training seconds and
+   ``grad_evals`` = forward+backward passes per image spent on the target, attack steps
+   included. A finished cell (``cells/<name>/cell.json`` with the same key) is reused.
+3. **Outputs.** ``study.csv`` (the columns in :data:`CSV_COLUMNS`), ``study.json`` (everything,
+   with n, 95% intervals, ratios against scratch PGD-AT and exact McNemar tests), ``study.md``,
+   ``critical_eps.csv`` and the plots ``pareto.png`` (robust accuracy against cost, Pareto
+   front), ``bars.png`` (grouped per strategy) and ``ecdf.png`` (critical ε per strategy).
+
+Cells run in ``jobs`` worker processes (one CPU thread each on a CPU; cells are independent).
+
+Modules: ``plan`` (cells, keys, reuse), ``cells`` (a source run and one cell, runnable in worker
+processes), ``study`` (the orchestration), ``analysis`` (summary, tables, plots).
+"""
+from cmat.transfer_study.analysis import study_markdown, summarize_study, write_study  # noqa: F401
+from cmat.transfer_study.plan import ACCURACY_COLUMNS, CSV_COLUMNS, Cell, plan  # noqa: F401
+from cmat.transfer_study.study import run_study  # noqa: F401

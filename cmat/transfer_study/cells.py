@@ -1,0 +1,102 @@
+"""The study's units of work, runnable in worker processes: a source run and one cell."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from cmat import config as config_mod
+from cmat.atomic import atomic_write_text
+from cmat.bounds import HARNESS_NEURONS, certified_mask
+from cmat.engine import Run, resolve_device
+from cmat.evaluate import build_attacks, evaluate_task
+from cmat.store import load as load_run
+from cmat.tasks import tasks_for_config
+from cmat.tblog import RunLogger
+from cmat.transfer import build_transfer_model, check_compatible, train_transfer
+from cmat.transfer_study.plan import FORMAT, Cell, untrained_view, yaml_load
+from cmat.verify import COLUMNS, critical_eps
+
+
+def run_cell(cell: Cell, cfg_yaml: str, source_dir: Optional[str], out_dir: str, settings: dict, key: str,
+             progress: bool, threads: int = 0) -> dict:
+    """Train, evaluate and verify one cell; writes ``cell.json`` and the cell's VERONA CSV.
+
+    Runs in a worker process as well as inline (every argument is plain data)."""
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = config_mod.from_dict(yaml_load(cfg_yaml))
+    seq = tasks_for_config(cfg)
+    t_idx = settings["target_task"]
+    task = seq[t_idx]
+    device = resolve_device(cfg.device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if source_dir is not None:
+        source_view = load_run(source_dir).model(settings["source_task"])
+    else:  # scratch: only the architecture matters; build it untrained
+        source_view = untrained_view(cfg, seq, settings["source_task"])
+    check_compatible(source_view.net.spec, task)
+    build_transfer_model(source_view, cell.strategy, task.num_classes)  # strategy names fail before training
+    logger = RunLogger(out)
+    try:
+        model, seconds, grad_evals = train_transfer(source_view, cell.strategy, cell.target, task, t_idx, cfg,
+                                                    device, logger, progress, label=f"{cell.name} ")
+    finally:
+        logger.close()
+    model = model.eval()
+    attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, task.num_classes,
+                            alphas=cfg.eval.alphas)
+    t0 = time.time()
+    res = evaluate_task(model, task.test, attacks, task.num_classes, cfg.seed, t_idx, cfg.eval.samples,
+                        cfg.eval.batch_size, device)
+    eval_seconds = time.time() - t0
+    idx = torch.as_tensor(res["clean"]["indices"])
+    x, y = task.test.tensors(idx)
+    model_cpu = model.cpu()
+    t0 = time.time()
+    cert = certified_mask(model_cpu, x, y, cfg.threat.eps, settings["bound"], max_neurons=HARNESS_NEURONS).numpy()
+    cert &= res["clean"]["correct"]
+    correct_ids = np.flatnonzero(res["clean"]["correct"])[: settings["verify_samples"]]
+    crit = {"certified": [], "attack": []}
+    if len(correct_ids):
+        ce = critical_eps(model_cpu, x[correct_ids], y[correct_ids], settings["eps_max_factor"] * cfg.threat.eps,
+                          settings["bound"], settings["verify_iters"], seed=cfg.seed, max_neurons=HARNESS_NEURONS)
+        crit = {"certified": ce["certified"].tolist(), "attack": ce["attack"].tolist()}
+    verify_seconds = time.time() - t0
+    per_sample = verify_seconds / max(len(correct_ids), 1)
+    columns = {name: res[name] for name in res if name in attacks or name == "worst"}
+    columns["certified"] = {"acc": float(cert.mean()) if len(cert) else 0.0, "n": int(len(cert)), "correct": cert}
+    row = {"source_objective": cell.source, "strategy": cell.strategy, "target_objective": cell.target,
+           **{name: float(c["acc"]) for name, c in columns.items()},
+           "train_seconds": seconds, "grad_evals": int(grad_evals)}
+    verona = [[cell.name, int(idx[i]), int(y[i]), f"{c:.6g}", f"{a:.6g}", f"{per_sample:.4f}", settings["bound"]]
+              for i, c, a in zip(correct_ids.tolist(), crit["certified"], crit["attack"])]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COLUMNS)
+    w.writerows(verona)
+    atomic_write_text(out / "critical_eps.csv", buf.getvalue())
+    record = {"format": FORMAT, "key": key, "cell": cell.name, "row": row,
+              "n": int(len(idx)), "indices": idx.tolist(),
+              "outcomes": {name: np.asarray(c["correct"], dtype=np.uint8).tolist() for name, c in columns.items()},
+              "critical_eps": crit, "verona": verona,
+              "eval_seconds": eval_seconds, "verify_seconds": verify_seconds,
+              "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    atomic_write_text(out / "cell.json", json.dumps(record))
+    return record
+
+
+def run_source(cfg_yaml: str, run_dir: str, progress: bool, verbose: bool, threads: int) -> dict:
+    """Train one source (an ordinary run directory); runs in a worker process as well as inline."""
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = config_mod.from_dict(yaml_load(cfg_yaml))
+    label = f"source {cfg.objective.name}"
+    return Run(cfg, run_dir, progress=progress, verbose=verbose, label=label).execute()

@@ -1,0 +1,102 @@
+"""The study's plan: its cells, their keys (what a result depends on) and reuse of finished cells."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from cmat.nn.multihead import MultiHeadNet, TaskView
+from cmat.transfer import build_transfer_model, check_compatible
+
+SOURCE_OBJECTIVES = ("standard", "pgd")
+TARGET_OBJECTIVES = ("standard", "pgd")
+CSV_COLUMNS = ("source_objective", "strategy", "target_objective", "clean", "pgd10", "pgd40", "worst", "certified",
+               "train_seconds", "grad_evals")
+ACCURACY_COLUMNS = ("clean", "pgd10", "pgd40", "aa", "worst", "certified")
+FORMAT = 1  # bump when a cell's contents change meaning (invalidates reuse)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trained target model: ``source`` objective (``none`` for scratch), strategy, target objective."""
+    source: str
+    strategy: str
+    target: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}-{self.strategy}-{self.target}"
+
+    @property
+    def label(self) -> str:
+        src = "scratch" if self.source == "none" else f"{self.source} source"
+        return f"{src}, {self.strategy}, {self.target} target"
+
+
+def plan(strategies) -> list:
+    """Every cell of the study, PGD targets first (the long ones start early)."""
+    cells = [Cell(s, st, t) for s in SOURCE_OBJECTIVES for st in strategies for t in TARGET_OBJECTIVES]
+    cells += [Cell("none", "scratch", t) for t in TARGET_OBJECTIVES]
+    return sorted(cells, key=lambda c: c.target != "pgd")
+
+
+def source_config(cfg, objective: str, source_task: int):
+    """The configuration of a source run: at-individual on the first ``source_task + 1`` tasks."""
+    out = copy.deepcopy(cfg)
+    out.method, out.max_tasks = "at-individual", source_task + 1
+    out.objective.name = objective
+    return out
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cell_key(cfg_yaml: str, cell: Cell, source_store: Optional[Path], settings: dict) -> str:
+    """What a cell's result depends on: configuration, cell, source weights, study settings."""
+    h = hashlib.sha256()
+    for part in (str(FORMAT), cfg_yaml, cell.name, file_digest(source_store) if source_store else "none",
+                 json.dumps(settings, sort_keys=True)):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def untrained_view(cfg, seq, source_task: int):
+    """A plain untrained network of the run's architecture (what ``scratch`` re-initialises)."""
+    src = seq[source_task]
+    net = MultiHeadNet(cfg.model.arch, src.input_shape[0], src.input_shape[-1], [t.num_classes for t in seq],
+                       [t.mean for t in seq], [t.std for t in seq], cfg.model.width)
+    return TaskView(net, source_task)
+
+
+def yaml_load(text: str) -> dict:
+    """A configuration passed to a worker process as YAML text, parsed."""
+    return yaml.safe_load(text)
+
+
+def reusable_cell(path: Path, key: str) -> Optional[dict]:
+    """A finished cell's record in ``path`` when its key and format match, else None."""
+    try:
+        record = json.loads((path / "cell.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("key") == key and record.get("format") == FORMAT else None
+
+
+def check_strategies(cfg, seq, source_task, target_task, strategies) -> None:
+    """Every strategy name and the source/target shapes checked before anything trains."""
+    view = untrained_view(cfg, seq, source_task)
+    check_compatible(view.net.spec, seq[target_task])
+    for s in strategies:
+        build_transfer_model(view, s, seq[target_task].num_classes)

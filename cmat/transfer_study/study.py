@@ -1,0 +1,148 @@
+"""The study end to end: validate, run or reuse both sources and every cell (inline or in
+worker processes), then summarise and write (:mod:`cmat.transfer_study.analysis`)."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cmat import config as config_mod
+from cmat.atomic import atomic_write_text
+from cmat.bench import reusable_run
+from cmat.engine import resolve_device
+from cmat.errors import CmatError
+from cmat.evaluate import build_attacks
+from cmat.tasks import tasks_for_config
+from cmat.transfer import default_tl_k
+from cmat.transfer_study.analysis import summarize_study, write_study
+from cmat.transfer_study.cells import run_cell, run_source
+from cmat.transfer_study.plan import SOURCE_OBJECTIVES, cell_key, check_strategies, plan, reusable_cell, source_config
+
+
+def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=None, jobs: int = 1,
+              verify_samples: int = 30, verify_iters: int = 10, progress: bool = True, say=print) -> dict:
+    """Run (or reuse) both sources and every cell; write study.csv/.json/.md, CSVs and plots."""
+    config_mod.validate(cfg)
+    seq = tasks_for_config(cfg)
+    for name, t in (("source task", source_task), ("target task", target_task)):
+        if not 0 <= t < len(seq):
+            raise CmatError(f"{name} {t} out of range: {cfg.tasks} has tasks 0..{len(seq) - 1}")
+    if source_task == target_task:
+        raise CmatError("the source and target tasks must differ")
+    if verify_samples < 0 or verify_iters < 1:
+        raise CmatError("--verify-samples must be ≥ 0 and the bisection steps ≥ 1")
+    if jobs < 1:
+        raise CmatError(f"--jobs must be ≥ 1, got {jobs}")
+    strategies = list(strategies or ("linear", f"tl-{default_tl_k(cfg.model.arch)}", "finetune", "lwf"))
+    if "scratch" in strategies:
+        strategies.remove("scratch")  # always there, once per target objective
+    build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, seq[target_task].num_classes,
+                  alphas=cfg.eval.alphas)
+    for obj in SOURCE_OBJECTIVES:
+        config_mod.validate(source_config(cfg, obj, source_task))
+    device = resolve_device(cfg.device)
+    check_strategies(cfg, seq, source_task, target_task, strategies)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_yaml = config_mod.to_yaml(cfg)
+    atomic_write_text(out / "config.yaml", cfg_yaml)
+    settings = {"source_task": source_task, "target_task": target_task, "bound": "crown",
+                "verify_samples": int(verify_samples), "verify_iters": int(verify_iters), "eps_max_factor": 2.0}
+    cells = plan(strategies)
+    inline = jobs == 1
+    threads = cfg.threads if inline else max(1, (os.cpu_count() or 1) // jobs)
+    say(f"transfer study on {cfg.tasks}: source task {source_task + 1} ({seq[source_task].name}) → target task "
+        f"{target_task + 1} ({seq[target_task].name}); 2 sources + {len(cells)} cells "
+        f"({', '.join(strategies)} × {{standard, pgd}} per source, scratch); "
+        f"{jobs} worker{'s' if jobs > 1 else ''} on {device.type}")
+    records: dict = {}
+    sources: dict = {}
+    started = time.time()
+    pool = None if inline else ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    bar = tqdm(total=len(cells) + 2, desc="transfer study", unit="piece", disable=not progress or inline)
+    try:
+        pending: dict = {}
+
+        def submit(fn, *args, tag):
+            if inline:
+                return tag, fn(*args)
+            pending[pool.submit(fn, *args)] = tag
+            return None
+
+        def finished(tag, result):
+            bar.update(1)
+            elapsed = time.time() - started
+            if tag[0] == "source":
+                obj = tag[1]
+                sources[obj] = result
+                s = result["summary"]
+                say(f"[source {obj}] clean {s['clean']['acc']:.3f}  worst {s.get('worst', s['clean'])['acc']:.3f}  "
+                    f"({result['cost']['train_seconds']:.0f}s training; {elapsed / 60:.1f} min so far)")
+                for c in cells:
+                    if c.source == obj:
+                        start_cell(c)
+            else:
+                cell = tag[1]
+                records[cell.name] = result
+                r = result["row"]
+                say(f"[{cell.name}] clean {r['clean']:.3f}  pgd10 {r.get('pgd10', float('nan')):.3f}  "
+                    f"worst {r.get('worst', float('nan')):.3f}  certified {r['certified']:.3f}  "
+                    f"{r['train_seconds']:.0f}s, {r['grad_evals']:,} passes  "
+                    f"({len(records)}/{len(cells)} cells, {elapsed / 60:.1f} min so far)")
+
+        def start_cell(cell):
+            src_dir = None if cell.source == "none" else out / "sources" / cell.source
+            store = None if src_dir is None else src_dir / "store.h5"
+            key = cell_key(cfg_yaml, cell, store, settings)
+            cell_dir = out / "cells" / cell.name
+            old = reusable_cell(cell_dir, key)
+            if old is not None:
+                say(f"[{cell.name}] reusing the finished cell in {cell_dir}")
+                finished(("cell", cell), old)
+                return
+            done = submit(run_cell, cell, cfg_yaml, None if src_dir is None else str(src_dir), str(cell_dir),
+                          settings, key, progress and inline, threads if not inline else 0, tag=("cell", cell))
+            if done is not None:
+                finished(*done)
+
+        def start_source(obj):
+            scfg = source_config(cfg, obj, source_task)
+            run_dir = out / "sources" / obj
+            if reusable_run(run_dir, scfg):
+                say(f"[source {obj}] reusing the finished run in {run_dir}")
+                finished(("source", obj), json.loads((run_dir / "results.json").read_text()))
+                return
+            for name in ("results.json", "store.h5", "checkpoint.h5", "eval.h5"):
+                (run_dir / name).unlink(missing_ok=True)
+            done = submit(run_source, config_mod.to_yaml(scfg), str(run_dir), progress and inline, inline,
+                          threads if not inline else 0, tag=("source", obj))
+            if done is not None:
+                finished(*done)
+
+        for obj in SOURCE_OBJECTIVES:
+            start_source(obj)
+        for c in cells:
+            if c.source == "none":
+                start_cell(c)
+        while pending:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in done:
+                tag = pending.pop(fut)
+                finished(tag, fut.result())
+    except BaseException:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        bar.close()
+    if pool is not None:
+        pool.shutdown()
+    study = summarize_study(cfg, seq, source_task, target_task, strategies, cells, records, sources, settings)
+    write_study(out, study)
+    say(f"transfer study finished in {(time.time() - started) / 60:.1f} min")
+    return study
