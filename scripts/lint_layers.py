@@ -35,7 +35,7 @@ def lint(site: Path) -> int:
         print("lint-imports not found: pip install -e '.[test]'", file=sys.stderr)
         return 2
     env = {**os.environ, "PYTHONPATH": str(site)}
-    return subprocess.run([exe, "--config", str(ROOT / "setup.cfg"), "--no-cache"], cwd=site, env=env).returncode
+    return subprocess.run([exe, str(ROOT / "setup.cfg"), "--no-cache"], cwd=site, env=env).returncode
 
 
 def main(argv) -> int:
