@@ -1,0 +1,100 @@
+"""Behaviour unchanged by restructuring: bit-for-bit goldens recorded with the code before the
+layers were introduced (commit ebe13bc), compared with what the current code computes.
+
+- ``toy-2task-s0-fast.json``: ``cmat run --tasks toy-2task --seed 0 --attacks clean,fgsm,pgd10,pgd40``
+  (the default run without AutoAttack, whose 5,000-query Square takes minutes): every number of
+  results.json that is not a time, the SHA-256 of every dataset of store.h5 (weights, owner and
+  piggyback masks, BN statistics) and eval.h5 (per-image outcomes), and ``cmat verify --bound
+  crown --json`` on task 0 (20 images) with its CSV rows.
+- ``toy-2task-s0.json`` (marked ``slow``, run by .ci/run): the same for the full default run,
+  AutoAttack included.
+- ``milp-mlp.json``: critical-ε brackets by MILP, CROWN and α-CROWN on a seeded small MLP (the
+  toy network has MaxPool, which the MILP bound refuses; that refusal is checked too).
+
+Digests are made by scripts/golden_digest.py, which reads files only, so the same script
+recorded the goldens with the old code. CPU float arithmetic with the preset's one thread is
+deterministic here, so equality is exact.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from cmat.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDENS = ROOT / "tests" / "goldens"
+sys.path.insert(0, str(ROOT / "scripts"))
+import golden_digest  # noqa: E402
+
+
+def milp_case() -> dict:
+    """Critical-ε brackets on a seeded 16-12-8-3 ReLU MLP: MILP (exact), CROWN and α-CROWN."""
+    from cmat.verify import critical_eps
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(),
+                          nn.Linear(8, 3)).eval()
+    with torch.no_grad():  # weights of unit scale: decision boundaries inside the unit cube
+        for m in model:
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0, 1, generator=torch.Generator().manual_seed(m.in_features))
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    out = {}
+    for bound in ("milp", "crown", "alpha-crown"):
+        res = critical_eps(model, x, y, eps_max=0.3, bound=bound, iters=8, attack_steps=20, seed=0, time_limit=10.0)
+        out[bound] = {"certified": res["certified"].tolist(), "attack": res["attack"].tolist(),
+                      "unknown": res["unknown"]}
+    return out
+
+
+def _run(out: Path, *extra) -> None:
+    res = CliRunner().invoke(main, ["run", "--tasks", "toy-2task", "--seed", "0", "--out", str(out), "--no-progress",
+                                    *extra])
+    assert res.exit_code == 0, res.output
+
+
+def _assert_same(fresh: dict, golden: dict) -> None:
+    for part in golden:
+        assert fresh[part] == golden[part], f"{part} differs from the golden recorded before the restructuring"
+
+
+def test_default_run_without_autoattack_matches_the_golden_bit_for_bit(tmp_path):
+    _run(tmp_path / "run", "--attacks", "clean,fgsm,pgd10,pgd40")
+    res = CliRunner().invoke(main, ["verify", str(tmp_path / "run"), "--task", "0", "--n", "20", "--bound", "crown",
+                                    "--json", "--out", str(tmp_path / "v")])
+    assert res.exit_code == 0, res.output
+    (tmp_path / "v.json").write_text(res.output)
+    fresh = golden_digest.run_digest(tmp_path / "run")
+    fresh["verify_crown"] = golden_digest.verify_digest(tmp_path / "v.json", tmp_path / "v" / "task0_crown.csv")
+    fresh = json.loads(json.dumps(fresh))  # the golden went through JSON (tuples → lists)
+    _assert_same(fresh, json.loads((GOLDENS / "toy-2task-s0-fast.json").read_text()))
+    # the MILP bound refuses this network (MaxPool), as before, with one line
+    res = CliRunner().invoke(main, ["verify", str(tmp_path / "run"), "--task", "1", "--n", "5", "--bound", "milp"])
+    assert res.exit_code == 1 and "no MaxPool" in res.output and "Traceback" not in res.output
+
+
+def test_milp_crown_and_alpha_crown_brackets_match_the_golden():
+    fresh = json.loads(json.dumps(milp_case()))
+    golden = json.loads((GOLDENS / "milp-mlp.json").read_text())
+    assert fresh == golden
+    assert golden["milp"]["unknown"] == 0  # every check finished: the golden is exact, not a timeout
+
+
+@pytest.mark.slow
+def test_default_run_matches_the_golden_bit_for_bit(tmp_path):
+    _run(tmp_path / "run")
+    fresh = json.loads(json.dumps(golden_digest.run_digest(tmp_path / "run")))
+    _assert_same(fresh, json.loads((GOLDENS / "toy-2task-s0.json").read_text()))
+
+
+if __name__ == "__main__":  # record milp-mlp.json: python tests/test_goldens.py > tests/goldens/milp-mlp.json
+    print(json.dumps(milp_case(), indent=1))
