@@ -64,7 +64,7 @@ def test_bench_reuses_finished_runs(bench_dir):
 
 def test_bench_plots(bench_dir):
     out, _ = bench_dir
-    res = CliRunner().invoke(main, ["plot", str(out), "--samples", "30"])
+    res = CliRunner().invoke(main, ["plot", str(out), "--samples", "12"])
     assert res.exit_code == 0, res.output
     for name in ("tasks_bars", "acc_vs_eps", "acc_vs_steps", "matrix_cmat_pgd10"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 2000

@@ -56,29 +56,23 @@ def milp_case() -> dict:
     return out
 
 
-def _run(out: Path, *extra) -> None:
-    res = CliRunner().invoke(main, ["run", "--tasks", "toy-2task", "--seed", "0", "--out", str(out), "--no-progress",
-                                    *extra])
-    assert res.exit_code == 0, res.output
-
-
 def _assert_same(fresh: dict, golden: dict) -> None:
     for part in golden:
         assert fresh[part] == golden[part], f"{part} differs from the golden recorded before the restructuring"
 
 
-def test_default_run_without_autoattack_matches_the_golden_bit_for_bit(tmp_path):
-    _run(tmp_path / "run", "--attacks", "clean,fgsm,pgd10,pgd40")
-    res = CliRunner().invoke(main, ["verify", str(tmp_path / "run"), "--task", "0", "--n", "20", "--bound", "crown",
+def test_default_run_without_autoattack_matches_the_golden_bit_for_bit(tmp_path, default_toy_run):
+    run_dir, _ = default_toy_run  # conftest: the same command, trained once per session
+    res = CliRunner().invoke(main, ["verify", str(run_dir), "--task", "0", "--n", "20", "--bound", "crown",
                                     "--json", "--out", str(tmp_path / "v")])
     assert res.exit_code == 0, res.output
     (tmp_path / "v.json").write_text(res.output)
-    fresh = golden_digest.run_digest(tmp_path / "run")
+    fresh = golden_digest.run_digest(run_dir)
     fresh["verify_crown"] = golden_digest.verify_digest(tmp_path / "v.json", tmp_path / "v" / "task0_crown.csv")
     fresh = json.loads(json.dumps(fresh))  # the golden went through JSON (tuples → lists)
     _assert_same(fresh, json.loads((GOLDENS / "toy-2task-s0-fast.json").read_text()))
     # the MILP bound refuses this network (MaxPool), as before, with one line
-    res = CliRunner().invoke(main, ["verify", str(tmp_path / "run"), "--task", "1", "--n", "5", "--bound", "milp"])
+    res = CliRunner().invoke(main, ["verify", str(run_dir), "--task", "1", "--n", "5", "--bound", "milp"])
     assert res.exit_code == 1 and "no MaxPool" in res.output and "Traceback" not in res.output
 
 
@@ -91,7 +85,9 @@ def test_milp_crown_and_alpha_crown_brackets_match_the_golden():
 
 @pytest.mark.slow
 def test_default_run_matches_the_golden_bit_for_bit(tmp_path):
-    _run(tmp_path / "run")
+    res = CliRunner().invoke(main, ["run", "--tasks", "toy-2task", "--seed", "0", "--out", str(tmp_path / "run"),
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output
     fresh = json.loads(json.dumps(golden_digest.run_digest(tmp_path / "run")))
     _assert_same(fresh, json.loads((GOLDENS / "toy-2task-s0.json").read_text()))
 
