@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmat.attacks import PGD, make_attack, sound_alpha
+from cmat.attacks import PGD, check_attack_name, make_attack, sound_alpha
+from cmat.errors import CmatError
 from cmat.metrics import macro_f1
 from cmat.seeding import derived_seed, generator
 
@@ -50,6 +51,48 @@ def result_columns(attacks: dict) -> list:
 def attack_params(attacks: dict) -> dict:
     return {name: ({"eps": 0.0, "alpha": 0.0, "steps": 0} if atk is None else atk.params())
             for name, atk in attacks.items()}
+
+
+AA_ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def check_names(names) -> list:
+    """``names`` with every one checked (``worst`` included) without building an attack: the
+    up-front check before data is loaded; head-size checks come with :func:`task_attacks`."""
+    return [n if str(n).strip().lower() == WORST else check_attack_name(n) for n in names]
+
+
+def task_attacks(names, eps: float, alpha: float, head_sizes, alphas: Optional[dict] = None,
+                 task_names=None) -> list:
+    """Per task, :func:`build_attacks` sized to its head (``apgd-t``, ``aa``); an attack a head
+    cannot take (``apgd-t`` on fewer than 4 classes) is one :class:`CmatError` line naming the
+    task, raised before anything is evaluated."""
+    out = []
+    for j, n_classes in enumerate(head_sizes):
+        try:
+            out.append(build_attacks(names, eps, alpha, n_classes, alphas=alphas))
+        except CmatError as err:
+            name = f" ({task_names[j]})" if task_names is not None else ""
+            raise CmatError(f"task {j}{name}, {n_classes} classes: {err}") from None
+    return out
+
+
+def attacks_as_run(per_task: list) -> dict:
+    """Every attack's parameters as run over tasks (``per_task``: :func:`task_attacks`): what no
+    head changes once; for ``aa`` the union of the components run and ``components_per_task``,
+    for ``apgd-t`` ``targets_per_task`` (n_classes − 1 each), instead of one head's size."""
+    out = attack_params(per_task[0])
+    for name, params in out.items():
+        atk = per_task[0][name]
+        if hasattr(atk, "components"):
+            comps = [at[name].components for at in per_task]
+            params.pop("n_classes", None)
+            params["components"] = [c for c in AA_ORDER if any(c in cs for cs in comps)]
+            params["components_per_task"] = comps
+        elif getattr(atk, "loss", None) == "dlr-targeted":
+            params.pop("n_classes", None)
+            params["targets_per_task"] = [at[name].n_classes - 1 for at in per_task]
+    return out
 
 
 def eval_subset(n: int, samples: Optional[int], seed: int, task: int) -> Optional[torch.Tensor]:

@@ -10,6 +10,7 @@ SITE, a temporary copy of the sources arranged the way setup.cfg installs them.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -39,8 +40,13 @@ def lint(site: Path) -> int:
 
 
 def main(argv) -> int:
-    if argv:
-        return lint(Path(argv[0]).resolve())
+    ap = argparse.ArgumentParser(description="Check setup.cfg's import-linter contracts on the installed layout.")
+    ap.add_argument("site", nargs="?", type=Path, help="a folder holding an installed cmat (default: a staged copy)")
+    args = ap.parse_args(argv)
+    if args.site is not None:
+        if not (args.site / "cmat" / "__init__.py").exists():
+            ap.error(f"{args.site} holds no installed cmat (expected {args.site / 'cmat' / '__init__.py'})")
+        return lint(args.site.resolve())
     with tempfile.TemporaryDirectory() as tmp:
         stage(Path(tmp))
         return lint(Path(tmp))

@@ -11,6 +11,7 @@ hyper-parameters each preset sets, and every block between ``<!-- cmat-file PATH
 """
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -46,9 +47,13 @@ def render(text: str) -> str:
     return PRESETS.sub(lambda m: m.group(1) + presets_table() + m.group(3), text)
 
 
-def main(paths) -> None:
+def main(argv) -> None:
+    ap = argparse.ArgumentParser(description="Regenerate the generated blocks of Markdown files from result files.")
+    ap.add_argument("paths", nargs="*", type=Path, help="Markdown files (default: README.md)")
+    paths = ap.parse_args(argv).paths
     for p in paths or [ROOT / "README.md"]:
-        p = Path(p)
+        if not p.is_file():
+            ap.error(f"no such Markdown file: {p}")
         new = render(p.read_text(encoding="utf-8"))
         p.write_text(new, encoding="utf-8")
         print(f"regenerated the tables in {p}")

@@ -16,5 +16,5 @@ from cmat.attacks.base import (  # noqa: F401
                                sound_alpha,
                                uniform_noise,
 )
-from cmat.attacks.factory import ATTACK_FORMS, make_attack  # noqa: F401
+from cmat.attacks.factory import ATTACK_FORMS, check_attack_name, make_attack  # noqa: F401
 from cmat.attacks.pgd import FGSM, PGD, ascend  # noqa: F401

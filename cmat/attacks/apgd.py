@@ -35,6 +35,10 @@ class AutoPGD(Attack):
         if loss == "dlr-targeted" and n_classes is None:
             raise CmatError("apgd-t needs n_classes (the task's head size)")
         if n_classes is not None and check_count("n_classes", n_classes) < need:
+            if loss == "dlr-targeted":  # targeted DLR divides by z_π1 − (z_π3 + z_π4)/2
+                raise CmatError(f"apgd-t needs a head of at least 4 classes (its targeted DLR loss uses the 3rd "
+                                f"and 4th largest logits), the head has {n_classes}; use apgd-ce, or aa "
+                                "(which leaves APGD-T out on such heads)")
             raise CmatError(f"APGD loss {loss!r} needs at least {need} classes, the head has {n_classes}; use apgd-ce")
         self.loss, self.n_classes, self.fold_bn = loss, n_classes, bool(fold_bn)
         self._torchattacks = torchattacks

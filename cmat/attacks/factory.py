@@ -12,6 +12,17 @@ from cmat.errors import CmatError
 
 ATTACK_FORMS = "clean, fgsm, pgdN, pgdN-cw, apgd-ce, apgd-t, aa, certified (N = steps, e.g. pgd10)"
 PGD_NAME = re.compile(r"pgd(\d+)(-cw)?")
+FIXED_NAMES = ("clean", "fgsm", "apgd-ce", "apgd-t", "aa", "certified")
+
+
+def check_attack_name(name: str) -> str:
+    """``name`` when it is an evaluation attack name (whatever the head size), else one
+    :class:`CmatError` line listing the valid forms. Builds nothing: for checks made before the
+    head sizes are known (``apgd-t`` and ``aa`` are sized per task by :func:`make_attack`)."""
+    key = str(name).strip().lower()
+    if key in FIXED_NAMES or PGD_NAME.fullmatch(key):
+        return name
+    raise CmatError(f"unknown attack {name!r}; valid forms: {ATTACK_FORMS}")
 
 
 def make_attack(name: str, eps: float, alpha: float, n_classes: Optional[int] = None,

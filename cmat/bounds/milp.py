@@ -9,9 +9,32 @@ over x' ∈ B(x, ε) ∩ [0, 1]ⁿ exactly: affine layers between ReLUs are comp
 - stable active (l ≥ 0): a = z;  stable inactive (u ≤ 0): a = 0;
 - unstable: a ≥ z, a ≥ 0, a ≤ u·δ, a ≤ z − l·(1 − δ), δ ∈ {0, 1} (big-M from l and u).
 
-A sample is certified at ε when the minimum of every row is > 0. Each sample gets
-``time_limit`` seconds in all; a sample whose MILPs do not all finish is *unknown* and counted
-as not certified (its lower bound is −∞), never as certified. Networks with MaxPool are
+Soundness rules:
+
+- **The verdict is the solver's proven lower bound, never its primal value.** HiGHS stops when
+  its incumbent (``res.fun``, the margin at a point it found) is within the gap of its dual
+  bound (``res.mip_dual_bound``, a bound on every point): relative gap 10⁻⁴ or absolute gap
+  10⁻⁶, the latter not settable through scipy. So a minimum ≤ 0 can come back with a primal
+  value in (0, 10⁻⁶]. A row's value (:func:`min_margin`) is the dual bound plus c·b_out (a
+  model with no binary variable is an LP: its optimum, which the LP dual proves), lowered by
+  ``SOLVER_TOL``·max(1, |v|) for HiGHS's tolerances, so a margin within the gap of zero is not
+  certified. The tolerances are absolute, so the objective is first divided by its largest
+  coefficient (measured: with the last layer scaled by 10⁻⁷, HiGHS reported a dual bound of
+  +4·10⁻⁹ for a minimum of −2.5·10⁻¹²). A row whose time ran out counts when its bound is > 0.
+- **Big-M bounds are computed in float64 and widened.** A pre-activation bound that is too
+  tight, even by rounding, cuts feasible points out of the MILP and makes it unsound, while a
+  looser one only adds binaries (the encoding stays exact). :func:`milp_lower_bound` recomputes
+  CROWN's bounds in float64 on the float64 input box the MILP uses, and :func:`encode` widens
+  whatever bounds it gets outward by max(10⁻⁷, 100·ε_mach(dtype))·max(1, |v|) (10⁻⁷ for
+  float64 bounds, ≈1.2·10⁻⁵ for float32 ones).
+
+What is verified is the float64 network, up to HiGHS's own tolerances (feasibility 10⁻⁷ in
+the LPs, 10⁻⁶ for integrality); a solver's minimiser with margin ≤ 0 is only a candidate counterexample, which
+:func:`cmat.verify.milp_counterexamples` checks on the model itself.
+
+A sample is certified at ε when the proven lower bound of every row is > 0. Each sample gets
+``time_limit`` seconds in all; a sample whose MILPs are not all decided is *unknown* and
+counted as not certified (its lower bound is −∞), never as certified. Networks with MaxPool are
 refused (use ``crown`` or ``alpha-crown`` there); the composed matrices are dense, so this is
 for small networks.
 """
@@ -49,9 +72,25 @@ def _to64(op):
     return op
 
 
+def widen(l: torch.Tensor, u: torch.Tensor) -> tuple:
+    """(l, u) as float64 arrays moved outward by max(10⁻⁷, 100·ε_mach)·max(1, |v|), ε_mach of
+    their dtype: big-M bounds that rounding cannot have made too tight."""
+    rel = max(1e-7, 100 * torch.finfo(l.dtype).eps)
+    l, u = l.detach().double().flatten().cpu().numpy(), u.detach().double().flatten().cpu().numpy()
+    return l - rel * np.maximum(1.0, np.abs(l)), u + rel * np.maximum(1.0, np.abs(u))
+
+
+def float64_bounds(ops: list, x: torch.Tensor, eps: float) -> list:
+    """CROWN's bounds of every op for one sample (x: C×H×W), computed in float64 on the float64
+    box the MILP's input variables range over."""
+    lo, hi = input_box(x[None].double(), torch.tensor([float(eps)], dtype=torch.float64))
+    return crown_bounds([_to64(op) for op in ops], lo, hi)
+
+
 def encode(ops: list, x: torch.Tensor, eps: float, bounds: list) -> dict:
     """The MILP's variables and constraints for one sample (x: C×H×W); ``bounds`` from
-    :func:`cmat.bounds.crown.crown_bounds` on the batch holding this sample only."""
+    :func:`cmat.bounds.crown.crown_bounds` on the batch holding this sample only (best:
+    :func:`float64_bounds`), widened outward by :func:`widen` before use as big-M bounds."""
     from scipy.optimize import Bounds, LinearConstraint
     from scipy.sparse import csr_matrix, lil_matrix
 
@@ -67,8 +106,7 @@ def encode(ops: list, x: torch.Tensor, eps: float, bounds: list) -> dict:
     start, shape = 0, tuple(x.shape)
     for i in relus:
         W, b = _affine_matrix(ops[start:i], shape)
-        l = bounds[i][0][0].double().flatten().numpy()
-        u = bounds[i][1][0].double().flatten().numpy()
+        l, u = widen(bounds[i][0][0], bounds[i][1][0])
         cur = []
         for j in range(W.shape[0]):
             w = {prev[c]: W[j, c] for c in np.flatnonzero(W[j])}
@@ -99,32 +137,52 @@ def encode(ops: list, x: torch.Tensor, eps: float, bounds: list) -> dict:
             "bounds": Bounds(np.array(var_lo), np.array(var_hi)), "integrality": np.array(integ)}
 
 
+SOLVER_TOL = 1e-6  # HiGHS's absolute gap and integrality tolerance; 10× its LP feasibility tolerance
+
+
 def min_margin(problem: dict, c: np.ndarray, time_limit: float) -> tuple:
-    """(minimum of c·f over the region or None if unfinished, seconds, the minimising input or
-    None): one MILP."""
+    """(proven lower bound of c·f over the region, or None if undecided; seconds; the solver's
+    best input or None): one MILP. The objective is divided by its largest coefficient s (the
+    solver's tolerances are absolute, so a network with small logits would otherwise sit inside
+    them), and the bound is s·(d − SOLVER_TOL·max(1, |d|)) with d HiGHS's dual bound plus the
+    constant term (the LP optimum when there is no binary variable), never its primal value.
+    When the solve finished, d is within the gap (absolute 10⁻⁶, relative 10⁻⁴) below the exact
+    minimum; when the time ran out it is still a bound, returned only if the result is > 0
+    (certified), else None (unknown). The input is the incumbent's: a candidate counterexample
+    when the bound is ≤ 0, to be checked on the model."""
     from scipy.optimize import milp
 
     obj = np.zeros(problem["n"])
     obj[problem["last"]] = c @ problem["W_out"]
+    scale = float(np.abs(obj).max()) or 1.0
     t0 = time.time()
-    res = milp(obj, constraints=problem["constraints"], integrality=problem["integrality"],
+    res = milp(obj / scale, constraints=problem["constraints"], integrality=problem["integrality"],
                bounds=problem["bounds"], options={"time_limit": max(time_limit, 1e-3), "disp": False})
-    if res.status != 0 or res.fun is None:
-        return None, time.time() - t0, None
-    return float(res.fun + c @ problem["b_out"]), time.time() - t0, res.x[:problem["n_inputs"]]
+    spent = time.time() - t0
+    if not problem["integrality"].any():  # an LP: its optimum is proven by the LP dual
+        dual = res.fun if res.status == 0 else None
+    else:
+        dual = res.mip_dual_bound if res.status in (0, 1) else None
+    if dual is None or not np.isfinite(dual):
+        return None, spent, None
+    d = float(dual + c @ problem["b_out"] / scale)
+    value = scale * (d - SOLVER_TOL * max(1.0, abs(d)))
+    if res.status != 0 and value <= 0:  # out of time and not proven either way
+        return None, spent, None
+    point = None if res.x is None else res.x[:problem["n_inputs"]]
+    return value, spent, point
 
 
 def milp_lower_bound(ops: list, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, spec: torch.Tensor,
                      time_limit: float = 10.0, stats: Optional[dict] = None) -> torch.Tensor:
-    """Per sample the exact minimum over the rows of ``spec`` (N×K×C) of spec·f over B(x, ε), or
-    −∞ when a row's MILP found a margin ≤ 0 (not certified; the remaining rows are skipped) or
-    the sample's ``time_limit`` ran out (unknown). ``stats`` counts solved/unknown samples and
-    collects ``points``: (sample, ε, minimising input) of rows whose minimum is ≤ 0."""
+    """Per sample the proven lower bound (:func:`min_margin`; the exact minimum up to the
+    solver's gap) over the rows of ``spec`` (N×K×C) of spec·f over B(x, ε), or −∞ when a row's
+    bound is ≤ 0 (not certified; the remaining rows are skipped) or the sample's ``time_limit``
+    ran out undecided (unknown). ``stats`` counts solved/unknown samples and collects
+    ``points``: (sample, ε, the solver's input) of rows whose bound is ≤ 0."""
     out = torch.full((len(x),), -float("inf"), dtype=torch.float64)
     for n in range(len(x)):
-        lo, hi = input_box(x[n:n + 1], eps[n:n + 1])
-        bounds = crown_bounds(ops, lo, hi)
-        problem = encode(ops, x[n], float(eps[n]), bounds)
+        problem = encode(ops, x[n], float(eps[n]), float64_bounds(ops, x[n], float(eps[n])))
         left, best, finished = float(time_limit), float("inf"), True
         for k in range(spec.shape[1]):
             value, spent, point = min_margin(problem, spec[n, k].double().numpy(), left)
@@ -134,7 +192,7 @@ def milp_lower_bound(ops: list, x: torch.Tensor, y: torch.Tensor, eps: torch.Ten
                 break
             best = min(best, value)
             if best <= 0:
-                if stats is not None:  # a candidate counterexample (the caller checks it on the model)
+                if stats is not None and point is not None:  # a candidate counterexample (checked on the model)
                     stats.setdefault("points", []).append((n, float(eps[n]), point))
                 break
         if finished and best > 0:

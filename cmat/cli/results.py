@@ -17,7 +17,7 @@ import click
 def eval_cmd(run_dir, attacks, samples, data_root, device, as_json):
     """Evaluate a trained run's tasks under attacks (reads store.h5)."""
     from cmat.engine import resolve_device
-    from cmat.evaluate import WORST, attack_params, build_attacks, evaluate_task
+    from cmat.evaluate import WORST, attacks_as_run, check_names, evaluate_task, task_attacks
     from cmat.metrics import wilson_interval
     from cmat.store import load as load_run
     from cmat.tasks import tasks_for_config
@@ -25,13 +25,17 @@ def eval_cmd(run_dir, attacks, samples, data_root, device, as_json):
     loaded = load_run(run_dir)
     cfg = loaded.config
     requested = [a.strip() for a in attacks.split(",")] if attacks else list(cfg.eval.attacks)
-    names = list(build_attacks(requested, cfg.threat.eps, cfg.threat.alpha, alphas=cfg.eval.alphas))  # validate first
+    check_names(requested)  # names first, before any data is loaded
     seq = tasks_for_config(cfg, data_root, download=False)
+    # every task's attacks sized to its head, before anything is evaluated (apgd-t, aa)
+    built = task_attacks(requested, cfg.threat.eps, cfg.threat.alpha,
+                         [seq[j].num_classes for j in range(len(loaded.task_names))], alphas=cfg.eval.alphas,
+                         task_names=loaded.task_names)
+    names = list(built[0])
     dev = resolve_device(device)
     samples = samples if samples is not None else cfg.eval.samples
     per_task = []
-    for j in range(len(loaded.task_names)):
-        atks = build_attacks(names, cfg.threat.eps, cfg.threat.alpha, seq[j].num_classes, alphas=cfg.eval.alphas)
+    for j, atks in enumerate(built):
         model = loaded.model(j).to(dev)
         res = evaluate_task(model, seq[j].test, atks, seq[j].num_classes, cfg.seed, j, samples,
                             cfg.eval.batch_size, dev)
@@ -42,7 +46,7 @@ def eval_cmd(run_dir, attacks, samples, data_root, device, as_json):
     pooled = {n: (sum(round(r[n]["acc"] * r[n]["n"]) for r in per_task), sum(r[n]["n"] for r in per_task))
               for n in columns}
     report = {"run": str(run_dir), "samples": samples,
-              "attacks": attack_params(build_attacks(names, cfg.threat.eps, cfg.threat.alpha, alphas=cfg.eval.alphas)),
+              "attacks": attacks_as_run(built),
               "tasks": per_task,
               "mean": {n: sum(r[n]["acc"] for r in per_task) / len(per_task) for n in columns},
               "ci95": {n: list(wilson_interval(*pooled[n])) for n in columns}}

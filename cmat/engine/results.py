@@ -2,7 +2,7 @@
 DESIGN.md) assembled from the accuracy matrices, and the accuracy-matrix figures."""
 from __future__ import annotations
 
-from cmat.evaluate import attack_params, build_attacks, evaluate_task
+from cmat.evaluate import attacks_as_run, build_attacks, evaluate_task, task_attacks
 from cmat.metrics import summarize, wilson_interval
 from cmat.plots import accuracy_matrix_figure, plt
 
@@ -24,17 +24,10 @@ def matrix_summary(mat, correct_per_task) -> dict:
 
 
 def run_attack_params(cfg, seq) -> dict:
-    """Every attack's parameters as run (α actually used; for ``aa`` the components per task)."""
-    out = attack_params(build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha,
-                                      max(t.num_classes for t in seq), alphas=cfg.eval.alphas))
-    if "aa" in out:
-        per_task = [build_attacks(["aa"], cfg.threat.eps, cfg.threat.alpha, seq[j].num_classes)["aa"].components
-                    for j in range(len(seq))]
-        out["aa"]["components"] = sorted({c for comps in per_task for c in comps},
-                                         key=["apgd-ce", "apgd-t", "fab-t", "square"].index)
-        out["aa"]["components_per_task"] = per_task
-        out["aa"].pop("n_classes", None)
-    return out
+    """Every attack's parameters as run (α actually used; for ``aa`` the components per task,
+    for ``apgd-t`` the targets per task): :func:`cmat.evaluate.attacks_as_run`."""
+    return attacks_as_run(task_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha,
+                                       [t.num_classes for t in seq], alphas=cfg.eval.alphas))
 
 
 def results_json(cfg, seq, method, columns: list, acc: dict, clean_full: list, last: dict, final: list, trainer,

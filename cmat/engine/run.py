@@ -24,7 +24,7 @@ from cmat.catalog import method_class
 from cmat.engine.results import evaluate_on_test, matrix_figures, results_json
 from cmat.engine.trainer import Trainer, peak_rss_mb, resolve_device, task_cost
 from cmat.errors import CmatError
-from cmat.evaluate import FrozenCheck, build_attacks, model_fingerprint, result_columns
+from cmat.evaluate import FrozenCheck, model_fingerprint, result_columns, task_attacks
 from cmat.objectives import make_objective
 from cmat.outcomes import write_outcomes
 from cmat.seeding import seed_everything
@@ -65,8 +65,9 @@ class Run:
         seq = tasks_for_config(cfg)
         method_cls = method_class(cfg.method)
         device = resolve_device(cfg.device)
-        attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha,
-                                n_classes=max(t.num_classes for t in seq), alphas=cfg.eval.alphas)
+        # every task's attacks sized to its head, checked before anything is written (apgd-t, aa)
+        attacks = task_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, [t.num_classes for t in seq],
+                               alphas=cfg.eval.alphas, task_names=seq.task_names)[-1]
         make_objective(cfg.objective, cfg.threat)  # validate before any output is written
         self._join_torchrun(device)
         if self.dist is not None and device.type == "cuda":
