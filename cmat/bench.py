@@ -3,10 +3,10 @@
 Each (method, seed) runs into ``OUT/<method>-s<seed>/`` (a finished run with the same
 configuration is reused; when ``at-individual`` is in the list it runs first and CMAT reads its
 individual-model goals from it, ``method_options.individual_run``, instead of training them a
-second time), then ``bench.csv`` (one row per method), ``bench.md`` (mean ± std
-over seeds, the run budget, and exact paired McNemar tests of every method against the
-reference method — ``cmat`` when it is in the list — on the per-image ``worst`` outcomes of
-the same images and seeds) and ``bench.json`` are written and the table is returned for
+second time), then ``bench.csv`` (one row per method), ``bench.md`` (mean ± sample std
+over seeds, the run budget, and paired tests of every method against the reference method —
+``cmat`` when it is in the list — on the per-image ``worst`` outcomes, the test image as the
+unit: a sign test and a bootstrap CI over images, and exact McNemar tests per seed) and ``bench.json`` are written and the table is returned for
 printing. Every method name is checked before anything trains.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from cmat.atomic import atomic_write_text
 from cmat.catalog import method_class
 from cmat.engine import Run
 from cmat.errors import CmatError
-from cmat.metrics import mcnemar_exact
+from cmat.metrics import IMAGE_TEST, mcnemar_exact, paired_image_test, seed_spread
 from cmat.outcomes import read_outcomes
 from cmat.tasks import tasks_for_config
 
@@ -82,7 +82,9 @@ def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True) -> dic
     atomic_write_text(out / "bench.md", md)
     atomic_write_text(out / "bench.json", json.dumps({"tasks": base_cfg.tasks, "seeds": list(seeds), "columns": columns,
                                                       "rows": rows, "budget": budget, "reference": reference,
-                                                      "mcnemar": tests}, indent=1))
+                                                      "paired_tests": {"test": IMAGE_TEST, "column": "worst",
+                                                                       "seeds": len(seeds), "per_method": tests}},
+                                                     indent=1))
     return {"rows": rows, "markdown": md}
 
 
@@ -106,12 +108,13 @@ def _check_options(base_cfg, methods) -> None:
 
 
 def aggregate(method: str, runs: list, columns) -> dict:
-    """Mean and std over seeds of the average accuracies, macro-F1, BWT, forgetting, cost."""
+    """Mean and sample standard deviation (ddof 1) over seeds of the average accuracies; mean
+    macro-F1, BWT, forgetting and cost."""
     row = {"method": method, "seeds": len(runs)}
     for name in columns:
-        vals = [r["summary"][name]["acc"] for r in runs]
-        row[name] = float(np.mean(vals))
-        row[f"{name}_std"] = float(np.std(vals))
+        spread = seed_spread([r["summary"][name]["acc"] for r in runs])
+        row[name] = spread["mean"]
+        row[f"{name}_std"] = spread["std"]  # sample std (ddof 1) over seeds; None for one seed
         if len(runs) == 1 and "ci95" in runs[0]["summary"][name]:
             row[f"{name}_ci95"] = runs[0]["summary"][name]["ci95"]
     row["n_images"] = int(np.mean([r["summary"]["clean"].get("n", 0) for r in runs]))
@@ -131,31 +134,33 @@ def aggregate(method: str, runs: list, columns) -> dict:
 
 
 def paired_tests(out: Path, methods, seeds, reference: str, column: str = "worst") -> dict:
-    """Exact McNemar test of each method against ``reference`` on the per-image ``column``
-    outcomes, pooled over tasks and seeds (pairs = the same test image, task and seed), plus
-    one test per seed. Runs whose evaluated images differ cannot be paired (an error)."""
+    """Each method against ``reference`` on the per-image ``column`` outcomes, the test image as
+    the unit (:func:`cmat.metrics.paired_image_test`: a sign test over distinct images of their
+    fraction of seeds correct, and a bootstrap CI of the accuracy difference), plus the exact
+    McNemar test of every seed on its own. Within a seed both runs must have evaluated the same
+    images (else an error); across seeds an image is counted once."""
     def bits(m, seed):
         o = read_outcomes(out / f"{m}-s{seed}" / "eval.h5")
         if column not in o["correct"]:
             raise CmatError(f"{out / f'{m}-s{seed}'} has no per-image '{column}' outcomes")
-        return o["indices"], np.concatenate(o["correct"][column])
+        return o["indices"], o["correct"][column]
 
     results = {}
     ref = {s: bits(reference, s) for s in seeds}
     for m in methods:
         if m == reference:
             continue
-        pooled_a, pooled_b, per_seed = [], [], {}
+        pairs, per_seed = {}, {}
         for s in seeds:
             idx, b = bits(m, s)
             ref_idx, a = ref[s]
             if len(idx) != len(ref_idx) or any(not np.array_equal(i, r) for i, r in zip(idx, ref_idx)):
                 raise CmatError(f"{m} and {reference} (seed {s}) were evaluated on different images; cannot pair them")
-            per_seed[str(s)] = mcnemar_exact(a, b)
-            pooled_a.append(a)
-            pooled_b.append(b)
-        results[m] = {"column": column, "pooled": mcnemar_exact(np.concatenate(pooled_a), np.concatenate(pooled_b)),
-                      "per_seed": per_seed}
+            per_seed[str(s)] = mcnemar_exact(np.concatenate(a), np.concatenate(b))
+            for task, (images, a_t, b_t) in enumerate(zip(idx, a, b)):
+                for image, x, y in zip(np.asarray(images).tolist(), a_t, b_t):
+                    pairs.setdefault((task, image), []).append((bool(x), bool(y)))
+        results[m] = {"column": column, "images": paired_image_test(pairs), "per_seed": per_seed}
     return results
 
 
@@ -193,9 +198,11 @@ def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, t
     n_img = budget.get("images_per_task") or []
     scope = (f"a seeded subset of {cfg.eval.samples} test images per task" if cfg.eval.samples is not None
              and n_img != budget.get("test_images_per_task") else "the whole test set of every task")
+    spread_text = ("mean ± sample standard deviation (ddof 1) over the seeds' averages" if len(seeds) > 1
+                   else "one seed: no spread over seeds; 95% intervals over images below")
     head = (f"# cmat bench: {cfg.tasks}, objective {cfg.objective.name}, ε = {cfg.threat.eps:.4g}, "
             f"seeds {','.join(map(str, seeds))}\n\n"
-            f"Average accuracy over tasks after the last task (mean ± std over seeds), every column on {scope}; "
+            f"Average accuracy over tasks after the last task ({spread_text}), every column on {scope}; "
             "`worst` = correct clean and under every attack run (per image). F1 = macro-F1 (clean); "
             f"BWT and forgetting on clean and on `{rows[0]['robust_column']}` accuracy.\n\n")
     cols = ["method"] + [LABELS.get(c, c) for c in columns] + ["F1", "BWT", "forgetting",
@@ -203,7 +210,8 @@ def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, t
                                                                "store MB", "train s", "train passes"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = [r["method"]] + [f"{r[c]:.4f} ± {r[c + '_std']:.4f}" for c in columns]
+        cells = [r["method"]] + [f"{r[c]:.4f}" + ("" if r[c + "_std"] is None else f" ± {r[c + '_std']:.4f}")
+                                 for c in columns]
         cells += [f"{r['f1_clean']:.4f}", f"{r['bwt']:+.4f}", f"{r['forgetting']:.4f}", f"{r['bwt_robust']:+.4f}",
                   f"{r['params']:,}", f"{r['store_bytes'] / 1e6:.2f}", f"{r['train_seconds']:.0f}",
                   "—" if r.get("train_passes") is None else f"{r['train_passes']:,.0f}"]
@@ -217,18 +225,24 @@ def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, t
             text += f"| {r['method']} | " + " | ".join(f"[{r[c + '_ci95'][0]:.3f}, {r[c + '_ci95'][1]:.3f}]"
                                                        for c in columns) + " |\n"
     if tests:
-        text += (f"\n## Paired comparison against {reference}: exact McNemar test on `worst`\n\n"
-                 f"Pairs are the same test image of the same task and seed; `{reference} only` counts images "
-                 f"{reference} keeps (correct under every attack) and the method loses, and vice versa. "
-                 f"Significant means p < {ALPHA} (two-sided, no correction for multiple comparisons).\n\n"
-                 f"| method | pairs | {reference} only | method only | p (pooled) | significant | p per seed |\n"
-                 "|---|---|---|---|---|---|---|\n")
+        n_seeds = len(seeds)
+        text += (f"\n## Paired comparison against {reference} on `worst`, the test image as the unit\n\n"
+                 f"Test: {IMAGE_TEST}. Each distinct image counts once, whatever the number of seeds "
+                 f"({n_seeds} here); `{reference} better` counts images {reference} keeps (correct under every "
+                 f"attack) in more seeds than the method, `method better` the reverse. The difference is "
+                 f"{reference} minus the method, in accuracy. Per seed: the exact McNemar test on that seed's "
+                 f"images. Significant means p < {ALPHA} (two-sided, no correction for multiple comparisons).\n\n"
+                 f"| method | images | seeds | {reference} better | method better | p (sign test) | significant "
+                 f"| difference [95% CI] | McNemar p per seed |\n"
+                 "|---|---|---|---|---|---|---|---|---|\n")
         for m, t in tests.items():
-            p = t["pooled"]
-            verdict = (f"yes ({reference} better)" if p["a_only"] > p["b_only"] else "yes (method better)") \
+            p = t["images"]
+            verdict = (f"yes ({reference} better)" if p["a_better"] > p["b_better"] else "yes (method better)") \
                 if p["p"] < ALPHA else "no"
             seeds_p = ", ".join(f"s{s}: {v['p']:.3g}" for s, v in t["per_seed"].items())
-            text += f"| {m} | {p['n']} | {p['a_only']} | {p['b_only']} | {p['p']:.3g} | {verdict} | {seeds_p} |\n"
+            lo, hi = p["ci95_diff"]
+            text += (f"| {m} | {p['n_images']} | {p['n_seeds']} | {p['a_better']} | {p['b_better']} | {p['p']:.3g} "
+                     f"| {verdict} | {p['mean_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {seeds_p} |\n")
     text += "\n## Run budget\n\n"
     text += (f"- tasks `{budget['tasks']}`, arch `{budget['arch']}`, objective `{budget['objective']}` "
              f"({budget['objective_steps']} attack steps), {budget['epochs']} epochs per task and phase\n"

@@ -86,3 +86,42 @@ def mcnemar_exact(a_correct, b_correct) -> dict:
     m = only_a + only_b
     p = 1.0 if m == 0 else float(min(1.0, 2 * binom.cdf(min(only_a, only_b), m, 0.5)))
     return {"n": int(a.size), "a_only": only_a, "b_only": only_b, "p": p}
+
+
+IMAGE_TEST = ("exact sign test over distinct test images of each image's fraction of seeds correct "
+              "(reference minus method; ties dropped); 95% CI of the mean difference by a bootstrap over images")
+
+
+def paired_image_test(pairs: dict, n_boot: int = 10000, seed: int = 0) -> dict:
+    """Paired comparison of two methods whose unit is the test image, for any number of seeds.
+
+    ``pairs`` maps an image key (e.g. ``(task, index)``) to the list of ``(a_correct,
+    b_correct)`` outcomes of that image, one per seed that evaluated it. Per image,
+    d = mean over its seeds of (a − b) ∈ [−1, 1]. The exact two-sided sign test counts images
+    with d > 0 (``a_better``) and d < 0 (``b_better``): p = min(1, 2·P[X ≤ min]) with
+    X ~ Binomial(a_better + b_better, 1/2). With one seed this is exactly :func:`mcnemar_exact`;
+    repeating a seed changes nothing (an image is counted once, however many seeds saw it).
+    ``mean_diff`` = mean of d over images (the accuracy difference a − b) with a percentile
+    bootstrap 95% interval (``n_boot`` resamples of images, both seeds of an image together)."""
+    from scipy.stats import binom
+
+    if not pairs:
+        raise ValueError("paired_image_test needs at least one image")
+    d = np.array([np.mean([float(a) - float(b) for a, b in outcomes]) for outcomes in pairs.values()])
+    seeds = max(len(outcomes) for outcomes in pairs.values())
+    a_better, b_better = int((d > 0).sum()), int((d < 0).sum())
+    m = a_better + b_better
+    p = 1.0 if m == 0 else float(min(1.0, 2 * binom.cdf(min(a_better, b_better), m, 0.5)))
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"test": IMAGE_TEST, "n_images": int(len(d)), "n_seeds": int(seeds), "a_better": a_better,
+            "b_better": b_better, "ties": int(len(d) - m), "p": p, "mean_diff": float(d.mean()),
+            "ci95_diff": [float(lo), float(hi)], "bootstrap": int(n_boot)}
+
+
+def seed_spread(values) -> dict:
+    """Mean and sample standard deviation (ddof 1) of per-seed values; ``std`` is None for one
+    seed (a spread needs two)."""
+    vals = np.asarray(values, dtype=float)
+    return {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else None, "n": int(len(vals))}

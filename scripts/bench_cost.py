@@ -34,7 +34,7 @@ seconds), ``rss_growth``
 float32 and with ``accel.bf16=on``: ``bf16_speedup`` = float32 / bf16 process CPU seconds per
 training pass (CMAT's decisions, hence its passes, may differ between the two; wall seconds of
 the whole training in ``speedup_wall``), ``bf16_worst_delta`` = bf16 worst-case robust accuracy − float32's (means over seeds;
-``bf16_mcnemar``: the exact paired test, pooled); ``bf16_auto_picks`` = what
+``bf16_paired``: the paired test with the test image as the unit, :func:`cmat.metrics.paired_image_test`); ``bf16_auto_picks`` = what
 ``accel.bf16=auto`` chooses on this machine for that configuration.
 """
 from __future__ import annotations
@@ -93,7 +93,7 @@ def part_compute(args) -> dict:
     bench = json.loads((out / "bench.json").read_text())
     return {"cmat_vs_individual_compute": mean("compute"), "cmat_vs_individual_seconds": mean("seconds"),
             "cmat_minus_individual_worst": mean("worst_delta"),
-            "compute_seeds": seeds, "compute_per_seed": per_seed, "compute_mcnemar": bench["mcnemar"]}
+            "compute_seeds": seeds, "compute_per_seed": per_seed, "compute_paired": bench["paired_tests"]["per_method"]}
 
 
 # ----- rehearsal ----------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def plot_rehearsal(per_task: list, path: Path) -> None:
 def part_bf16(args) -> dict:
     import numpy as np
 
-    from cmat.metrics import mcnemar_exact
+    from cmat.metrics import paired_image_test
     from cmat.outcomes import read_outcomes
 
     base = args.out / "compute"
@@ -206,9 +206,11 @@ def part_bf16(args) -> dict:
         torch.set_num_threads(cfg.threads)  # as the run does
     choice = estimate.resolve_bf16(cfg, tasks_for_config(cfg)[0], resolve_device("cpu"), masked=True)
     mean = lambda key: sum(v[key] for v in per_seed.values()) / len(per_seed)  # noqa: E731
-    test = mcnemar_exact(np.concatenate(outcomes["off"]), np.concatenate(outcomes["on"]))
+    # the same whole test sets in every seed: image i is position i; both seeds of an image count once
+    test = paired_image_test({i: [(bool(off[i]), bool(on[i])) for off, on in zip(outcomes["off"], outcomes["on"])]
+                              for i in range(len(outcomes["off"][0]))})
     return {"bf16_speedup": mean("speedup"), "bf16_worst_delta": mean("worst_delta"), "bf16_per_seed": per_seed,
-            "bf16_mcnemar": {**test, "a": "float32", "b": "bf16"},
+            "bf16_paired": {**test, "a": "float32", "b": "bf16"},
             "bf16_auto_picks": "bf16" if choice["bf16"] else "float32", "bf16_auto_measured": choice}
 
 
@@ -234,16 +236,20 @@ def to_markdown(res: dict) -> str:
             met = v <= bound if op == "≤" else v >= bound
             goal = f"{op} {bound:g}: {'met' if met else '**not met**'}"
         lines.append(f"| `{key}` | {value} | {goal} |")
-    if "bf16_mcnemar" in res:
-        t = res["bf16_mcnemar"]
-        lines += ["", f"bf16 against float32, paired on the same {t['n']} test images × seeds: float32 only "
-                      f"{t['a_only']}, bf16 only {t['b_only']}, exact McNemar p = {t['p']:.3g}; per seed: "
+    if "bf16_paired" in res:
+        t = res["bf16_paired"]
+        lines += ["", f"bf16 against float32 on {t['n_images']} test images × {t['n_seeds']} seeds, the image as the "
+                      f"unit: float32 better on {t['a_better']}, bf16 on {t['b_better']}, sign test p = {t['p']:.3g}, "
+                      f"float32 − bf16 = {t['mean_diff']:+.4f} [{t['ci95_diff'][0]:+.4f}, {t['ci95_diff'][1]:+.4f}] "
+                      "(bootstrap over images); per seed: "
                       + ", ".join(f"s{k} speedup {v['speedup']:.2f}, Δworst {v['worst_delta']:+.4f}"
                                   for k, v in res["bf16_per_seed"].items())]
-    if "compute_mcnemar" in res and "at-individual" in res["compute_mcnemar"]:
-        t = res["compute_mcnemar"]["at-individual"]["pooled"]
-        lines += ["", f"CMAT against at-individual, paired on the same {t['n']} test images × seeds (`worst`): CMAT only "
-                      f"{t['a_only']}, at-individual only {t['b_only']}, exact McNemar p = {t['p']:.3g}."]
+    if "compute_paired" in res and "at-individual" in res["compute_paired"]:
+        t = res["compute_paired"]["at-individual"]["images"]
+        lines += ["", f"CMAT against at-individual on {t['n_images']} test images × {t['n_seeds']} seeds (`worst`), the "
+                      f"image as the unit: CMAT better on {t['a_better']}, at-individual on {t['b_better']}, sign test "
+                      f"p = {t['p']:.3g}, CMAT − at-individual = {t['mean_diff']:+.4f} "
+                      f"[{t['ci95_diff'][0]:+.4f}, {t['ci95_diff'][1]:+.4f}]."]
     if "compute_per_seed" in res:
         lines += ["", "| seed | CMAT / at-individual passes | seconds | worst: CMAT − at-individual (CMAT, at-individual) | CMAT final width |",
                   "|---|---|---|---|---|"]

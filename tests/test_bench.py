@@ -11,6 +11,7 @@ from cmat.baselines.anp_vs import ANPVS
 from cmat.nn.beta_bernoulli import kl_kumaraswamy_beta, kumaraswamy_mean
 from cmat.cli import main
 from cmat.engine import Trainer
+from cmat.metrics import IMAGE_TEST
 from cmat.tblog import RunLogger
 from cmat.tasks import get_tasks
 from tests.conftest import quick_config
@@ -41,14 +42,21 @@ def test_bench_table_has_every_method(bench_dir):
     # the paired tests and the budget are in the table a reader sees
     assert "McNemar" in md and "## Run budget" in md and "2 epochs" in md and "eval samples: 100" in md
     bench = json.loads((out / "bench.json").read_text())
-    assert set(bench["mcnemar"]) == set(METHODS.split(",")) - {"cmat"}
+    tests = bench["paired_tests"]
+    assert tests["test"] == IMAGE_TEST and tests["column"] == "worst" and tests["seeds"] == 1
+    assert set(tests["per_method"]) == set(METHODS.split(",")) - {"cmat"}
     from cmat.metrics import mcnemar_exact
     from cmat.outcomes import read_outcomes
     ref = np.concatenate(read_outcomes(out / "cmat-s0" / "eval.h5")["correct"]["worst"])
-    for m, t in bench["mcnemar"].items():
+    for m, t in tests["per_method"].items():
         other = np.concatenate(read_outcomes(out / f"{m}-s0" / "eval.h5")["correct"]["worst"])
-        assert t["pooled"] == mcnemar_exact(ref, other) and t["pooled"]["n"] == 200
-        assert f"| {m} | 200 | {t['pooled']['a_only']} | {t['pooled']['b_only']} |" in md
+        mc = mcnemar_exact(ref, other)
+        assert t["per_seed"]["0"] == mc and mc["n"] == 200
+        im = t["images"]  # one seed: the image-level sign test is that seed's McNemar test
+        assert (im["n_images"], im["n_seeds"], im["a_better"], im["b_better"]) == (200, 1, mc["a_only"], mc["b_only"])
+        assert im["p"] == pytest.approx(mc["p"], rel=1e-12)
+        assert im["mean_diff"] == pytest.approx(ref.mean() - other.mean())
+        assert f"| {m} | 200 | 1 | {im['a_better']} | {im['b_better']} |" in md
 
 
 def test_bench_reuses_finished_runs(bench_dir):
