@@ -245,7 +245,7 @@ def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, t
                      f"| {verdict} | {p['mean_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {seeds_p} |\n")
     text += "\n## Run budget\n\n"
     text += (f"- tasks `{budget['tasks']}`, arch `{budget['arch']}`, objective `{budget['objective']}` "
-             f"({budget['objective_steps']} attack steps), {budget['epochs']} epochs per task and phase\n"
+             f"({budget['objective_steps']} attack steps), {budget['epochs']} epoch{'s' if budget['epochs'] != 1 else ''} per task and phase\n"
              f"- threat ε = {budget['threat']['eps']:.4g}, training α = {budget['threat']['alpha']:.4g}\n"
              f"- evaluation images per task: {', '.join(map(str, n_img))} "
              f"(eval samples: {budget['eval_samples'] if budget['eval_samples'] is not None else 'all'})\n"

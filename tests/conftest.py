@@ -57,7 +57,7 @@ def finetune_run(tmp_path_factory, worker_id):
 @pytest.fixture(scope="session")
 def individual_run(tmp_path_factory, worker_id):
     return once_per_session(tmp_path_factory, worker_id, "ind",
-                            lambda out: run_quick(out, method="at-individual", eval={"samples": None}))
+                            lambda out: run_quick(out, method="at-individual"))
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +82,14 @@ def default_toy_run(tmp_path_factory, worker_id):
 
     out, res = once_per_session(tmp_path_factory, worker_id, "default", make)
     return out / "run", res
+
+
+# Which xdist worker trains which shared run first, before its own tests: the runs are ready when
+# other workers' tests ask for them, instead of one worker waiting on the other's lock.
+WARM_UP = {"gw0": ("finetune_run", "default_toy_run"), "gw1": ("individual_run", "standard_run")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _warm_shared_runs(request, worker_id):
+    for name in WARM_UP.get(worker_id, ()):
+        request.getfixturevalue(name)
