@@ -93,3 +93,21 @@ WARM_UP = {"gw0": ("finetune_run", "default_toy_run"), "gw1": ("individual_run",
 def _warm_shared_runs(request, worker_id):
     for name in WARM_UP.get(worker_id, ()):
         request.getfixturevalue(name)
+
+
+def interrupt_before_second_task(monkeypatch, method_cls, cfg, out) -> None:
+    """Run ``cfg`` into ``out`` and stop it with Ctrl-C as task 2 starts (the checkpoint of task 1
+    stays, the run refuses with one line naming --resume); ``method_cls`` is restored after."""
+    from cmat.errors import CmatError
+
+    original = method_cls.before_task
+
+    def interrupt(self, t, task):
+        if t == 1:
+            raise KeyboardInterrupt
+        return original(self, t, task)
+
+    monkeypatch.setattr(method_cls, "before_task", interrupt)
+    with pytest.raises(CmatError, match="--resume"):
+        Run(cfg, out, progress=False, verbose=False).execute()
+    monkeypatch.setattr(method_cls, "before_task", original)

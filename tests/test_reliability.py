@@ -226,21 +226,11 @@ def test_damaged_checkpoint_state_is_one_line(tmp_path, monkeypatch):
     from cmat.baselines.at_baselines import ATIndividual
     from cmat import store as store_mod
     from cmat.engine import Run
-    from tests.conftest import quick_config
+    from tests.conftest import interrupt_before_second_task, quick_config
 
     cfg = quick_config(method="at-individual", epochs=1, eval={"attacks": ["clean"], "samples": 20})
     out = tmp_path / "run"
-    original = ATIndividual.before_task
-
-    def interrupt(self, t, task):
-        if t == 1:
-            raise KeyboardInterrupt
-        return original(self, t, task)
-
-    monkeypatch.setattr(ATIndividual, "before_task", interrupt)
-    with pytest.raises(CmatError, match="--resume"):
-        Run(cfg, out, progress=False, verbose=False).execute()
-    monkeypatch.setattr(ATIndividual, "before_task", original)
+    interrupt_before_second_task(monkeypatch, ATIndividual, cfg, out)
     good = out / "checkpoint.h5"
     for damage in ({"completed": 99}, {"acc": {"clean": [[0.5, 0.5]]}}, {"global_step": "x"}, "rng"):
         broken = tmp_path / "broken"

@@ -10,7 +10,7 @@ from cmat.baselines.packnet import PackNet
 from cmat.cpg import CMAT
 from cmat.engine import Run
 from cmat.errors import CmatError
-from tests.conftest import quick_config, run_quick
+from tests.conftest import interrupt_before_second_task, quick_config, run_quick
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from golden_digest import datasets  # noqa: E402
@@ -24,20 +24,10 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch):
     opts = dict(method="cmat", epochs=1, method_options={"max_sparsity": 0.6, "prune_levels": 2, "compact_epochs": 1},
                 eval={"attacks": ["clean", "pgd10"], "samples": 50})
     full = run_quick(tmp_path / "full", **opts)
-    original = CMAT.before_task
-
-    def interrupt(self, t, task):
-        if t == 1:
-            raise KeyboardInterrupt
-        return original(self, t, task)
-
-    monkeypatch.setattr(CMAT, "before_task", interrupt)
     cfg = quick_config(**opts)
-    with pytest.raises(CmatError, match="--resume"):
-        Run(cfg, tmp_path / "cut", progress=False, verbose=False).execute()
+    interrupt_before_second_task(monkeypatch, CMAT, cfg, tmp_path / "cut")
     assert (tmp_path / "cut" / "checkpoint.h5").exists()
     assert not (tmp_path / "cut" / "results.json").exists()
-    monkeypatch.setattr(CMAT, "before_task", original)
     resumed = Run(cfg, tmp_path / "cut", progress=False, verbose=False, resume=True).execute()
     assert resumed["acc"] == full["acc"]
     assert resumed["decisions"] == full["decisions"]
@@ -48,17 +38,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch):
 
 def test_mismatched_resume_refused(tmp_path, monkeypatch):
     opts = dict(method="packnet", epochs=1, method_options={"retrain_epochs": 1})
-    original = PackNet.before_task
-
-    def interrupt(self, t, task):
-        if t == 1:
-            raise KeyboardInterrupt
-        return original(self, t, task)
-
-    monkeypatch.setattr(PackNet, "before_task", interrupt)
-    with pytest.raises(CmatError):
-        Run(quick_config(**opts), tmp_path, progress=False, verbose=False).execute()
-    monkeypatch.setattr(PackNet, "before_task", original)
+    interrupt_before_second_task(monkeypatch, PackNet, quick_config(**opts), tmp_path)
     other = quick_config(method="packnet", epochs=2, method_options={"retrain_epochs": 1})
     with pytest.raises(CmatError, match="train.epochs") as err:
         Run(other, tmp_path, progress=False, verbose=False, resume=True).execute()
