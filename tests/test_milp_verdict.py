@@ -14,30 +14,15 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from cmat.bounds import margin_lower_bound, network_ops
 from cmat.bounds.crown import crown_bounds
 from cmat.bounds.ibp import input_box
 from cmat.bounds.milp import encode, float64_bounds, min_margin, widen
 from cmat.bounds.ops import ReLU
+from tests.test_verify import mlp
 
 EPS = (0.05, 0.1, 0.2, 0.3)
-
-
-def mlp(widths=(4, 8, 8, 3), seed=0, logit_scale=1.0):
-    """A seeded ReLU MLP; ``logit_scale`` multiplies the last layer (same decisions, smaller logits)."""
-    torch.manual_seed(seed)
-    layers = [nn.Flatten()]
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    net = nn.Sequential(*layers).eval()
-    with torch.no_grad():
-        net[-1].weight.mul_(logit_scale)
-        net[-1].bias.mul_(logit_scale)
-    return net
 
 
 def rows(y: int, n_classes: int = 3) -> list:

@@ -156,14 +156,20 @@ def test_verify_command_writes_verona_csv(individual_run, tmp_path):
 
 # ----------------------------------------------------------------------------- alpha-CROWN and MILP
 
-def mlp(widths=(4, 8, 8, 3), seed=0):
+def mlp(widths=(4, 8, 8, 3), seed=0, logit_scale=1.0):
+    """A seeded ReLU MLP; ``logit_scale`` multiplies the last layer (same decisions, smaller logits)."""
     torch.manual_seed(seed)
     layers = [nn.Flatten()]
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(widths) - 2:
             layers.append(nn.ReLU())
-    return nn.Sequential(*layers).eval()
+    net = nn.Sequential(*layers).eval()
+    if logit_scale != 1.0:
+        with torch.no_grad():
+            net[-1].weight.mul_(logit_scale)
+            net[-1].bias.mul_(logit_scale)
+    return net
 
 
 def test_alpha_crown_at_least_crown_at_least_ibp_and_sound():
