@@ -6,12 +6,13 @@ For each task t, on one masked network (:mod:`cmat.nn.masked`):
    Nesterov; weight decay on owned weights only) and, from the second task on, a piggyback
    mask over the earlier tasks' weights trains with Adam (``mask_lr``, 5e-4), both under the
    run's objective (``pgd`` by default; ``standard`` gives plain CPG).
-2. **grow** — while the validation metric misses the goal (minus ``tolerance``) and the width
-   multiplier is below ``max_width`` (1.5), the width multiplier grows by ``width_step`` (0.5);
+2. **grow** — while the validation metric misses the goal (minus ``tolerance``) by more than
+   the validation images can resolve (below) and the width multiplier is below ``max_width``
+   (1.5), the width multiplier grows by ``width_step`` (0.5);
    every masked layer's channels grow by √multiplier (so the parameter count grows about by
    the multiplier), the new entries are t's, earlier tasks keep their slice; retrain.
-3. **compact** — (towards the goal, or towards the metric reached if growth could not reach the
-   goal, so a task never keeps capacity that does not help it) gradual magnitude pruning of
+3. **compact** — (towards the goal, or towards the metric reached if the goal is still missed
+   after growth, so a task never keeps capacity that does not help it) gradual magnitude pruning of
    t's weights per layer on the Zhu–Gupta cubic
    schedule s_k = s_f·(1 − (1 − k/K)³), k = 1..K (``max_sparsity`` s_f = 0.9,
    ``prune_levels`` K = 5), retraining ``compact_epochs`` under the objective after each step;
@@ -25,6 +26,14 @@ width cap, then compaction keeping what was reached) instead of compacting towar
 
 The goal test is ``metric ≥ goal − tol`` with ``tol = max(tolerance, tolerance_samples / n)``
 (n validation images behind the metric), so a tolerance never falls below one image.
+
+Growth needs more than a missed goal: the individual goal model and t's model are validated on
+the same images (the same seeded attack), and the task grows only if, in addition, the goal model
+keeps significantly more of them — a one-sided exact McNemar test on the images one model keeps
+and the other loses, p < ``grow_alpha`` (0.05). With 58 validation images a shortfall of three
+images (0.05) is p ≥ 0.125: noise that another machine's float rounding can flip, and growth
+flips every later task with it. ``grow_alpha: 1`` gives CPG's rule (grow on any missed goal);
+a numeric goal has no goal model and uses the goal test alone. The p-values go to ``decisions``.
 
 Goal (``goal``): ``individual`` — the validation metric of an individually trained model of
 the same objective on task t (trained here, or read from ``individual_run``, an at-individual
@@ -43,12 +52,13 @@ from tqdm import tqdm
 
 from cmat.errors import CmatError
 from cmat.methods import Method, option, register
+from cmat.metrics import mcnemar_exact
 from cmat.nn.masked import MaskedMultiHeadNet
 from cmat.store import load as load_run
 
 DEFAULTS = {"goal": "individual", "tolerance": 0.02, "tolerance_samples": 1, "max_width": 1.5,
             "width_step": 0.5, "max_sparsity": 0.9, "prune_levels": 5, "compact_epochs": None, "mask_lr": 5e-4,
-            "compact_last": True, "individual_run": None}
+            "compact_last": True, "individual_run": None, "grow_alpha": 0.05}
 
 
 @register
@@ -67,6 +77,7 @@ class CMAT(Method):
         o = self.opts
         o["tolerance"] = option(o, "tolerance", None, float, 0.0, 1.0)
         o["tolerance_samples"] = option(o, "tolerance_samples", None, float, 0.0, 1e6)
+        o["grow_alpha"] = option(o, "grow_alpha", None, float, 0.0, 1.0)
         o["max_width"] = option(o, "max_width", None, float, 1.0, 16.0)
         o["width_step"] = option(o, "width_step", None, float, 1e-3, 16.0)
         o["max_sparsity"] = option(o, "max_sparsity", None, float, 0.0, 0.999)
@@ -92,7 +103,7 @@ class CMAT(Method):
 
     def train_task(self, t, task, trainer):
         opts = self.opts
-        goal = self._goal(t, task, trainer)
+        goal, goal_correct = self._goal(t, task, trainer)
         tol = self._tolerance(task, trainer)
         reliable = self._goal_reliable(goal, task, trainer)
         if not reliable:
@@ -101,15 +112,17 @@ class CMAT(Method):
                        f"no better than chance ({1 / task.num_classes:.3f}) + one validation image; "
                        "training this task to its best effort (growing to the width cap) instead")
         self._fit(t, task, trainer, None, "train")
-        metric = self._metric(t, task, trainer)
+        metric, correct = self._validation(t, task, trainer)
         trained = metric
         target = goal if reliable else float("inf")  # best effort: grow until the cap
-        while target is not None and metric < target - tol and self.width + opts["width_step"] <= opts["max_width"] + 1e-9:
+        tests = []
+        while self.width + opts["width_step"] <= opts["max_width"] + 1e-9 and \
+                self._should_grow(target, goal_correct, metric, correct, tol, tests):
             self.width += float(opts["width_step"])
             self.net.add_task(t, task.num_classes, task.mean, task.std, math.sqrt(self.width))
             trainer.logger.scalar(f"task_{t + 1}/width", self.width, t + 1)
             self._fit(t, task, trainer, None, f"grow{self.width:g}")
-            metric = self._metric(t, task, trainer)
+            metric, correct = self._validation(t, task, trainer)
         grown = metric
         # a goal still missed at the width cap is replaced by what was reached: compaction then
         # keeps that (within the tolerance) and still releases what does not contribute --
@@ -124,7 +137,7 @@ class CMAT(Method):
                 m.finish_piggyback(t + 1)
         record = {"task": t, "goal": goal, "goal_reliable": reliable, "compact_goal": compact_goal, "val_after_train": trained,
                   "val_after_grow": grown, "width": self.width, "sparsity": sparsity, "val_final": metric,
-                  "picked_fraction": picked}
+                  "picked_fraction": picked, "growth_tests": tests}
         self.decisions["tasks"].append(record)
         for key in ("sparsity", "width", "val_final"):
             trainer.logger.scalar(f"cmat/{key}", record[key], t + 1)
@@ -176,8 +189,27 @@ class CMAT(Method):
                     after_backward=lambda: self.net.owned_weight_decay(t, wd), extra_optimizers=extra, tag=tag)
 
     def _metric(self, t, task, trainer, model=None) -> float:
+        return self._validation(t, task, trainer, model)[0]
+
+    def _validation(self, t, task, trainer, model=None):
+        """(validation metric, its per-image outcomes): robust for adversarial objectives."""
         val = trainer.validate(model if model is not None else self.net.task_view(t), task, t)
-        return val["robust"] if trainer.objective.adversarial else val["clean"]
+        kind = "robust" if trainer.objective.adversarial else "clean"
+        return val[kind], val[f"{kind}_correct"]
+
+    def _should_grow(self, target, goal_correct, metric, correct, tol, tests) -> bool:
+        """Grow when the goal is missed (``metric < target − tol``) and, with a goal model, that
+        model keeps significantly more of the same validation images (one-sided exact McNemar,
+        p < ``grow_alpha``); each test is appended to ``tests``."""
+        if target is None or not metric < target - tol:
+            return False
+        if goal_correct is None or math.isinf(target):
+            return True
+        test = mcnemar_exact(goal_correct.numpy(), correct.numpy(), alternative="greater")
+        grow = test["p"] < float(self.opts["grow_alpha"]) or float(self.opts["grow_alpha"]) >= 1.0
+        tests.append({"metric": metric, "goal_only": test["a_only"], "model_only": test["b_only"],
+                      "p": test["p"], "grow": grow})
+        return grow
 
     def _tolerance(self, task, trainer) -> float:
         """``max(tolerance, tolerance_samples / n)``, n = the validation images behind the metric:
@@ -201,20 +233,20 @@ class CMAT(Method):
     def _goal(self, t, task, trainer):
         goal = self.opts["goal"]
         if goal == "none":
-            return None
+            return None, None
         if isinstance(goal, (int, float)):
-            return float(goal)
+            return float(goal), None
         if self.opts["individual_run"]:
             if self._individual is None:
                 self._individual = load_run(self.opts["individual_run"])
             if t >= len(self._individual.task_names):
                 raise CmatError(f"individual_run {self.opts['individual_run']} has no task {t}")
-            return self._metric(t, task, trainer, self._individual.model(t).to(self.device))
+            return self._validation(t, task, trainer, self._individual.model(t).to(self.device))
         state = torch.get_rng_state()
         net = self.new_network([t])
         trainer.fit(net.task_view(0), list(net.parameters()), task, t, snapshot=net, tag="individual")
         torch.set_rng_state(state)  # the goal model must not change the run's random stream
-        return self._metric(t, task, trainer, net.task_view(0))
+        return self._validation(t, task, trainer, net.task_view(0))
 
     def _compact(self, t, task, trainer, goal, tol, metric):
         opts = self.opts

@@ -70,12 +70,13 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple:
     return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
-def mcnemar_exact(a_correct, b_correct) -> dict:
+def mcnemar_exact(a_correct, b_correct, alternative: str = "two-sided") -> dict:
     """Exact (binomial) McNemar test of paired outcomes on the same images.
 
     b = #(a right, b wrong), c = #(a wrong, b right); under H0 the discordant pairs split
-    Binomial(b + c, 1/2), p = min(1, 2·P[X ≤ min(b, c)]) (two-sided); p = 1 without discordant
-    pairs. Returns ``{"n", "a_only", "b_only", "p"}``."""
+    Binomial(b + c, 1/2), p = min(1, 2·P[X ≤ min(b, c)]) (two-sided), or p = P[X ≥ b]
+    (``alternative="greater"``: a is better than b); p = 1 without discordant pairs.
+    Returns ``{"n", "a_only", "b_only", "p"}``."""
     from scipy.stats import binom
 
     a = np.asarray(a_correct, dtype=bool)
@@ -84,7 +85,14 @@ def mcnemar_exact(a_correct, b_correct) -> dict:
         raise ValueError(f"paired outcomes need the same images, got {a.shape} and {b.shape}")
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     m = only_a + only_b
-    p = 1.0 if m == 0 else float(min(1.0, 2 * binom.cdf(min(only_a, only_b), m, 0.5)))
+    if alternative not in ("two-sided", "greater"):
+        raise ValueError(f"alternative must be two-sided or greater, got {alternative!r}")
+    if m == 0:
+        p = 1.0
+    elif alternative == "greater":
+        p = float(binom.sf(only_a - 1, m, 0.5))
+    else:
+        p = float(min(1.0, 2 * binom.cdf(min(only_a, only_b), m, 0.5)))
     return {"n": int(a.size), "a_only": only_a, "b_only": only_b, "p": p}
 
 

@@ -37,14 +37,15 @@ def test_zero_forgetting_is_exact(which, request):
         assert res["summary"]["pgd10"]["acc"] > 0.8
 
 
-def _trained_first_task(method_cls, opts, epochs=None):
+def _trained_first_task(method_cls, opts, epochs=None, train=True):
     cfg = quick_config(method=method_cls.name, method_options=opts, epochs=epochs)
     seq = get_tasks("toy-2task", seed=cfg.seed)
     torch.manual_seed(0)
     method = method_cls(cfg, seq, "cpu")
     trainer = Trainer(cfg, torch.device("cpu"), RunLogger(None), progress=False)
     method.before_task(0, seq[0])
-    method.train_task(0, seq[0], trainer)
+    if train:
+        method.train_task(0, seq[0], trainer)
     return method, trainer, seq
 
 
@@ -78,7 +79,7 @@ def test_piggyback_picks_a_nontrivial_part(cmat_run):
 
 def test_goal_at_chance_is_flagged_and_the_task_trained_to_best_effort(monkeypatch, capsys):
     # an individual goal model at chance (4 classes: 0.25) must not set the bar for compaction
-    monkeypatch.setattr(CMAT, "_goal", lambda self, t, task, trainer: 0.25)
+    monkeypatch.setattr(CMAT, "_goal", lambda self, t, task, trainer: (0.25, None))
     method, trainer, seq = _trained_first_task(CMAT, {**CMAT_OPTS, "goal": "individual", "prune_levels": 1}, epochs=1)
     rec = method.decisions["tasks"][0]
     assert rec["goal_reliable"] is False and rec["goal"] == 0.25
@@ -87,3 +88,34 @@ def test_goal_at_chance_is_flagged_and_the_task_trained_to_best_effort(monkeypat
     assert "no better than chance" in capsys.readouterr().out
     # one image above chance + one validation image is a goal worth compacting towards
     assert method._goal_reliable(0.25 + 2 / 120, seq[0], trainer)
+
+
+def test_growth_needs_a_shortfall_the_validation_images_resolve():
+    method, trainer, seq = _trained_first_task(CMAT, CMAT_OPTS, train=False)  # untrained: loses images
+    metric, correct = method._validation(0, seq[0], trainer)
+    assert correct.dtype == torch.bool and correct.float().mean().item() == metric
+    wrong = (~correct).nonzero().squeeze(1)
+    assert len(wrong) >= 6 and correct.sum() >= 2
+
+    def goal_keeping(k):  # a goal model that keeps everything t's model keeps, and k images more
+        g = correct.clone()
+        g[wrong[:k]] = True
+        return g.float().mean().item(), g
+
+    tol, n = 0.02, len(correct)
+    goal, g = goal_keeping(3)  # 3 images: missed by more than the tolerance, but p = 1/8
+    assert goal - metric > tol
+    tests = []
+    assert not method._should_grow(goal, g, metric, correct, tol, tests)
+    assert tests == [{"metric": metric, "goal_only": 3, "model_only": 0, "p": 0.125, "grow": False}]
+    method.opts["grow_alpha"] = 1.0  # CPG's rule: any missed goal grows
+    assert method._should_grow(goal, g, metric, correct, tol, [])
+    method.opts["grow_alpha"] = 0.05
+    goal, g = goal_keeping(6)  # p = 1/64
+    assert method._should_grow(goal, g, metric, correct, tol, tests) and tests[-1]["p"] == 0.5 ** 6
+    g[correct.nonzero().squeeze(1)[:2]] = False  # two images only t's model keeps: p = P[X >= 6 | 8]
+    assert method._should_grow(goal - 2 / n, g, metric, correct, tol, tests) == (37 / 256 < 0.05)
+    assert tests[-1]["p"] == pytest.approx(37 / 256)
+    # met within the tolerance: no test at all; a numeric goal (no goal model): the goal test alone
+    assert not method._should_grow(metric + tol / 2, g, metric, correct, tol, [])
+    assert method._should_grow(metric + 2 * tol, None, metric, correct, tol, [])

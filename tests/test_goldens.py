@@ -12,7 +12,9 @@ layers were introduced (commit ebe13bc), compared with what the current code com
   toy network has MaxPool, which the MILP bound refuses; that refusal is checked too).
 
 Digests are made by scripts/golden_digest.py, which reads files only, so the same script
-recorded the goldens with the old code. CPU float arithmetic with the preset's one thread is
+recorded the goldens with the old code. The one edit since: CMAT's decisions gained
+``growth_tests`` (the paired test behind each growth decision; the toy run never misses its goal,
+so the list is empty) and the key was added to both toy goldens; every number is as recorded. CPU float arithmetic with the preset's one thread is
 deterministic here, so equality is exact.
 """
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cmat.evaluate import attacks_as_run, build_attacks, evaluate_task, task_attacks
 from cmat.metrics import summarize, wilson_interval
+from cmat.provenance import provenance
 from cmat.plots import accuracy_matrix_figure, plt
 
 
@@ -58,6 +59,7 @@ def results_json(cfg, seq, method, columns: list, acc: dict, clean_full: list, l
         "decisions": method.decisions,
         "cost": cost,
         "seed": cfg.seed,
+        "provenance": provenance(),
     }
 
 

@@ -18,7 +18,7 @@ from cmat import accel
 from cmat.attacks import PGD, sound_alpha
 from cmat.config import bf16_mode
 from cmat.errors import CmatError
-from cmat.evaluate import robust_accuracy
+from cmat.evaluate import predictions
 from cmat.objectives import make_objective
 from cmat.seeding import generator
 from cmat.tasks.base import augment_batch
@@ -111,16 +111,22 @@ class Trainer:
         return sel
 
     def validate(self, model, task, t: int) -> dict:
+        """Clean accuracy on task t's validation split and robust accuracy (the validation attack,
+        seeded by (seed, "val", t), so two models of one task meet the same random starts) on its
+        first ``val_attack_samples`` images; ``clean_correct``/``robust_correct`` hold the
+        per-image outcomes (bool tensors) behind them, for paired decisions."""
         start = time.perf_counter()
         if self.dist is not None:
             self.dist.sync_buffers(model)  # identical BN statistics, so identical decisions
         x, y = task.val.tensors()
-        clean = robust_accuracy(model, x, y, None, device=self.device)
+        clean = predictions(model, x, y, None, device=self.device) == y
         k = min(self.cfg.train.val_attack_samples, len(y))
-        robust = robust_accuracy(model, x[:k], y[:k], self.val_attack, generator(self.cfg.seed, "val", t),
-                                 device=self.device)
+        robust = predictions(model, x[:k], y[:k], self.val_attack, generator(self.cfg.seed, "val", t),
+                             device=self.device) == y[:k]
         self.val_seconds += time.perf_counter() - start
-        return {"clean": clean, "robust": robust}
+        return {"clean": float(clean.float().mean()) if len(y) else 0.0,
+                "robust": float(robust.float().mean()) if k else 0.0,
+                "clean_correct": clean, "robust_correct": robust}
 
     def fit(self, model, params, task, t: int, snapshot: torch.nn.Module,
             epochs: Optional[int] = None, lr: Optional[float] = None, param_groups=None,
