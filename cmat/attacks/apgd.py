@@ -1,7 +1,7 @@
 """APGD (Croce & Hein 2020) and AutoAttack's standard suite, through torchattacks."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -9,6 +9,7 @@ from cmat.attacks.base import Attack, check_count, check_number
 from cmat.errors import CmatError
 
 APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
+AA_COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
 class AutoPGD(Attack):
@@ -70,12 +71,13 @@ class AutoAttack(Attack):
 
     Components that need more classes than the task's head has are left out and listed in
     ``params()["components"]``: the DLR losses of APGD-T need C ≥ 4 (so a 2-class task runs
-    APGD-CE, FAB-T and Square). Each component's seed is drawn from ``generator`` and it runs
-    inside ``torch.random.fork_rng``, so a seeded call is repeatable and the global RNG is
-    untouched."""
+    APGD-CE, FAB-T and Square). ``only`` restricts the suite to some of its components (to run
+    or test one on its own); asking for one the head cannot run is refused with one line. Each
+    component's seed is drawn from ``generator`` and it runs inside ``torch.random.fork_rng``,
+    so a seeded call is repeatable and the global RNG is untouched."""
 
     def __init__(self, eps: float = 8 / 255, n_classes: int = 10, steps: int = 100, n_queries: int = 5000,
-                 fold_bn: bool = True):
+                 fold_bn: bool = True, only: Optional[Sequence[str]] = None):
         try:
             import torchattacks
         except ImportError:
@@ -88,10 +90,20 @@ class AutoAttack(Attack):
         self.n_queries = check_count("n_queries", n_queries)
         self.fold_bn = bool(fold_bn)
         self._ta = torchattacks
+        self._only = None
+        if only is not None:
+            unknown = [c for c in only if c not in AA_COMPONENTS]
+            if unknown or not only:
+                raise CmatError(f"AutoAttack components are {', '.join(AA_COMPONENTS)}; got {list(only)!r}")
+            if "apgd-t" in only and self.n_classes < 4:
+                raise CmatError(f"apgd-t needs a head of at least 4 classes, the head has {self.n_classes}")
+            self._only = set(only)
 
     @property
     def components(self) -> list:
-        return ["apgd-ce"] + (["apgd-t"] if self.n_classes >= 4 else []) + ["fab-t", "square"]
+        """The components that run, in AutoAttack's order."""
+        suite = ["apgd-ce"] + (["apgd-t"] if self.n_classes >= 4 else []) + ["fab-t", "square"]
+        return suite if self._only is None else [c for c in suite if c in self._only]
 
     def params(self) -> dict:
         return {"attack": "AutoAttack", "eps": self.eps, "alpha": None, "steps": self.steps,
