@@ -6,6 +6,7 @@ names the code that made it. ``commit`` is None when cmat does not run from a gi
 (a wheel install) or git is unavailable."""
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 import sys
@@ -31,8 +32,12 @@ def source_commit(root: Optional[Path] = None) -> tuple:
     return commit or None, bool(status.strip())
 
 
+@functools.lru_cache(maxsize=None)
 def provenance() -> dict:
-    """``{"cmat", "commit", "dirty", "torch", "python", "machine", "argv"}`` of this process."""
+    """``{"cmat", "commit", "dirty", "torch", "python", "machine", "argv"}`` of this process, read
+    at the first call and the same for the process's lifetime: the CLI calls it as it starts, so a
+    bench that runs for hours records the commit it loaded, whatever was committed meanwhile.
+    (Callers must not modify the returned dict.)"""
     commit, dirty = source_commit()
     try:
         cmat_version = version("cmat")

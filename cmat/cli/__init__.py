@@ -20,8 +20,10 @@ from cmat.cli.training import bench, run
 def main():
     """Adversarially robust continual learning: CMAT (CPG + adversarial training) and baselines."""
     from cmat.memory import fix_mmap_threshold
+    from cmat.provenance import provenance
 
     fix_mmap_threshold()  # memory flat over long task sequences (cmat/memory.py); CMAT_MALLOC_TUNING=0 skips
+    provenance()  # the source tree as this process loaded it, not as it is when a long run ends
 
 
 for command in (bench, eval_cmd, inspect, plot, report, run, tasks, transfer, transfer_study, verify):

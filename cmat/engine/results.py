@@ -59,7 +59,7 @@ def results_json(cfg, seq, method, columns: list, acc: dict, clean_full: list, l
         "decisions": method.decisions,
         "cost": cost,
         "seed": cfg.seed,
-        "provenance": provenance(),
+        "provenance": dict(provenance()),
     }
 
 
