@@ -14,7 +14,6 @@ from pathlib import Path
 from importlib.metadata import PackageNotFoundError, version
 from typing import Optional
 
-import torch
 
 
 def source_commit(root: Optional[Path] = None) -> tuple:
@@ -39,10 +38,13 @@ def provenance() -> dict:
     bench that runs for hours records the commit it loaded, whatever was committed meanwhile.
     (Callers must not modify the returned dict.)"""
     commit, dirty = source_commit()
-    try:
-        cmat_version = version("cmat")
-    except PackageNotFoundError:
-        cmat_version = None
-    return {"cmat": cmat_version, "commit": commit, "dirty": dirty, "torch": torch.__version__,
+    return {"cmat": _version("cmat"), "commit": commit, "dirty": dirty, "torch": _version("torch"),
             "python": platform.python_version(), "machine": f"{platform.system()} {platform.machine()}",
             "argv": [Path(sys.argv[0]).name] + sys.argv[1:]}
+
+
+def _version(package: str) -> Optional[str]:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
