@@ -41,7 +41,7 @@ class PackNet(Method):
         wd = self.cfg.train.weight_decay
         trainer.fit(self.net.task_view(t), None, task, t, snapshot=self.net, epochs=epochs,
                     param_groups=self.net.param_groups(t, wd),
-                    after_backward=lambda: self.net.owned_weight_decay(t, wd), tag=tag)
+                    after_backward=lambda: self.net.owned_weight_decay(t, wd), tag=tag, warm=tag != "train")
 
     def train_task(self, t, task, trainer):
         self._fit(t, task, trainer, None, "train")

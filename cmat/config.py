@@ -1,7 +1,8 @@
 """Typed run configuration: dataclasses, YAML presets per task sequence, CLI overrides.
 
 Resolution order (later wins): dataclass defaults → ``cmat/presets/<tasks>.yaml`` (if any) →
-a user ``--config`` YAML file → ``--set section.key=value`` overrides and explicit CLI flags.
+its ``certified:`` block when the objective is ``ibp``/``crown-ibp`` → a user ``--config`` YAML
+file (and its ``certified:`` block) → ``--set section.key=value`` overrides and explicit CLI flags.
 The resolved configuration is written as ``config.yaml`` beside every output.
 """
 from __future__ import annotations
@@ -20,6 +21,9 @@ from cmat.errors import CmatError
 from cmat.nn.backbones import ARCHS
 
 PRESET_DIR = Path(__file__).parent / "presets"
+# objectives that train for certificates: a preset's ``certified:`` block applies to them
+# (tests/test_config.py checks this against the objective registry)
+CERTIFIED_OBJECTIVES = ("ibp", "crown-ibp")
 
 
 @dataclass
@@ -43,6 +47,7 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 128
+    optimizer: str = "sgd"  # sgd (momentum, Nesterov) or adam (certified training's choice)
     lr: float = 0.01
     momentum: float = 0.9
     nesterov: bool = True
@@ -236,19 +241,35 @@ def deep_update(base: dict, extra: dict) -> dict:
     return base
 
 
+def _layers(preset: dict, user: dict, overrides: dict, certified: bool) -> RunConfig:
+    cfg = RunConfig()
+    for data, where in ((preset, ""), (user, "")):
+        data = dict(data)
+        block = data.pop("certified", None)
+        _merge(cfg, data, where)
+        if certified and block is not None:
+            _merge(cfg, block, "certified")
+    _merge(cfg, overrides, "")
+    return cfg
+
+
 def resolve(tasks: Optional[str] = None, config_file: Optional[str] = None, overrides: Optional[dict] = None) -> RunConfig:
-    """Build the :class:`RunConfig` for a run (see module docstring for the order)."""
+    """Build the :class:`RunConfig` for a run (see module docstring for the order). A preset
+    (or user file) may hold a ``certified:`` block of the same sections; it applies, right after
+    the file it is in, when the resolved objective is certified (``CERTIFIED_OBJECTIVES``)."""
     user = _read_yaml(Path(config_file)) if config_file else {}
     overrides = overrides or {}
     name = overrides.get("tasks") or user.get("tasks") or tasks or RunConfig.tasks
     if not isinstance(name, str):
         raise CmatError(f"config tasks: expected a task-sequence name, got {name!r}")
-    cfg = RunConfig()
-    preset = PRESET_DIR / f"{name}.yaml"
-    if preset.exists():
-        _merge(cfg, _read_yaml(preset), "")
-    _merge(cfg, user, "")
-    _merge(cfg, overrides, "")
+    preset_file = PRESET_DIR / f"{name}.yaml"
+    preset = _read_yaml(preset_file) if preset_file.exists() else {}
+    for data, where in ((preset, str(preset_file)), (user, str(config_file))):
+        if "certified" in data and not isinstance(data["certified"], dict):
+            raise CmatError(f"config {where}: certified must be a mapping of sections")
+    cfg = _layers(preset, user, overrides, certified=False)
+    if cfg.objective.name in CERTIFIED_OBJECTIVES:
+        cfg = _layers(preset, user, overrides, certified=True)
     cfg.tasks = name
     validate(cfg)
     return cfg
@@ -299,6 +320,8 @@ def validate(cfg: RunConfig) -> None:
     _in_range("train.val_attack_samples", tc.val_attack_samples, 1, COUNT_LIMIT)
     if tc.samples is not None:
         _in_range("train.samples", tc.samples, 1, COUNT_LIMIT)
+    if tc.optimizer not in ("sgd", "adam"):
+        raise CmatError(f"train.optimizer must be sgd or adam, got {tc.optimizer!r}")
     if tc.schedule not in ("cosine", "step", "constant"):
         raise CmatError(f"train.schedule must be cosine, step or constant, got {tc.schedule!r}")
     if tc.select not in ("auto", "robust", "clean", "last"):

@@ -186,7 +186,8 @@ class CMAT(Method):
         masks = [m.piggy[str(t + 1)] for m in self.net.masked_layers() if str(t + 1) in m.piggy]
         extra = [torch.optim.Adam(masks, lr=float(self.opts["mask_lr"]), fused=True)] if masks else []
         trainer.fit(self.net.task_view(t), None, task, t, snapshot=self.net, epochs=epochs, param_groups=groups,
-                    after_backward=lambda: self.net.owned_weight_decay(t, wd), extra_optimizers=extra, tag=tag)
+                    after_backward=lambda: self.net.owned_weight_decay(t, wd), extra_optimizers=extra, tag=tag,
+                    warm=tag != "train")
 
     def _metric(self, t, task, trainer, model=None) -> float:
         return self._validation(t, task, trainer, model)[0]

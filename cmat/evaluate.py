@@ -216,7 +216,24 @@ def evaluate_task(model: nn.Module, data, attacks: dict, num_classes: int, seed:
                  indices=indices.numpy())
     if WORST in result_columns(attacks):
         results[WORST] = _entry(worst_pred, ys, num_classes)
+    check_sound(results, attacks, task)
     return results
+
+
+def check_sound(results: dict, attacks: dict, task: int) -> None:
+    """A proof that an attack of the same evaluation refutes is a bug, not a number: raise
+    (a loud :class:`CmatError` naming the images) when an image counted certified is broken by
+    any attack (``worst`` wrong)."""
+    if WORST not in results:
+        return
+    survived = results[WORST]["correct"]
+    for name, atk in attacks.items():
+        if getattr(atk, "certifies", False):
+            refuted = np.flatnonzero(results[name]["correct"] & ~survived)
+            if refuted.size:
+                raise CmatError(f"UNSOUND: task {task + 1}: {refuted.size} image(s) counted certified by {name} "
+                                f"are broken by an attack of the same evaluation (evaluated-image positions "
+                                f"{refuted[:10].tolist()}); the bound or the attack is wrong, no result written")
 
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, gen=None,

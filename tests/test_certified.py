@@ -97,3 +97,66 @@ def test_anp_vs_refuses_objectives_its_loss_would_ignore(objective):
     cfg = quick_config(method="anp-vs", objective=objective)
     with pytest.raises(CmatError, match="anp-vs"):
         method_class("anp-vs")(cfg, get_tasks("toy-2task", seed=0), "cpu")
+
+
+def test_a_warm_phase_trains_at_the_final_values_from_its_first_step():
+    cfg = ObjectiveConfig(name="crown-ibp", cert_warmup=0.1, cert_ramp=0.5, kappa_end=0.5, beta_end=0.25)
+    obj = CrownIBP(cfg, ThreatConfig(eps=0.2, alpha=0.05))
+    obj.total_iters = 100
+    obj.reset(warm=True)
+    assert obj.schedule() == pytest.approx({"eps": 0.2, "kappa": 0.5, "beta": 0.25})
+    obj.reset()
+    assert obj.schedule() == {"eps": 0.0, "kappa": 1.0, "beta": 1.0}
+    assert obj.certificate == "crown"  # the schedule ends on a CROWN-IBP mix: validate with CROWN
+    assert CrownIBP(ObjectiveConfig(name="crown-ibp"), ThreatConfig()).certificate == "ibp"  # β → 0: pure IBP
+
+
+def test_the_presets_certified_block_is_the_textbook_recipe_and_flags_override_it():
+    from cmat.config import CERTIFIED_OBJECTIVES, preset_names, resolve
+    from cmat.objectives.base import OBJECTIVES
+
+    assert sorted(CERTIFIED_OBJECTIVES) == sorted(n for n, c in OBJECTIVES.items() if hasattr(c, "certificate"))
+    pgd = resolve("digits-5split")
+    assert (pgd.model.arch, pgd.train.optimizer, pgd.train.lr, pgd.train.batch_size) == ("smallcnn", "sgd", 0.05, 64)
+    for objective in CERTIFIED_OBJECTIVES:
+        cert = resolve("digits-5split", overrides={"objective": {"name": objective}})
+        assert (cert.model.arch, cert.train.optimizer, cert.train.lr, cert.train.batch_size) == ("cnn-ibp", "adam", 1e-3, 32)
+        assert (cert.train.weight_decay, cert.objective.cert_warmup, cert.objective.cert_ramp,
+                cert.objective.kappa_end) == (0.0, 0.1, 0.5, 0.5)
+        assert "certified" in cert.eval.attacks and cert.threat.eps == 0.2  # same threat model
+    mine = resolve("digits-5split", overrides={"objective": {"name": "ibp"}, "train": {"epochs": 7, "lr": 0.002}})
+    assert (mine.train.epochs, mine.train.lr, mine.train.optimizer) == (7, 0.002, "adam")
+    for name in preset_names():  # every preset has a certified recipe
+        assert resolve(name, overrides={"objective": {"name": "ibp"}}).model.arch == "cnn-ibp", name
+
+
+def test_a_certificate_an_attack_refutes_is_a_loud_error():
+    """evaluate_task checks every proof against every attack of the same evaluation: a 'bound'
+    that proves everything, on a model PGD breaks, must stop the run (no number)."""
+    from cmat.attacks import make_attack
+    from cmat.errors import CmatError
+    from cmat.evaluate import evaluate_task
+    from cmat.tasks.base import ImageData
+
+    class ProvesEverything:
+        certifies = True
+
+        def proven(self, model, x, y, device="cpu"):
+            return torch.ones(len(x), dtype=torch.bool)
+
+        def params(self):
+            return {"attack": "certified", "eps": 0.3}
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4)).eval()  # not robust at ε = 0.3
+    images = (torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).round().to(torch.uint8)
+    with torch.no_grad():
+        y = model(images.float() / 255).argmax(1)
+    data = ImageData(images, y)
+    attacks = {"clean": None, "pgd10": make_attack("pgd10", 0.3, 0.1), "certified": ProvesEverything()}
+    with pytest.raises(CmatError, match="UNSOUND"):
+        evaluate_task(model, data, attacks, 4, seed=0, task=0)
+    attacks["certified"] = make_attack("certified", 0.3, 0.1)  # the real bound: no error, certified ≤ worst
+    res = evaluate_task(model, data, attacks, 4, seed=0, task=0)
+    assert not np.any(res["certified"]["correct"] & ~res["worst"]["correct"])
+    assert res["worst"]["acc"] < 1.0  # PGD did break images: the check above was not vacuous

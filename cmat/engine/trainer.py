@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from cmat import accel
 from cmat.attacks import PGD, sound_alpha
+from cmat.bounds import CertifiedCheck
 from cmat.config import bf16_mode
 from cmat.errors import CmatError
 from cmat.evaluate import predictions
@@ -69,10 +70,22 @@ def optimizer_step(opt: torch.optim.Optimizer) -> None:
     increment_version([p for group in opt.param_groups for p in group["params"] if p.grad is not None])
 
 
+def make_optimizer(groups, tc, lr: float) -> torch.optim.Optimizer:
+    """``train.optimizer``: ``sgd`` (momentum, Nesterov, weight decay) or ``adam`` (β = 0.9,
+    0.999; weight decay as L2), fused: one kernel per parameter group instead of one per
+    operation (3× on CPU, measured). A group's own ``weight_decay`` wins (CMAT's shared weights
+    take theirs after backward). Entries whose gradient stays exactly zero through a phase (an
+    earlier task's weights) keep their values under both: the optimiser is new every phase."""
+    if tc.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=tc.weight_decay, fused=True)
+    return torch.optim.SGD(groups, lr=lr, momentum=tc.momentum, nesterov=tc.nesterov and tc.momentum > 0,
+                           weight_decay=tc.weight_decay, fused=True)
+
+
 class Trainer:
     """Trains one task's classifier under the run's objective, with validation model selection.
 
-    ``fit(model, params, task, t, snapshot=...)``: SGD (momentum, Nesterov, weight decay) over
+    ``fit(model, params, task, t, snapshot=...)``: SGD or Adam (:func:`make_optimizer`) over
     ``params`` with the configured schedule; per epoch, clean and PGD validation accuracy;
     the weights of ``snapshot`` (the module holding everything this task changes) from the best
     epoch are restored at the end. Hooks: ``after_backward()`` (mask or edit gradients) and
@@ -88,8 +101,11 @@ class Trainer:
         self.dist = dist  # a cmat.distributed.Dist under torchrun, else None
         self.objective = make_objective(cfg.objective, cfg.threat)
         # validation (model selection, CMAT's goal/grow/compact decisions) uses a PGD-10 whose
-        # steps can cross the ball, like the evaluation's
-        self.val_attack = PGD(eps=cfg.threat.eps, alpha=sound_alpha(cfg.threat.eps, cfg.threat.alpha, 10), steps=10)
+        # steps can cross the ball, like the evaluation's; a certified objective validates with
+        # its own certificate (certified accuracy by the objective's bound)
+        bound = getattr(self.objective, "certificate", None)
+        self.val_attack = CertifiedCheck(cfg.threat.eps, bound) if bound else \
+            PGD(eps=cfg.threat.eps, alpha=sound_alpha(cfg.threat.eps, cfg.threat.alpha, 10), steps=10)
         self.global_step = 0
         self.grad_evals = 0  # training forward+backward passes per image, attack steps included
         self.steps = 0  # optimiser steps taken, and the wall / process-CPU seconds they took (validation excluded)
@@ -112,8 +128,8 @@ class Trainer:
 
     def validate(self, model, task, t: int) -> dict:
         """Clean accuracy on task t's validation split and robust accuracy (the validation attack,
-        seeded by (seed, "val", t), so two models of one task meet the same random starts) on its
-        first ``val_attack_samples`` images; ``clean_correct``/``robust_correct`` hold the
+        seeded by (seed, "val", t), so two models of one task meet the same random starts; for a
+        certified objective, certified accuracy by its bound) on its first ``val_attack_samples`` images; ``clean_correct``/``robust_correct`` hold the
         per-image outcomes (bool tensors) behind them, for paired decisions."""
         start = time.perf_counter()
         if self.dist is not None:
@@ -121,8 +137,14 @@ class Trainer:
         x, y = task.val.tensors()
         clean = predictions(model, x, y, None, device=self.device) == y
         k = min(self.cfg.train.val_attack_samples, len(y))
-        robust = predictions(model, x[:k], y[:k], self.val_attack, generator(self.cfg.seed, "val", t),
-                             device=self.device) == y[:k]
+        if getattr(self.val_attack, "certifies", False):
+            model.eval()
+            robust = clean[:k].clone()
+            if robust.any():
+                robust[robust.clone()] = self.val_attack.proven(model, x[:k][robust], y[:k][robust], self.device).cpu()
+        else:
+            robust = predictions(model, x[:k], y[:k], self.val_attack, generator(self.cfg.seed, "val", t),
+                                 device=self.device) == y[:k]
         self.val_seconds += time.perf_counter() - start
         return {"clean": float(clean.float().mean()) if len(y) else 0.0,
                 "robust": float(robust.float().mean()) if k else 0.0,
@@ -131,18 +153,16 @@ class Trainer:
     def fit(self, model, params, task, t: int, snapshot: torch.nn.Module,
             epochs: Optional[int] = None, lr: Optional[float] = None, param_groups=None,
             after_backward: Optional[Callable] = None, after_step: Optional[Callable] = None,
-            extra_optimizers=(), loss_fn: Optional[Callable] = None, tag: str = "train") -> dict:
+            extra_optimizers=(), loss_fn: Optional[Callable] = None, tag: str = "train", warm: bool = False) -> dict:
         tc = self.cfg.train
         obj = self.objective
         epochs = max(1, (epochs or tc.epochs) // obj.replays)
         groups = param_groups or [{"params": [p for p in params if p.requires_grad]}]
-        # fused: one kernel per parameter group instead of one per operation (3× on CPU, measured)
-        opt = torch.optim.SGD(groups, lr=lr or tc.lr, momentum=tc.momentum, nesterov=tc.nesterov and tc.momentum > 0,
-                              weight_decay=tc.weight_decay, fused=True)
+        opt = make_optimizer(groups, tc, lr or tc.lr)
         iters = epochs * math.ceil(len(task.train) / tc.batch_size) * obj.replays
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.schedule, iters))
         obj.total_iters = iters  # schedules over the phase (certified objectives' ramp)
-        obj.reset()
+        obj.reset(warm=warm)  # warm: continuing this task's trained model (the objective's schedules)
         accel.prepare_model(self.cfg.accel, model)
         train_model = self.dist.wrap(model, self.device) if self.dist is not None else model
         metric = self.selection_metric()

@@ -11,6 +11,10 @@ Architectures (``ARCHS``):
 - ``resnet18``: ResNet-18 with the CIFAR stem (3×3 conv, stride 1, no max-pool).
 - ``smallcnn``: four 3×3 conv-BN-ReLU layers (32, 32, 64, 64 channels × width) with two
   max-pools, a 2×2 average pool, and FC → 128; for 8×8, 16×16 and 28×28 inputs.
+- ``cnn-ibp``: the small network of certified training (Gowal et al. 2018; Shi et al. 2021's
+  CNN-3 family): 3×3 conv → 32 (padding 1), ReLU, 3×3 conv → 64 stride 2 (padding 1), ReLU,
+  FC → 128, ReLU (channels × width), with biases and *no* BatchNorm or max-pool, whose interval
+  bounds stay tight; for 8×8 inputs the FC has 64·4·4 = 1024 inputs.
 """
 from __future__ import annotations
 
@@ -50,6 +54,15 @@ def smallcnn_features(in_ch: int, width: float, conv, linear, bn, input_size: in
     if input_size >= 16:
         layers.append(nn.MaxPool2d(2))
     layers += [nn.AdaptiveAvgPool2d(2), nn.Flatten(), linear(c2 * 4, f), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers), f
+
+
+def cnn_ibp_features(in_ch: int, width: float, conv, linear, bn, input_size: int = 8) -> tuple:
+    c1, c2, f = int(round(32 * width)), int(round(64 * width)), int(round(128 * width))
+    side = (input_size + 1) // 2  # 3×3, stride 2, padding 1
+    layers = [conv(in_ch, c1, 3, padding=1, bias=True), nn.ReLU(inplace=True),
+              conv(c1, c2, 3, stride=2, padding=1, bias=True), nn.ReLU(inplace=True),
+              nn.Flatten(), linear(c2 * side * side, f), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers), f
 
 
@@ -95,4 +108,5 @@ def norm_layer_factory(kind: str) -> Callable:
     raise ValueError(f"unknown norm layer {kind!r}")
 
 
-ARCHS: dict = {"vgg16": vgg16_features, "resnet18": resnet18_features, "smallcnn": smallcnn_features}
+ARCHS: dict = {"vgg16": vgg16_features, "resnet18": resnet18_features, "smallcnn": smallcnn_features,
+               "cnn-ibp": cnn_ibp_features}

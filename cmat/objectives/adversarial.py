@@ -113,7 +113,7 @@ class FreeAT(Objective):
         logits = model((x + delta).clamp(0, 1))
         return F.cross_entropy(logits, y), logits
 
-    def reset(self):
+    def reset(self, warm: bool = False):
         self.delta = None
         self._current = None
 

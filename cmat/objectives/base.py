@@ -116,8 +116,11 @@ class Objective(ABC):
     def after_backward(self) -> None:
         """Called after ``loss.backward()`` and before the optimiser step."""
 
-    def reset(self) -> None:
-        """Forget state carried across minibatches (called when a training phase starts)."""
+    def reset(self, warm: bool = False) -> None:
+        """Forget state carried across minibatches (called when a training phase starts);
+        ``warm``: the phase continues a model already trained on this task (growth,
+        compaction, PackNet's retraining), so schedules that ramp up from scratch start at
+        their final values."""
 
     def describe(self) -> dict:
         return {"name": self.name, "eps": self.eps, "alpha": self.alpha}

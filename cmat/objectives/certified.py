@@ -14,7 +14,10 @@ Schedules, over the iterations of one training phase (``Trainer.fit``): the firs
 ``cert_warmup`` fraction is natural training (ε_t = 0, κ = 1, β = 1); over the next
 ``cert_ramp`` fraction ε_t grows linearly to ``cert_eps_factor``·ε, κ from 1 to ``kappa_end``
 and β from 1 to ``beta_end``; the rest trains at the final values (the papers' ramp-up).
-Gradients are clipped to norm ``cert_clip`` (Shi et al. 2021).
+A *warm* phase (growth, compaction, PackNet's retraining: the model already holds this task's
+certified solution) trains at the final values throughout: ramping ε from 0 again would first
+undo the certificates it is meant to keep. Gradients are clipped to norm ``cert_clip``
+(Shi et al. 2021; 0: off).
 
 Bounds go through exactly what the forward pass computes: masked layers' effective weights
 (differentiable), the task's normalisation, BN layers and head. BN follows the papers'
@@ -83,11 +86,21 @@ class CertifiedObjective(Objective):
         super().__init__(cfg, threat)
         self.total_iters = 1
         self.step = 0
+        self.warm = False
         self._params = None
 
-    def reset(self) -> None:
+    def reset(self, warm: bool = False) -> None:
         self.step = 0
         self._params = None
+        self.warm = warm
+
+    @property
+    def certificate(self) -> str:
+        """The bound behind the validation metric (certified accuracy; model selection and CMAT's
+        decisions): the one the schedule ends on — ``crown`` for CROWN-IBP with ``beta_end`` > 0,
+        else ``ibp`` (sound either way; IBP is what the final loss optimises, and it costs one
+        forward pass where CROWN took 10-30 s per validation on the toy CNN)."""
+        return "crown" if self.use_crown and self.cfg.beta_end > 0 else "ibp"
 
     def after_backward(self) -> None:
         """Clip the gradient norm to ``cert_clip`` (Shi et al. 2021): loose early bounds give
@@ -98,7 +111,7 @@ class CertifiedObjective(Objective):
     def schedule(self) -> dict:
         """ε_t, κ and β at the current iteration of the phase."""
         c = self.cfg
-        p = self.step / max(self.total_iters, 1)
+        p = 1.0 if self.warm else self.step / max(self.total_iters, 1)
         r = min(max((p - c.cert_warmup) / max(c.cert_ramp, 1e-12), 0.0), 1.0)
         beta_end = c.beta_end if self.use_crown else 0.0
         return {"eps": r * c.cert_eps_factor * self.eps, "kappa": 1 + r * (c.kappa_end - 1),
