@@ -4,7 +4,8 @@
 
 For every task, torchattacks' APGD-CE (``--steps`` steps, its own seed, through the unfolded
 model loaded from ``store.h5``) attacks exactly the images the run evaluated (``eval.h5``), and
-the script counts the images the run reported robust (``worst``) that APGD-CE breaks. A sound
+the script counts the images the run reported robust (``worst``) that APGD-CE breaks, and, when
+the run evaluated ``certified``, the images counted certified that it breaks (must be none). A sound
 `worst` column leaves at most a handful of such images (an independent random restart can
 always find one the run's attacks missed); the acceptance rule of the evaluation issue is at
 most one image per task.
@@ -47,10 +48,15 @@ def crosscheck(run_dir: Path, steps: int, restarts: int, seed: int) -> dict:
             survived = ((model(x_adv).argmax(1) == y) & (model(x).argmax(1) == y)).numpy()
         worst = outcomes["correct"]["worst"][j]
         missed = int((worst & ~survived).sum())
-        rows.append({"task": name, "n": int(len(y)), "worst": int(worst.sum()), "apgd_ce": int(survived.sum()),
-                     "robust_in_worst_broken_by_apgd": missed})
+        row = {"task": name, "n": int(len(y)), "worst": int(worst.sum()), "apgd_ce": int(survived.sum()),
+               "robust_in_worst_broken_by_apgd": missed}
+        if "certified" in outcomes["correct"]:  # a proof an attack refutes is a bug: must be 0
+            cert = outcomes["correct"]["certified"][j]
+            row.update(certified=int(cert.sum()), certified_broken_by_apgd=int((cert & ~survived).sum()))
+        rows.append(row)
     return {"run": str(run_dir), "eps": cfg.threat.eps, "steps": steps, "restarts": restarts, "seed": seed,
             "tasks": rows, "max_missed_per_task": max(r["robust_in_worst_broken_by_apgd"] for r in rows),
+            "certified_broken": sum(r.get("certified_broken_by_apgd", 0) for r in rows),
             "worst_acc": float(np.mean([r["worst"] / r["n"] for r in rows])),
             "apgd_ce_acc": float(np.mean([r["apgd_ce"] / r["n"] for r in rows]))}
 
@@ -75,6 +81,9 @@ def main() -> None:
         print(f"{r['task']:<16}{r['n']:>5}{r['worst']:>8}{r['apgd_ce']:>9}{r['robust_in_worst_broken_by_apgd']:>26}")
     print(f"mean accuracy: worst {report['worst_acc']:.4f}, APGD-CE {report['apgd_ce_acc']:.4f}; "
           f"at most {report['max_missed_per_task']} image(s) per task that worst called robust were broken")
+    if any("certified" in r for r in report["tasks"]):
+        print(f"certified: {sum(r['certified'] for r in report['tasks'])} images counted certified, "
+              f"{report['certified_broken']} of them broken by APGD-CE (must be 0)")
 
 
 if __name__ == "__main__":
