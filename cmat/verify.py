@@ -151,3 +151,34 @@ def verify_run(run_dir, task: int, n: int, bound: str = "crown", eps_max: Option
     fig.savefig(out / f"task{task}_{bound}_ecdf.png", dpi=110)
     plt.close(fig)
     return summary
+
+
+def certify_at_eps(run_dir, task: int, n: int, bound: str = "crown", time_limit: float = 10.0,
+                   max_neurons: Optional[int] = None, data_root=None) -> dict:
+    """``cmat verify --at-eps``: one check per image at the run's ε (no bisection): how many of
+    the first ``n`` test images ``bound`` certifies (correct clean and proven for the whole
+    ball), the seconds the bound took and, for ``milp``, the checks left unknown by
+    ``time_limit`` (counted as not certified)."""
+    run = load_run(run_dir)
+    cfg = run.config
+    if not 0 <= task < len(run.task_names):
+        raise CmatError(f"task {task} out of range: the run has tasks 0..{len(run.task_names) - 1}")
+    if bound not in BOUNDS:
+        raise CmatError(f"unknown bound {bound!r} (valid: {', '.join(BOUNDS)})")
+    seq = tasks_for_config(cfg, data_root, download=False)
+    model = run.model(task)
+    ops = network_ops(model)  # refuses unsupported networks before any work
+    x, y = seq[task].test.tensors(torch.arange(min(n, len(seq[task].test))))
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    ids = correct.nonzero().squeeze(1)
+    eps = torch.full((len(ids),), float(cfg.threat.eps), dtype=x.dtype)
+    stats: dict = {}
+    t0 = time.time()
+    with torch.no_grad():
+        proven = margin_lower_bound(ops, x[ids], y[ids], eps, bound, time_limit, stats, max_neurons) > 0
+    seconds = time.time() - t0
+    return {"task": task, "bound": bound, "eps": float(cfg.threat.eps), "samples": int(len(x)),
+            "correct": int(len(ids)), "certified": int(proven.sum()),
+            "certified_accuracy": float(proven.sum()) / max(len(x), 1), "seconds": seconds,
+            **({"milp_time_limit": time_limit, "milp_unknown_checks": stats.get("unknown", 0)} if bound == "milp" else {})}

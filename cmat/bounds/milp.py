@@ -40,7 +40,10 @@ for small networks.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import sys
 import time
 from typing import Optional
 
@@ -140,6 +143,27 @@ def encode(ops: list, x: torch.Tensor, eps: float, bounds: list) -> dict:
 SOLVER_TOL = 1e-6  # HiGHS's absolute gap and integrality tolerance; 10× its LP feasibility tolerance
 
 
+@contextlib.contextmanager
+def native_stdout_silenced():
+    """Send file descriptor 1 to /dev/null inside the block: HiGHS's MIP code prints debugging
+    lines ("HighsMipSolverData::transformNewIntegerFeasibleSolution ...") straight to the C
+    stdout even with ``disp`` off, between the lines a user reads."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 (embedded interpreters): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 def min_margin(problem: dict, c: np.ndarray, time_limit: float) -> tuple:
     """(proven lower bound of c·f over the region, or None if undecided; seconds; the solver's
     best input or None): one MILP. The objective is divided by its largest coefficient s (the
@@ -156,8 +180,9 @@ def min_margin(problem: dict, c: np.ndarray, time_limit: float) -> tuple:
     obj[problem["last"]] = c @ problem["W_out"]
     scale = float(np.abs(obj).max()) or 1.0
     t0 = time.time()
-    res = milp(obj / scale, constraints=problem["constraints"], integrality=problem["integrality"],
-               bounds=problem["bounds"], options={"time_limit": max(time_limit, 1e-3), "disp": False})
+    with native_stdout_silenced():
+        res = milp(obj / scale, constraints=problem["constraints"], integrality=problem["integrality"],
+                   bounds=problem["bounds"], options={"time_limit": max(time_limit, 1e-3), "disp": False})
     spent = time.time() - t0
     if not problem["integrality"].any():  # an LP: its optimum is proven by the LP dual
         dual = res.fun if res.status == 0 else None

@@ -25,12 +25,15 @@ from cmat.errors import CmatError
                    "0 refines every layer (memory is chunked; time grows with the layer width).")
 @click.option("--time-limit", default=10.0, show_default=True, type=float,
               help="milp: seconds per sample and ε; an unfinished check counts as not certified (unknown).")
+@click.option("--at-eps", "at_eps", is_flag=True,
+              help="Only certify at the run's ε (one check per image, no bisection, no CSV): certified count, "
+                   "seconds and (milp) unknown checks.")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Output folder (RUN_DIR/verify).")
 @click.option("--data-root", default=None)
 @click.option("--json", "as_json", is_flag=True)
-def verify(run_dir, task, n, bound, eps_max, iters, max_neurons, time_limit, out, data_root, as_json):
+def verify(run_dir, task, n, bound, eps_max, iters, max_neurons, time_limit, at_eps, out, data_root, as_json):
     """Per-sample critical ε: certified lower end (IBP/CROWN) and PGD upper end; CSV + ECDF."""
-    from cmat.verify import verify_run
+    from cmat.verify import certify_at_eps, verify_run
 
     if n < 1:
         raise CmatError(f"--n must be ≥ 1, got {n}")
@@ -38,8 +41,11 @@ def verify(run_dir, task, n, bound, eps_max, iters, max_neurons, time_limit, out
         raise CmatError(f"--time-limit must be > 0, got {time_limit}")
     if max_neurons < 0:
         raise CmatError(f"--max-neurons must be ≥ 0 (0: no limit), got {max_neurons}")
-    summary = verify_run(run_dir, task, n, bound, eps_max, out, data_root, iters, time_limit=time_limit,
-                         max_neurons=max_neurons or None)
+    if at_eps:
+        summary = certify_at_eps(run_dir, task, n, bound, time_limit, max_neurons or None, data_root)
+    else:
+        summary = verify_run(run_dir, task, n, bound, eps_max, out, data_root, iters, time_limit=time_limit,
+                             max_neurons=max_neurons or None)
     if as_json:
         click.echo(json.dumps(summary, indent=1))
         return
