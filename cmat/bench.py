@@ -37,10 +37,16 @@ ALPHA = 0.05  # significance level of the paired tests
 
 def reusable_run(run_dir: Path, cfg) -> bool:
     """Whether ``run_dir`` holds a finished run (results.json, config.yaml, eval.h5) of exactly
-    the configuration ``cfg`` — then a bench or study reuses it instead of training again."""
+    the configuration ``cfg`` — then a bench or study reuses it instead of training again. A key
+    the stored config.yaml lacks (added to cmat later) counts as its default, which is what
+    the run did: a new option must not make every finished run look foreign."""
     if not all((run_dir / f).exists() for f in ("results.json", "config.yaml", "eval.h5")):
         return False
     stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    try:  # keys added to the configuration since the run was made take their defaults
+        stored = yaml.safe_load(config_mod.to_yaml(config_mod.from_dict(stored)))
+    except (CmatError, TypeError, AttributeError):
+        return False
     return stored == yaml.safe_load(config_mod.to_yaml(cfg))
 
 

@@ -81,3 +81,26 @@ def test_unknown_method_fails_before_training(tmp_path):
     assert res.exit_code != 0
     assert res.output.strip().count("\n") == 0 and "bogus" in res.output
     assert not (tmp_path / "b" / "cmat-s0").exists()
+
+
+def test_a_run_made_before_a_config_key_existed_is_still_reused(bench_dir, tmp_path):
+    import shutil
+
+    import yaml
+
+    from cmat.bench import reusable_run
+    from cmat.config import from_dict
+
+    out, _ = bench_dir
+    run = tmp_path / "packnet-s0"
+    run.mkdir()
+    for name in ("results.json", "config.yaml", "eval.h5"):
+        shutil.copy(out / "packnet-s0" / name, run / name)
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    cfg = from_dict(stored)
+    assert reusable_run(run, cfg)
+    del stored["train"]["optimizer"]  # as written before train.optimizer existed (its default: sgd)
+    (run / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert reusable_run(run, cfg)
+    cfg.train.optimizer = "adam"  # a real difference is still one
+    assert not reusable_run(run, cfg)
