@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     for r in rows:
         unknown = str(r["milp_unknown_checks"]) if "milp_unknown_checks" in r else "–"
         lines.append(f"| {r['bound']} | {r['certified']}/{r['samples']} | {r['certified_accuracy']:.3f} | "
-                     f"{r['seconds']:.1f} | {unknown} |")
+                     f"{r['seconds']:.2f} | {unknown} |")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "bounds.json", json.dumps(info, indent=1))
