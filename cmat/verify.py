@@ -103,10 +103,10 @@ def critical_eps(model, x, y, eps_max: float, bound: str = "crown", iters: int =
 COLUMNS = ("network", "image_id", "original_label", "epsilon_value", "smallest_sat_value", "total_time", "verifier")
 
 
-def verify_run(run_dir, task: int, n: int, bound: str = "crown", eps_max: Optional[float] = None, out=None,
-               data_root=None, iters: int = 12, at_eps: Optional[float] = None, time_limit: float = 10.0,
-               max_neurons: Optional[int] = None) -> dict:
-    """``cmat verify``: the CSV (VERONA columns), ECDF plots and a summary for one task."""
+def task_images(run_dir, task: int, n: int, bound: str, data_root=None) -> tuple:
+    """What both verification commands check: ``(config, task's model, its bound ops, the
+    first n test images, their labels, indices of the correctly classified ones)``; a bad task
+    index, bound or unsupported network is a one-line error before any work."""
     run = load_run(run_dir)
     cfg = run.config
     if not 0 <= task < len(run.task_names):
@@ -115,11 +115,18 @@ def verify_run(run_dir, task: int, n: int, bound: str = "crown", eps_max: Option
         raise CmatError(f"unknown bound {bound!r} (valid: {', '.join(BOUNDS)})")
     seq = tasks_for_config(cfg, data_root, download=False)
     model = run.model(task)
-    network_ops(model)  # refuse unsupported networks before any work
+    ops = network_ops(model)
     x, y = seq[task].test.tensors(torch.arange(min(n, len(seq[task].test))))
     with torch.no_grad():
         correct = model(x).argmax(1) == y
-    ids = correct.nonzero().squeeze(1)
+    return cfg, model, ops, x, y, correct.nonzero().squeeze(1)
+
+
+def verify_run(run_dir, task: int, n: int, bound: str = "crown", eps_max: Optional[float] = None, out=None,
+               data_root=None, iters: int = 12, at_eps: Optional[float] = None, time_limit: float = 10.0,
+               max_neurons: Optional[int] = None) -> dict:
+    """``cmat verify``: the CSV (VERONA columns), ECDF plots and a summary for one task."""
+    cfg, model, _, x, y, ids = task_images(run_dir, task, n, bound, data_root)
     eps_at = float(at_eps if at_eps is not None else cfg.threat.eps)
     eps_max = float(eps_max if eps_max is not None else 4 * eps_at)
     t0 = time.time()
@@ -159,19 +166,7 @@ def certify_at_eps(run_dir, task: int, n: int, bound: str = "crown", time_limit:
     the first ``n`` test images ``bound`` certifies (correct clean and proven for the whole
     ball), the seconds the bound took and, for ``milp``, the checks left unknown by
     ``time_limit`` (counted as not certified)."""
-    run = load_run(run_dir)
-    cfg = run.config
-    if not 0 <= task < len(run.task_names):
-        raise CmatError(f"task {task} out of range: the run has tasks 0..{len(run.task_names) - 1}")
-    if bound not in BOUNDS:
-        raise CmatError(f"unknown bound {bound!r} (valid: {', '.join(BOUNDS)})")
-    seq = tasks_for_config(cfg, data_root, download=False)
-    model = run.model(task)
-    ops = network_ops(model)  # refuses unsupported networks before any work
-    x, y = seq[task].test.tensors(torch.arange(min(n, len(seq[task].test))))
-    with torch.no_grad():
-        correct = model(x).argmax(1) == y
-    ids = correct.nonzero().squeeze(1)
+    cfg, _, ops, x, y, ids = task_images(run_dir, task, n, bound, data_root)
     eps = torch.full((len(ids),), float(cfg.threat.eps), dtype=x.dtype)
     stats: dict = {}
     t0 = time.time()

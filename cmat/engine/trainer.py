@@ -138,10 +138,10 @@ class Trainer:
         clean = predictions(model, x, y, None, device=self.device) == y
         k = min(self.cfg.train.val_attack_samples, len(y))
         if getattr(self.val_attack, "certifies", False):
-            model.eval()
-            robust = clean[:k].clone()
-            if robust.any():
-                robust[robust.clone()] = self.val_attack.proven(model, x[:k][robust], y[:k][robust], self.device).cpu()
+            right = clean[:k]  # proven needs correct clean; predictions() left the model in eval mode
+            robust = right.clone()
+            if right.any():
+                robust[right] = self.val_attack.proven(model, x[:k][right], y[:k][right], self.device).cpu()
         else:
             robust = predictions(model, x[:k], y[:k], self.val_attack, generator(self.cfg.seed, "val", t),
                                  device=self.device) == y[:k]
