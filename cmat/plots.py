@@ -198,14 +198,26 @@ def ecdf_figure(values_by_name: dict, eps: float):
 # ----------------------------------------------------------------------------- transfer study
 
 STRATEGY_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#000000")
-SOURCE_MARKERS = {"standard": "o", "pgd": "s", "none": "D"}
-VARIANT_COLOURS = {("standard", "standard"): "#56B4E9", ("standard", "pgd"): "#0072B2",
-                   ("pgd", "standard"): "#E69F00", ("pgd", "pgd"): "#D55E00",
-                   ("none", "standard"): "#999999", ("none", "pgd"): "#000000"}
+# keyed by role: "standard", "robust" (the study's robust objective: pgd, crown-ibp, ...), "none"
+SOURCE_MARKERS = {"standard": "o", "robust": "s", "none": "D"}
+VARIANT_COLOURS = {("standard", "standard"): "#56B4E9", ("standard", "robust"): "#0072B2",
+                   ("robust", "standard"): "#E69F00", ("robust", "robust"): "#D55E00",
+                   ("none", "standard"): "#999999", ("none", "robust"): "#000000"}
 
 
-def _variant_label(source: str, target: str) -> str:
-    return f"scratch, {target} objective" if source == "none" else f"{source} source → {target} objective"
+def _role(study: dict, objective: str) -> str:
+    return objective if objective in ("standard", "none") else "robust"
+
+
+def _variant(study: dict, row: dict) -> tuple:
+    return _role(study, row["source_objective"]), _role(study, row["target_objective"])
+
+
+def _variant_label(study: dict, source: str, target: str) -> str:
+    name = {"robust": study.get("robust_objective", "pgd"), "standard": "standard", "none": "none"}
+    if source == "none":
+        return f"scratch, {name[target]} objective"
+    return f"{name[source]} source → {name[target]} objective"
 
 
 def _strategies(study: dict) -> list:
@@ -226,9 +238,10 @@ def pareto_front(points) -> list:
 
 def transfer_pareto_figure(study: dict):
     """Robust accuracy (the study's robust column) against target cost (passes, log scale): one
-    marker per cell — colour = strategy, shape = source objective, filled = PGD target objective
+    marker per cell — colour = strategy, shape = source objective, filled = robust target objective
     — and the Pareto front as a dashed step line."""
     robust = study["robust_column"]
+    robust_name = study.get("robust_objective", "pgd")
     rows = study["rows"]
     strategies = _strategies(study)
     fig, ax = plt.subplots(figsize=(7.6, 4.4), layout="constrained")
@@ -240,8 +253,8 @@ def transfer_pareto_figure(study: dict):
     ax.step(fx, fy, where="post", color="0.5", ls="--", lw=1, zorder=1)
     for r, (x, y) in zip(rows, pts):
         colour = STRATEGY_COLOURS[strategies.index(r["strategy"]) % len(STRATEGY_COLOURS)]
-        filled = r["target_objective"] == "pgd"
-        ax.scatter(x, y, s=60, marker=SOURCE_MARKERS.get(r["source_objective"], "o"), zorder=2,
+        filled = _role(study, r["target_objective"]) == "robust"
+        ax.scatter(x, y, s=60, marker=SOURCE_MARKERS[_role(study, r["source_objective"])], zorder=2,
                    facecolor=colour if filled else "white", edgecolor=colour, linewidth=1.6)
     ax.set_xscale("log")
     ax.set_xlabel("target training cost: forward+backward passes (log scale)")
@@ -251,9 +264,11 @@ def transfer_pareto_figure(study: dict):
     handles = [matplotlib.lines.Line2D([], [], ls="", marker="s", markersize=8, color=STRATEGY_COLOURS[k], label=s)
                for k, s in enumerate(strategies)]
     handles += [matplotlib.lines.Line2D([], [], ls="", marker=m, markersize=7, markerfacecolor="white",
-                                        markeredgecolor="0.2", label=("scratch" if s == "none" else f"{s} source"))
+                                        markeredgecolor="0.2",
+                                        label=("scratch" if s == "none" else f"{robust_name if s == 'robust' else s} source"))
                 for s, m in SOURCE_MARKERS.items()]
-    handles += [matplotlib.lines.Line2D([], [], ls="", marker="o", markersize=7, color="0.2", label="PGD target (filled)"),
+    handles += [matplotlib.lines.Line2D([], [], ls="", marker="o", markersize=7, color="0.2",
+                                        label=f"{robust_name} target (filled)"),
                 matplotlib.lines.Line2D([], [], ls="", marker="o", markersize=7, markerfacecolor="white",
                                         markeredgecolor="0.2", label="standard target (open)"),
                 matplotlib.lines.Line2D([], [], color="0.5", ls="--", label="Pareto front")]
@@ -268,19 +283,16 @@ def transfer_bars_figure(study: dict):
     robust = study["robust_column"]
     columns = [c for c in ("clean", robust, "certified") if c in study["rows"][0]]
     strategies = _strategies(study)
-    variants = [v for v in VARIANT_COLOURS if any((r["source_objective"], r["target_objective"]) == v
-                                                   for r in study["rows"])]
+    variants = [v for v in VARIANT_COLOURS if any(_variant(study, r) == v for r in study["rows"])]
     fig, axes = plt.subplots(len(columns), 1, figsize=(max(6.5, 1.3 * len(strategies) + 2), 0.8 + 2.3 * len(columns)),
                              squeeze=False, layout="constrained")
     for ax, col in zip(axes[:, 0], columns):
         for s_i, strat in enumerate(strategies):
-            present = [v for v in variants if any(r["strategy"] == strat and (r["source_objective"],
-                                                                               r["target_objective"]) == v
+            present = [v for v in variants if any(r["strategy"] == strat and _variant(study, r) == v
                                                   for r in study["rows"])]
             width = 0.8 / max(len(present), 1)
             for k, v in enumerate(present):
-                r = next(r for r in study["rows"] if r["strategy"] == strat
-                         and (r["source_objective"], r["target_objective"]) == v)
+                r = next(r for r in study["rows"] if r["strategy"] == strat and _variant(study, r) == v)
                 ax.bar(s_i + (k - (len(present) - 1) / 2) * width, r[col], width, color=VARIANT_COLOURS[v],
                        edgecolor="white", linewidth=0.5)
         ax.set_xticks(np.arange(len(strategies)))
@@ -289,7 +301,7 @@ def transfer_bars_figure(study: dict):
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
         ax.set_ylabel(col)
-    handles = [matplotlib.patches.Patch(color=VARIANT_COLOURS[v], label=_variant_label(*v)) for v in variants]
+    handles = [matplotlib.patches.Patch(color=VARIANT_COLOURS[v], label=_variant_label(study, *v)) for v in variants]
     fig.legend(handles=handles, loc="outside upper center", ncol=3, fontsize=8, frameon=False,
                title=f"{study['tasks']}: target-task accuracy per strategy", title_fontsize=9)
     return fig
@@ -310,7 +322,7 @@ def transfer_ecdf_figure(study: dict):
         for r in study["rows"]:
             if r["strategy"] != strat:
                 continue
-            v = (r["source_objective"], r["target_objective"])
+            v = _variant(study, r)
             name = f"{r['source_objective']}-{r['strategy']}-{r['target_objective']}"
             crit = study["critical_eps"][name]
             for kind, ls in (("certified", "--"), ("attack", "-")):
@@ -333,7 +345,8 @@ def transfer_ecdf_figure(study: dict):
         ax.set_xlabel("critical ε")
     for ax in axes[:, 0]:
         ax.set_ylabel("fraction of samples ≤ ε")
-    handles = [matplotlib.lines.Line2D([], [], color=VARIANT_COLOURS[v], lw=2, label=_variant_label(*v)) for v in seen]
+    handles = [matplotlib.lines.Line2D([], [], color=VARIANT_COLOURS[v], lw=2, label=_variant_label(study, *v))
+               for v in seen]
     handles += [matplotlib.lines.Line2D([], [], color="0.2", ls="-", label="attack (upper end)"),
                 matplotlib.lines.Line2D([], [], color="0.2", ls="--", label="certified (lower end, CROWN)"),
                 matplotlib.lines.Line2D([], [], color="0.4", ls=":", label=f"threat ε = {eps:.4g}")]

@@ -12,7 +12,9 @@ Target: task ``k`` of a target sequence with the same input shape. Strategies (S
   penultimate features z of the model and z₀ of the (frozen) source on the same inputs.
 - ``scratch``: a freshly initialised network of the same architecture (the baseline).
 
-Each runs with objective ``standard`` or ``pgd`` and is evaluated by the same harness.
+Each runs with any training objective (``standard``, ``pgd``, ..., the certified ``ibp`` and
+``crown-ibp``, which train with the target preset's ``certified:`` recipe) and is evaluated by the
+same harness.
 **Frozen** means ``requires_grad_(False)`` *and* BatchNorm kept in eval mode (its running
 statistics do not move) — the model's ``train()`` re-freezes those BN layers, so a training loop
 that calls ``model.train()`` every epoch cannot unfreeze them.
@@ -35,7 +37,7 @@ from cmat.engine import Trainer, resolve_device
 from cmat.errors import CmatError
 from cmat.evaluate import build_attacks, evaluate_task
 from cmat.nn.layers import Normalize
-from cmat.objectives import make_objective
+from cmat.objectives import objective_names
 from cmat.plots import plt
 from cmat.seeding import seed_everything
 from cmat.store import load as load_run
@@ -149,8 +151,19 @@ def param_groups(model: TransferModel, kind: str, lr: float, backbone_scale: flo
 
 
 def lwf_loss(model: TransferModel, source: TransferModel, objective, lam: float):
-    """Objective loss on (adversarial) inputs + λ·mean|z − z₀|₁ on penultimate features."""
+    """Objective loss on (adversarial) inputs + λ·mean|z − z₀|₁ on penultimate features. With a
+    certified objective (no attack; its loss bounds the whole ball): the objective's own loss +
+    λ·mean|z − z₀|₁ on the clean inputs."""
     attack = getattr(objective, "attack", None)
+
+    def certified_loss_fn(train_model, x, y, gen):
+        loss, logits = objective.loss(train_model, x, y, gen)
+        with torch.no_grad():
+            z0 = source.embed(x)
+        return loss + lam * (model.embed(x) - z0).abs().mean(), logits
+
+    if hasattr(objective, "certificate"):
+        return certified_loss_fn
 
     def loss_fn(_, x, y, gen):
         x_in = attack(model, x, y, generator=gen) if attack is not None else x
@@ -190,7 +203,7 @@ def train_transfer(source_view, strategy: str, objective: str, task, target_task
     if strategy == "lwf":
         src, _ = build_transfer_model(source_view, "finetune", task.num_classes)
         src.to(device).eval().requires_grad_(False)
-        loss_fn = lwf_loss(model, src, make_objective(cfg_o.objective, cfg_o.threat), float(opts["lwf_lambda"]))
+        loss_fn = lwf_loss(model, src, trainer.objective, float(opts["lwf_lambda"]))
     start = time.time()
     trainer.fit(model, None, task, target_task, snapshot=model, param_groups=groups, loss_fn=loss_fn,
                 tag=f"{strategy}-{objective}")
@@ -205,6 +218,12 @@ def run_transfer(source_dir, source_task: int, target_tasks: str, target_task: i
         raise CmatError(f"source task {source_task} out of range (0..{len(run.task_names) - 1})")
     source_view = run.model(source_task)
     cfg = config_mod.resolve(target_tasks, None, cfg_overrides)
+    for o in objectives:
+        if o not in objective_names():
+            raise CmatError(f"unknown transfer objective {o!r} (valid: {', '.join(objective_names())})")
+    # each objective trains with the target preset's recipe for it (certified: its certified block)
+    configs = {o: config_mod.resolve(target_tasks, None, config_mod.deep_update(
+        copy.deepcopy(cfg_overrides), {"objective": {"name": o}})) for o in objectives}
     seq = get_tasks(cfg.tasks, data_root=cfg.data_root, download=cfg.download, seed=cfg.seed,
                     val_fraction=cfg.train.val_fraction)
     if not 0 <= target_task < len(seq):
@@ -214,9 +233,9 @@ def run_transfer(source_dir, source_task: int, target_tasks: str, target_task: i
     check_compatible(spec, task)
     for s in strategies:
         build_transfer_model(source_view, s, task.num_classes)  # validate names first
-    for o in objectives:
-        if o not in ("standard", "pgd"):
-            raise CmatError(f"transfer objective must be standard or pgd, got {o!r}")
+    eval_names = list(cfg.eval.attacks)
+    if any(o in config_mod.CERTIFIED_OBJECTIVES for o in objectives) and "certified" not in eval_names:
+        eval_names.append("certified")  # every row on the same columns, certified ones included
     device = resolve_device(cfg.device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,8 +246,8 @@ def run_transfer(source_dir, source_task: int, target_tasks: str, target_task: i
         for strategy in strategies:
             for objective in objectives:
                 model, seconds, grad_evals = train_transfer(source_view, strategy, objective, task, target_task,
-                                                            cfg, device, logger, progress)
-                attacks = build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, task.num_classes)
+                                                            configs[objective], device, logger, progress)
+                attacks = build_attacks(eval_names, cfg.threat.eps, cfg.threat.alpha, task.num_classes)
                 res = evaluate_task(model.eval(), task.test, attacks, task.num_classes, cfg.seed, target_task,
                                     cfg.eval.samples, cfg.eval.batch_size, device)
                 columns = [n for n in res if n in attacks or n == "worst"]

@@ -76,7 +76,7 @@ def test_cost_columns_are_exact(study):
     n_train = len(get_tasks("toy-2task", seed=0)[1].train)
     for (src, strategy, target), r in rows.items():
         assert r["grad_evals"] == n_train * (1 if target == "standard" else steps + 1)  # one epoch
-    ratios = result["ratios_vs_scratch_pgd"]
+    ratios = result["ratios_vs_reference"]
     assert ratios["pgd-linear-standard"]["grad_evals"] == pytest.approx(1 / (steps + 1))
 
 
@@ -131,3 +131,64 @@ def test_bad_study_input_is_one_line(tmp_path):
     res = CliRunner().invoke(main, ["transfer-study", "--tasks", "toy-2task", "--out", str(tmp_path / "c"),
                                     "--target-task", "5"])
     assert res.exit_code == 1 and "out of range" in res.output and "Traceback" not in res.output
+
+
+def test_certified_study_compares_a_certified_source_on_certified_targets(tmp_path):
+    """``--objective crown-ibp``: sources standard and crown-ibp, every network the certified
+    recipe's cnn-ibp, the robust column is ``certified`` (proven by the harness, never above
+    worst), the reference is scratch crown-ibp, and the source effect pairs the same images."""
+    cfg = quick_config(method="at-individual", objective="crown-ibp", train={"epochs": 1},
+                       eval={"attacks": ["clean", "pgd10", "certified"], "samples": 24})
+    assert cfg.model.arch == "cnn-ibp" and cfg.train.optimizer == "adam"
+    out = tmp_path / "cert"
+    study = run_study(cfg, out, strategies=["lwf"], jobs=1, verify_samples=2, verify_iters=2,
+                      progress=False, say=lambda _: None)
+    assert study["robust_column"] == "certified" and study["reference"] == "none-scratch-crown-ibp"
+    cells = {(r["source_objective"], r["strategy"], r["target_objective"]) for r in study["rows"]}
+    objs = ("standard", "crown-ibp")
+    assert cells == {(s, st, t) for s in objs for st in ("lwf",) for t in objs} | {
+        ("none", "scratch", t) for t in objs}
+    for r in study["rows"]:
+        assert r["certified"] <= r["worst"] <= r["clean"]
+    assert set(study["sources"]) == set(objs) and "certified" in study["sources"]["crown-ibp"]
+    import yaml
+
+    spec = yaml.safe_load((out / "sources" / "crown-ibp" / "config.yaml").read_text())
+    assert spec["model"]["arch"] == "cnn-ibp" and spec["objective"]["name"] == "crown-ibp"
+    assert len(study["source_effect"]) == 2
+    for e in study["source_effect"]:
+        a = json.loads((out / "cells" / f"crown-ibp-{e['strategy']}-{e['target_objective']}" / "cell.json").read_text())
+        b = json.loads((out / "cells" / f"standard-{e['strategy']}-{e['target_objective']}" / "cell.json").read_text())
+        ca, cb = (np.asarray(x["outcomes"]["certified"], bool) for x in (a, b))
+        assert e["mcnemar"]["b_only"] == int((ca & ~cb).sum()) and e["mcnemar"]["a_only"] == int((cb & ~ca).sum())
+        assert e["difference"] == pytest.approx(ca.mean() - cb.mean())
+    md = (out / "study.md").read_text()
+    assert "Does the crown-ibp source help?" in md and "scratch-crown-ibp" in md
+
+
+def test_lwf_under_a_certified_objective_adds_the_feature_penalty_to_the_bound_loss(individual_run):
+    """LwF with crown-ibp: the objective's bound-based loss + λ·mean|z − z₀|₁ on clean inputs
+    (not the attack-based LwF loss, which would silently train without any bound)."""
+    from cmat.objectives import make_objective
+    from cmat.transfer import build_transfer_model, lwf_loss
+
+    out, _ = individual_run
+    source = cmat.load(out).model(0)
+    task = get_tasks("toy-2task", seed=0)[1]
+    model, _ = build_transfer_model(source, "finetune", task.num_classes)
+    src, _ = build_transfer_model(source, "finetune", task.num_classes)
+    with torch.no_grad():
+        for p in model.features.parameters():
+            p.add_(0.01)
+    cfg = quick_config(method="at-individual", objective="crown-ibp")
+    obj = make_objective(cfg.objective, cfg.threat)
+    obj.warm = True  # the schedule at its end: full ε
+    x, y = task.train.tensors(torch.arange(16))
+    gen = torch.Generator().manual_seed(0)
+    model.eval(), src.eval()
+    loss, _ = lwf_loss(model, src, obj, 0.5)(model, x, y, gen)
+    obj.warm = True
+    plain, _ = obj.loss(model, x, y, gen)
+    penalty = (model.embed(x) - src.embed(x)).abs().mean()
+    assert penalty > 0 and torch.allclose(loss, plain + 0.5 * penalty)
+    assert not torch.allclose(plain, torch.nn.functional.cross_entropy(model(x), y))  # the bound term is there

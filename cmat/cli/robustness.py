@@ -59,7 +59,8 @@ def verify(run_dir, task, n, bound, eps_max, iters, max_neurons, time_limit, at_
 @click.option("--tasks", "target", required=True, help="Target task sequence.")
 @click.option("--task", "target_task", default=0, show_default=True, type=int, help="Target task index.")
 @click.option("--strategies", default="linear,tl-1,finetune,lwf,scratch", show_default=True)
-@click.option("--objectives", default="standard,pgd", show_default=True)
+@click.option("--objectives", default="standard,pgd", show_default=True,
+              help="Target training objectives (any of cmat's; ibp/crown-ibp use the preset's certified recipe).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False))
 @click.option("--epochs", default=None, type=int)
 @click.option("--eval-samples", default=None, type=int)
@@ -93,6 +94,9 @@ def transfer(source, source_task, target, target_task, strategies, objectives, o
 @click.option("--jobs", default=None, type=int, help="Worker processes (default: CPU cores on a CPU, 1 on a GPU).")
 @click.option("--verify-samples", default=30, show_default=True, type=int,
               help="Correct test images per cell whose critical ε is bracketed (ECDF).")
+@click.option("--objective", default=None,
+              help="The robust objective of the robust source and robust targets (default: the preset's, pgd); "
+                   "ibp or crown-ibp make a certified study with the preset's certified recipe.")
 @click.option("--seed", default=None, type=int)
 @click.option("--epochs", default=None, type=int)
 @click.option("--eval-samples", default=None, type=int)
@@ -103,8 +107,9 @@ def transfer(source, source_task, target, target_task, strategies, objectives, o
 @click.option("--set", "set_", multiple=True, help="e.g. --set method_options.lwf_lambda=0.5")
 @click.option("--no-progress", is_flag=True)
 def transfer_study(out, config_file, source_task, target_task, strategies, jobs, verify_samples, no_progress, **flags):
-    """The robustness-transfer study in one command: standard and PGD sources, every strategy ×
-    target objective plus scratch; attacks, certification, cost; study.csv/md and plots."""
+    """The robustness-transfer study in one command: a standard and a robust source (PGD, or
+    --objective), every strategy × target objective plus scratch; attacks, certification, cost;
+    study.csv/md and plots."""
     from cmat import config as config_mod
     from cmat.engine import resolve_device
     from cmat.transfer_study import run_study, study_markdown

@@ -1,11 +1,13 @@
 """``cmat transfer-study``: the robustness-transfer study end to end in one command.
 
 1. **Sources.** Two plain networks trained on the source task (``at-individual`` runs of the
-   sequence's first ``source_task + 1`` tasks): objective ``standard`` and ``pgd``. They are
+   sequence's first ``source_task + 1`` tasks): objective ``standard`` and the configuration's
+   robust objective (``pgd`` by default; ``--objective crown-ibp`` makes a certified study, every
+   network trained with the preset's ``certified:`` recipe). They are
    ordinary run directories under ``OUT/sources/`` (a finished one with the same configuration
    is reused, as ``cmat bench`` does).
 2. **Cells.** On the target task, for each source: ``linear``, ``tl-K``, ``finetune`` and ``lwf``
-   (:mod:`cmat.transfer`), each with target objective ``standard`` and ``pgd``; plus ``scratch``
+   (:mod:`cmat.transfer`), each with target objective ``standard`` and the robust one; plus ``scratch``
    with both objectives (``source_objective`` = ``none``). Every cell is evaluated by the
    harness (:func:`cmat.evaluate.evaluate_task`: clean, the configured attacks and ``worst``,
    all on the same images), certified at the run's ε with CROWN (the tightest bound cmat has;
@@ -15,7 +17,9 @@
    ``grad_evals`` = forward+backward passes per image spent on the target, attack steps
    included. A finished cell (``cells/<name>/cell.json`` with the same key) is reused.
 3. **Outputs.** ``study.csv`` (the columns in :data:`CSV_COLUMNS`), ``study.json`` (everything,
-   with n, 95% intervals, ratios against scratch PGD-AT and exact McNemar tests), ``study.md``,
+   with n, 95% intervals, ratios against scratch training with the robust objective, exact
+   McNemar tests against it, and the source effect: robust vs standard source per strategy and
+   target objective on the robust column — ``certified`` in a certified study), ``study.md``,
    ``critical_eps.csv`` and the plots ``pareto.png`` (robust accuracy against cost, Pareto
    front), ``bars.png`` (grouped per strategy) and ``ecdf.png`` (critical ε per strategy).
 

@@ -10,11 +10,14 @@ from typing import Optional
 
 import yaml
 
+from cmat.errors import CmatError
 from cmat.nn.multihead import MultiHeadNet, TaskView
 from cmat.transfer import build_transfer_model, check_compatible
 
-SOURCE_OBJECTIVES = ("standard", "pgd")
-TARGET_OBJECTIVES = ("standard", "pgd")
+# The study compares a standard source with a robust one and trains each target with the standard
+# objective and the robust one: the configuration's objective (pgd by default; ``--objective
+# crown-ibp`` makes it a certified study, with the preset's certified recipe for every network).
+STANDARD = "standard"
 CSV_COLUMNS = ("source_objective", "strategy", "target_objective", "clean", "pgd10", "pgd40", "worst", "certified",
                "train_seconds", "grad_evals")
 ACCURACY_COLUMNS = ("clean", "pgd10", "pgd40", "aa", "worst", "certified")
@@ -38,11 +41,25 @@ class Cell:
         return f"{src}, {self.strategy}, {self.target} target"
 
 
-def plan(strategies) -> list:
-    """Every cell of the study, PGD targets first (the long ones start early)."""
-    cells = [Cell(s, st, t) for s in SOURCE_OBJECTIVES for st in strategies for t in TARGET_OBJECTIVES]
-    cells += [Cell("none", "scratch", t) for t in TARGET_OBJECTIVES]
-    return sorted(cells, key=lambda c: c.target != "pgd")
+def study_objectives(robust: str) -> tuple:
+    """The objectives of the sources and of the targets: ``("standard", robust)``."""
+    if robust == STANDARD:
+        raise CmatError("the transfer study compares a standard source with a robust one: its objective must be a "
+                        "robust one (pgd, trades, fast, free, ibp, crown-ibp), not standard")
+    return (STANDARD, robust)
+
+
+def reference_cell(robust: str = "pgd") -> Cell:
+    """What every cell is compared with: scratch training with the robust objective."""
+    return Cell("none", "scratch", robust)
+
+
+def plan(strategies, robust: str = "pgd") -> list:
+    """Every cell of the study, robust targets first (the long ones start early)."""
+    objectives = study_objectives(robust)
+    cells = [Cell(s, st, t) for s in objectives for st in strategies for t in objectives]
+    cells += [Cell("none", "scratch", t) for t in objectives]
+    return sorted(cells, key=lambda c: c.target != robust)
 
 
 def source_config(cfg, objective: str, source_task: int):

@@ -21,7 +21,8 @@ from cmat.tasks import tasks_for_config
 from cmat.transfer import default_tl_k
 from cmat.transfer_study.analysis import summarize_study, write_study
 from cmat.transfer_study.cells import run_cell, run_source
-from cmat.transfer_study.plan import SOURCE_OBJECTIVES, cell_key, check_strategies, plan, reusable_cell, source_config
+from cmat.transfer_study.plan import (cell_key, check_strategies, plan, reusable_cell, source_config,
+                                      study_objectives)
 
 
 def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=None, jobs: int = 1,
@@ -43,7 +44,9 @@ def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=N
         strategies.remove("scratch")  # always there, once per target objective
     build_attacks(cfg.eval.attacks, cfg.threat.eps, cfg.threat.alpha, seq[target_task].num_classes,
                   alphas=cfg.eval.alphas)
-    for obj in SOURCE_OBJECTIVES:
+    robust = cfg.objective.name
+    objectives = study_objectives(robust)
+    for obj in objectives:
         config_mod.validate(source_config(cfg, obj, source_task))
     device = resolve_device(cfg.device)
     check_strategies(cfg, seq, source_task, target_task, strategies)
@@ -53,12 +56,12 @@ def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=N
     atomic_write_text(out / "config.yaml", cfg_yaml)
     settings = {"source_task": source_task, "target_task": target_task, "bound": "crown",
                 "verify_samples": int(verify_samples), "verify_iters": int(verify_iters), "eps_max_factor": 2.0}
-    cells = plan(strategies)
+    cells = plan(strategies, robust)
     inline = jobs == 1
     threads = cfg.threads if inline else max(1, (os.cpu_count() or 1) // jobs)
     say(f"transfer study on {cfg.tasks}: source task {source_task + 1} ({seq[source_task].name}) → target task "
         f"{target_task + 1} ({seq[target_task].name}); 2 sources + {len(cells)} cells "
-        f"({', '.join(strategies)} × {{standard, pgd}} per source, scratch); "
+        f"({', '.join(strategies)} × {{standard, {robust}}} per source, scratch); "
         f"{jobs} worker{'s' if jobs > 1 else ''} on {device.type}")
     records: dict = {}
     sources: dict = {}
@@ -81,7 +84,8 @@ def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=N
                 obj = tag[1]
                 sources[obj] = result
                 s = result["summary"]
-                say(f"[source {obj}] clean {s['clean']['acc']:.3f}  worst {s.get('worst', s['clean'])['acc']:.3f}  "
+                cert = f"  certified {s['certified']['acc']:.3f}" if "certified" in s else ""
+                say(f"[source {obj}] clean {s['clean']['acc']:.3f}  worst {s.get('worst', s['clean'])['acc']:.3f}{cert}  "
                     f"({result['cost']['train_seconds']:.0f}s training; {elapsed / 60:.1f} min so far)")
                 for c in cells:
                     if c.source == obj:
@@ -124,7 +128,7 @@ def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=N
             if done is not None:
                 finished(*done)
 
-        for obj in SOURCE_OBJECTIVES:
+        for obj in objectives:
             start_source(obj)
         for c in cells:
             if c.source == "none":
@@ -142,7 +146,8 @@ def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=N
         bar.close()
     if pool is not None:
         pool.shutdown()
-    study = summarize_study(cfg, seq, source_task, target_task, strategies, cells, records, sources, settings)
+    study = summarize_study(cfg, seq, source_task, target_task, strategies, cells, records, sources, settings,
+                            robust)
     write_study(out, study)
     say(f"transfer study finished in {(time.time() - started) / 60:.1f} min")
     return study
