@@ -23,10 +23,11 @@ import yaml
 from cmat import config as config_mod
 from cmat.atomic import atomic_write_text
 from cmat.catalog import method_class
-from cmat.engine import Run
+from cmat.launch import Job, LaunchOptions, launch
 from cmat.errors import CmatError
 from cmat.metrics import IMAGE_TEST, mcnemar_exact, paired_image_test, seed_spread
 from cmat.outcomes import read_outcomes
+from cmat.rundir import RunLock
 from cmat.tasks import tasks_for_config
 
 ORDER = ("clean", "fgsm", "pgd10", "pgd40", "apgd-ce", "apgd-t", "aa", "worst", "certified")
@@ -50,8 +51,12 @@ def reusable_run(run_dir: Path, cfg) -> bool:
     return stored == yaml.safe_load(config_mod.to_yaml(cfg))
 
 
-def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True) -> dict:
-    """Run (or reuse) every method × seed; write and return the aggregated table."""
+def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True, launch_opts=None) -> dict:
+    """Run (or reuse) every method × seed where ``launch_opts`` says (default: in this process,
+    one after another); write and return the aggregated table. Returns ``{"pending": [...]}``
+    without a table when SLURM jobs were submitted and not waited for (``--no-wait``)."""
+    opts = launch_opts or LaunchOptions()
+    opts.check()
     if not methods:
         raise CmatError("--methods is empty")
     for m in methods:
@@ -59,25 +64,50 @@ def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True) -> dic
     _check_options(base_cfg, methods)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    per_method = {}
-    for m in sorted(methods, key=lambda name: name != "at-individual"):  # CMAT's goals come from it
-        runs = []
+    with RunLock(out, "cmat bench"):
+        jobs, reused = bench_jobs(base_cfg, methods, seeds, out)
+        for name, label in reused:
+            if verbose:
+                print(f"[{label}] reusing the finished run in {out / name}")
+        states = launch(jobs, out, opts, f"cmat bench {out}", progress=progress, verbose=verbose) if jobs else {}
+        if opts.dry_run:
+            return {"pending": sorted(states), "markdown": ""}
+        failed = sorted(n for n, s in states.items() if s in ("failed", "skipped"))
+        if failed:
+            raise CmatError(f"{len(failed)} run(s) did not finish: {', '.join(failed)} (each run's log: "
+                            f"{out}/<run>/run.log); the same command reruns them and reuses the rest")
+        pending = sorted(n for n, s in states.items() if s != "done")
+        if pending:
+            return {"pending": pending, "markdown": ""}
+        per_method = {m: [json.loads((out / f"{m}-s{seed}" / "results.json").read_text()) for seed in seeds]
+                      for m in methods}
+        return write_bench(out, base_cfg, methods, seeds, per_method)
+
+
+def bench_jobs(base_cfg, methods, seeds, out: Path) -> tuple:
+    """``(jobs, reused)``: a :class:`Job` per (method, seed) whose run directory does not hold a
+    finished run of its configuration, in dependency order (``at-individual`` first: CMAT reads
+    its goals from it), and ``(name, label)`` of the finished runs that are reused."""
+    jobs, reused = [], []
+    for m in sorted(methods, key=lambda name: name != "at-individual"):
         for seed in seeds:
             cfg = copy.deepcopy(base_cfg)
             cfg.method, cfg.seed = m, int(seed)
+            deps = ()
             if m == "cmat" and "at-individual" in methods and _goal_from_individual(cfg):
                 cfg.method_options = {**cfg.method_options, "individual_run": str(out / f"at-individual-s{seed}")}
-            run_dir = out / f"{m}-s{seed}"
-            if reusable_run(run_dir, cfg):
-                if verbose:
-                    print(f"[{m} s{seed}] reusing the finished run in {run_dir}")
-                runs.append(json.loads((run_dir / "results.json").read_text()))
+                deps = (f"at-individual-s{seed}",)
+            name = f"{m}-s{seed}"
+            if reusable_run(out / name, cfg):
+                reused.append((name, f"{m} s{seed}"))
                 continue
-            for name in ("results.json", "store.h5", "checkpoint.h5", "eval.h5"):
-                (run_dir / name).unlink(missing_ok=True)
-            runs.append(Run(cfg, run_dir, progress=progress, verbose=verbose, label=f"{m} s{seed}").execute())
-        per_method[m] = runs
-    per_method = {m: per_method[m] for m in methods}
+            jobs.append(Job(name=name, run_dir=str(out / name), cfg_yaml=config_mod.to_yaml(cfg),
+                            label=f"{m} s{seed}", deps=deps, method=m, seed=int(seed)))
+    return jobs, reused
+
+
+def write_bench(out: Path, base_cfg, methods, seeds, per_method: dict) -> dict:
+    """bench.csv, bench.md and bench.json from the finished runs' results."""
     columns = [c for c in ORDER if all(c in r["summary"] for runs in per_method.values() for r in runs)]
     rows = [aggregate(m, runs, columns) for m, runs in per_method.items()]
     reference = "cmat" if "cmat" in methods else methods[0]

@@ -256,8 +256,10 @@ def _layers(preset: dict, user: dict, overrides: dict, certified: bool) -> RunCo
 def resolve(tasks: Optional[str] = None, config_file: Optional[str] = None, overrides: Optional[dict] = None) -> RunConfig:
     """Build the :class:`RunConfig` for a run (see module docstring for the order). A preset
     (or user file) may hold a ``certified:`` block of the same sections; it applies, right after
-    the file it is in, when the resolved objective is certified (``CERTIFIED_OBJECTIVES``)."""
+    the file it is in, when the resolved objective is certified (``CERTIFIED_OBJECTIVES``). A
+    ``slurm:`` block in the user file is the SLURM launcher's and is ignored here."""
     user = _read_yaml(Path(config_file)) if config_file else {}
+    user.pop("slurm", None)  # launcher settings (cmat.launch.slurm), not part of what a run computes
     overrides = overrides or {}
     name = overrides.get("tasks") or user.get("tasks") or tasks or RunConfig.tasks
     if not isinstance(name, str):

@@ -7,21 +7,25 @@
 - :func:`staging_dir` / :func:`swap_in`: ``--force`` on a finished run trains into a fresh
   hidden directory beside the target and swaps it in only when the new run has finished; a
   refused, failed or interrupted replacement leaves the old run untouched.
+- :func:`write_progress` / :func:`read_progress`: ``progress.json``, where a running run is.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from cmat.errors import CmatError
 
 
 class RunLock:
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, holder: str = "cmat run"):
         self.run_dir = Path(run_dir)
+        self.holder = holder  # what the refusal names: "cmat run", "cmat bench", ...
         self.path = self.run_dir.parent / f".{self.run_dir.name}.lock"
         self._fd = None
 
@@ -37,7 +41,7 @@ class RunLock:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise CmatError(f"{self.run_dir} is in use by another cmat run (PID {holder}); wait for it or "
+                raise CmatError(f"{self.run_dir} is in use by another {self.holder} (PID {holder}); wait for it or "
                                 "choose another --out") from None
             raise CmatError(f"cannot lock {self.path}: {err.strerror}") from None
         os.ftruncate(fd, 0)
@@ -74,3 +78,23 @@ def swap_in(stage, run_dir) -> None:
         raise CmatError(f"could not move the finished run from {stage} to {run_dir}: {err.strerror}; "
                         f"the new run is in {stage}") from None
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_progress(run_dir, task: int, n_tasks: int, task_name: str, elapsed: float,
+                   expected_total=None) -> None:
+    """``run_dir/progress.json``: where a run is (task ``task`` of ``n_tasks``, 1-based, now
+    training), its wall seconds so far and the estimate's expected total (None when not
+    measured) — what a bench's live table reads while the run goes on in another process."""
+    path = Path(run_dir) / "progress.json"
+    tmp = path.with_name(f".progress.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"task": task, "n_tasks": n_tasks, "task_name": task_name, "elapsed": elapsed,
+                               "expected_total": expected_total, "time": time.time()}))
+    os.replace(tmp, path)  # a reader never sees half a record
+
+
+def read_progress(run_dir):
+    """The last :func:`write_progress` record, or None (not started, or unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / "progress.json").read_text())
+    except (OSError, ValueError):
+        return None

@@ -46,3 +46,42 @@ def overrides(**flags) -> dict:
     if flags.get("deterministic"):
         out["deterministic"] = True
     return deep_update(out, parse_set(flags.get("set_")))
+
+
+LAUNCH_FLAGS = ("jobs", "launcher", "gpus_per_run", "partition", "time_min", "cpus_per_run", "mem_gb", "no_wait",
+                "dry_run")
+
+
+def launch_flags(fn):
+    """The launcher flags of ``cmat bench`` (see docs/cluster.md)."""
+    options = [
+        click.option("--jobs", default=1, show_default=True, type=int,
+                     help="Runs at once on this machine, each in its own process with cores/N threads."),
+        click.option("--launcher", default="local", show_default=True, type=click.Choice(["local", "slurm"]),
+                     help="local: this machine; slurm: one SLURM job per run through submitit."),
+        click.option("--gpus-per-run", default=None, type=int,
+                     help="GPUs per run (local: of the visible CUDA devices, default 1; slurm: default 0)."),
+        click.option("--partition", default=None, help="SLURM partition."),
+        click.option("--time", "time_min", default=None, type=int, help="SLURM time limit per run, minutes."),
+        click.option("--cpus-per-run", default=None, type=int, help="SLURM CPUs per run."),
+        click.option("--mem", "mem_gb", default=None, type=float, help="SLURM memory per run, GB."),
+        click.option("--no-wait", is_flag=True, help="slurm: submit and return; the same command later collects."),
+        click.option("--dry-run", is_flag=True, help="slurm: print the jobs, submit nothing."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def launch_options(flags: dict, config_file):
+    """Pop the launcher flags out of ``flags``: a :class:`cmat.launch.LaunchOptions` (SLURM
+    resources from the ``slurm:`` block of ``config_file``, then the flags)."""
+    from cmat.launch import LaunchOptions, SlurmOptions
+
+    f = {k: flags.pop(k, None) for k in LAUNCH_FLAGS}
+    slurm = SlurmOptions.from_file(config_file, partition=f["partition"], time_min=f["time_min"],
+                                   cpus_per_run=f["cpus_per_run"], mem_gb=f["mem_gb"],
+                                   gpus_per_run=f["gpus_per_run"])
+    return LaunchOptions(launcher=f["launcher"] or "local", jobs=1 if f["jobs"] is None else f["jobs"],
+                         gpus_per_run=f["gpus_per_run"] or 1, wait=not f["no_wait"], dry_run=bool(f["dry_run"]),
+                         slurm=slurm)

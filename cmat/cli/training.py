@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cmat.cli.common import overrides
+from cmat.cli.common import launch_flags, launch_options, overrides
 from cmat.errors import CmatError
 
 
@@ -99,10 +99,13 @@ def run(out, config_file, resume, force, no_progress, estimate_only, **flags):
 @click.option("--device", default=None)
 @click.option("--set", "set_", multiple=True, help="Override any config key: --set train.lr=0.05")
 @click.option("--no-progress", is_flag=True)
+@launch_flags
 def bench(methods, out, seeds, config_file, no_progress, **flags):
     """Run several methods with one configuration, harness and seeds; tabulate them."""
     from cmat import config as config_mod
     from cmat.bench import run_bench
+
+    launch_opts = launch_options(flags, config_file)
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     try:
@@ -110,6 +113,13 @@ def bench(methods, out, seeds, config_file, no_progress, **flags):
     except ValueError:
         raise CmatError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     cfg = config_mod.resolve(flags.get("tasks"), config_file, overrides(**flags))
-    table = run_bench(cfg, names, seed_list, out, progress=not no_progress)
+    table = run_bench(cfg, names, seed_list, out, progress=not no_progress, launch_opts=launch_opts)
+    if launch_opts.dry_run:
+        click.echo(f"dry run: {len(table['pending'])} job(s) would be submitted; nothing was")
+        return
+    if table.get("pending"):
+        click.echo(f"{len(table['pending'])} SLURM job(s) queued or running ({', '.join(table['pending'])}); "
+                   "run the same command again to collect them")
+        return
     click.echo(table["markdown"])
     click.echo(f"wrote {out}/bench.csv, bench.md")

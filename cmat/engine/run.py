@@ -27,6 +27,7 @@ from cmat.errors import CmatError
 from cmat.evaluate import FrozenCheck, model_fingerprint, result_columns, task_attacks
 from cmat.objectives import make_objective
 from cmat.outcomes import write_outcomes
+from cmat.rundir import write_progress
 from cmat.seeding import seed_everything
 from cmat.store import read_checkpoint, save_checkpoint, save_run
 from cmat.tasks import tasks_for_config
@@ -175,6 +176,10 @@ class Run:
         frozen = {}  # task → FrozenCheck, for methods that declare a learned task's function frozen
         for t in range(first, len(seq)):
             task = seq[t]
+            if self.is_main:
+                est = getattr(self, "estimate", None)
+                write_progress(self.out, t + 1, len(seq), task.name, time.time() - start,
+                               est["total_seconds"] if est else None)
             self.say(f"task {t + 1}/{len(seq)}: {task.name} ({task.num_classes} classes, "
                      f"{len(task.train)} train / {len(task.val)} val / {len(task.test)} test)")
             before = (time.perf_counter(), trainer.steps, trainer.step_seconds, trainer.val_seconds, trainer.grad_evals,

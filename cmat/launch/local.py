@@ -1,0 +1,130 @@
+"""Up to N runs at once on this machine, each in its own worker process.
+
+- **Threads**: each worker gets ``cores // N`` intra-op threads unless its configuration pins
+  fewer (the digits and toy presets pin one).
+- **GPUs**: with CUDA devices visible, each run gets ``gpus_per_run`` of them
+  (``CUDA_VISIBLE_DEVICES``), so at most ``devices // gpus_per_run`` run at once; a run with
+  several starts torchrun (one process per GPU, the run's distributed path).
+- **Dependencies**: a job starts once every job it names in ``deps`` has finished; if one of
+  them failed it is ``skipped``.
+- **Nothing left behind**: every worker is started with ``PR_SET_PDEATHSIG`` = SIGKILL, so the
+  kernel kills it when the launcher dies, ``kill -9`` included; on Ctrl-C or an error the
+  launcher kills its workers before it re-raises.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from cmat.errors import CmatError
+from cmat.launch.jobs import Job, prepare_run_dir, worker_command
+from cmat.launch.table import StatusTable
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child process (``preexec_fn``, or a pool initializer): ask the kernel for SIGKILL when
+    the parent dies (Linux; a no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def visible_gpus() -> list:
+    import torch
+
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def threads_per_run(n_jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // n_jobs)
+
+
+def last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    return (errors or lines or [""])[-1][:200]
+
+
+def run_local(jobs: list, n_jobs: int, table: StatusTable, gpus_per_run: int = 1, poll: float = 0.5) -> dict:
+    """Run ``jobs`` (dependency order not required) with up to ``n_jobs`` at once; returns
+    name → "done" | "failed" | "skipped". Runs' lines go to their ``run.log``."""
+    if n_jobs < 1:
+        raise CmatError(f"--jobs must be ≥ 1, got {n_jobs}")
+    gpus = visible_gpus()
+    free_gpus = list(gpus)
+    slots = n_jobs
+    if gpus:
+        if gpus_per_run < 1 or gpus_per_run > len(gpus):
+            raise CmatError(f"--gpus-per-run must be in 1..{len(gpus)} (CUDA devices visible), got {gpus_per_run}")
+        slots = min(n_jobs, len(gpus) // gpus_per_run)
+    threads = threads_per_run(slots)
+    names = {j.name for j in jobs}
+    state = {j.name: "queued" for j in jobs}
+    waiting = list(jobs)
+    running: dict = {}  # name -> (Popen, gpus, log handle)
+    try:
+        while waiting or running:
+            for name, (proc, held, fh) in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                fh.close()
+                free_gpus.extend(held)
+                del running[name]
+                run_dir = Path(next(j.run_dir for j in jobs if j.name == name))
+                ok = code == 0 and (run_dir / "results.json").exists()
+                state[name] = "done" if ok else "failed"
+                table.set(name, state[name], "" if ok else f"{last_line(run_dir / 'run.log')} "
+                                                           f"(log: {run_dir / 'run.log'})")
+            for job in list(waiting):
+                deps = [d for d in job.deps if d in names]
+                if any(state[d] in ("failed", "skipped") for d in deps):
+                    waiting.remove(job)
+                    state[job.name] = "skipped"
+                    table.set(job.name, "skipped", f"needs {', '.join(deps)}, which did not finish")
+                    continue
+                if any(state[d] != "done" for d in deps):
+                    table.set(job.name, "waiting", f"for {', '.join(d for d in deps if state[d] != 'done')}")
+                    continue
+                if len(running) >= slots:
+                    break
+                held = [free_gpus.pop(0) for _ in range(gpus_per_run)] if gpus else []
+                running[job.name] = start(job, threads, held)
+                waiting.remove(job)
+                state[job.name] = "running"
+                table.set(job.name, "running")
+            table.draw()
+            time.sleep(poll)
+    except BaseException:
+        for proc, _, fh in running.values():
+            proc.kill()
+            proc.wait()
+            fh.close()
+        raise
+    return state
+
+
+def start(job: Job, threads: int, gpus: list) -> tuple:
+    """Prepare the job's directory (resume or restart), write ``job.json`` and start its worker."""
+    job = prepare_run_dir(replace(job, threads=threads, gpus=tuple(gpus)))
+    run_dir = Path(job.run_dir)
+    job_file = run_dir / "job.json"
+    job_file.write_text(job.to_json())
+    env = dict(os.environ)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    fh = open(run_dir / "run.log", "a")
+    proc = subprocess.Popen(worker_command(job_file, len(gpus)), stdout=fh, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent)
+    return proc, gpus, fh

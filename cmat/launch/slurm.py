@@ -1,0 +1,183 @@
+"""Every run a SLURM job, submitted through submitit (``pip install cmat[slurm]``).
+
+- One job per run, with the partition, time, CPUs, GPUs and memory of :class:`SlurmOptions`
+  (flags, or a ``slurm:`` block in the ``--config`` file); a run that reads another run's
+  results waits for it with ``--dependency=afterok:<id>``; its logs land in
+  ``<run dir>/slurm/`` (submitit's ``<id>_0_log.out`` / ``.err``) and ``<run dir>/run.log``.
+- ``OUT/slurm_jobs.json`` records each submitted job (id and the digest of its configuration),
+  so the same command later — with ``--no-wait`` or without — collects what finished and
+  neither resubmits a job still queued or running nor forgets one that failed.
+- Job states come from ``squeue`` (no accounting database needed); a job that left the queue
+  finished when its run directory holds ``results.json``, else it failed. A job whose
+  dependency failed would wait forever: it is cancelled and reported ``skipped``.
+- A run with several GPUs starts torchrun inside its job (one process per GPU).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from cmat.atomic import atomic_write_text
+from cmat.errors import CmatError
+from cmat.launch.jobs import Job, prepare_run_dir, run_job, worker_command
+from cmat.launch.local import last_line
+from cmat.launch.table import StatusTable
+
+ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
+
+
+@dataclass
+class SlurmOptions:
+    """Per-job resources. ``time_min``: wall-time limit in minutes; ``mem_gb``: memory per job;
+    ``extra``: any further sbatch option (``{"account": "lab"}`` → ``--account=lab``)."""
+    partition: Optional[str] = None
+    time_min: int = 60
+    cpus_per_run: int = 1
+    gpus_per_run: int = 0
+    mem_gb: float = 4.0
+    extra: dict = field(default_factory=dict)
+
+    @staticmethod
+    def from_file(path: Optional[str], **flags) -> "SlurmOptions":
+        """The ``slurm:`` block of a configuration file (if any), then the flags that are set."""
+        data: dict = {}
+        if path:
+            try:
+                block = (yaml.safe_load(Path(path).read_text()) or {}).get("slurm") or {}
+            except (OSError, yaml.YAMLError) as err:
+                raise CmatError(f"cannot read the slurm block of {path}: {err}") from None
+            if not isinstance(block, dict):
+                raise CmatError(f"config {path}: slurm must be a mapping")
+            data.update(block)
+        names = {f.name for f in fields(SlurmOptions)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise CmatError(f"config {path}: unknown slurm key(s) {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
+        data.update({k: v for k, v in flags.items() if v is not None})
+        opts = SlurmOptions(**data)
+        if opts.time_min < 1 or opts.cpus_per_run < 1 or opts.gpus_per_run < 0 or opts.mem_gb <= 0:
+            raise CmatError("slurm: time ≥ 1 min, cpus ≥ 1, gpus ≥ 0 and memory > 0 required")
+        return opts
+
+    def sbatch_parameters(self, name: str, dependency: Optional[str]) -> dict:
+        params = {"job_name": f"cmat-{name}", "time": int(self.time_min), "cpus_per_task": int(self.cpus_per_run),
+                  "mem": f"{int(self.mem_gb * 1024)}M", "ntasks_per_node": 1, "nodes": 1}
+        if self.partition:
+            params["partition"] = self.partition
+        if self.gpus_per_run:
+            params["gpus_per_node"] = int(self.gpus_per_run)
+        if dependency:
+            params["dependency"] = dependency
+        if self.extra:
+            params["additional_parameters"] = dict(self.extra)
+        return params
+
+
+def slurm_entry(job: Job) -> None:
+    """What a SLURM job runs: prepare the run directory (resume or restart), then the run —
+    in this process, or under torchrun when the job has several GPUs."""
+    job = prepare_run_dir(job)
+    n_gpus = len(job.gpus)
+    if n_gpus > 1:
+        job_file = Path(job.run_dir) / "job.json"
+        job_file.write_text(job.to_json())
+        code = subprocess.call(worker_command(job_file, n_gpus))
+        if code != 0:
+            raise RuntimeError(f"torchrun exited with {code}; see {job.run_dir}/run.log")
+        return
+    run_job(job)
+
+
+def job_digest(job: Job) -> str:
+    return hashlib.sha256(job.cfg_yaml.encode()).hexdigest()[:16]
+
+
+def queue_states() -> dict:
+    """job id → state of every job SLURM still knows (squeue)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise CmatError(f"squeue failed: {err}") from None
+    if out.returncode != 0:
+        raise CmatError(f"squeue failed: {out.stderr.strip() or out.stdout.strip()}")
+    return dict(line.split(None, 1) for line in out.stdout.splitlines() if line.strip())
+
+
+def run_slurm(jobs: list, out: Path, opts: SlurmOptions, table: StatusTable, wait: bool = True,
+              dry_run: bool = False, say=print, poll: float = 3.0) -> dict:
+    """Submit (or find already submitted) every job; with ``wait`` poll until all left the queue.
+    Returns name → "done" | "failed" | "skipped" | "queued" (not waited for) | "dry-run"."""
+    if not dry_run and shutil.which("sbatch") is None:
+        raise CmatError("--launcher slurm: sbatch is not on PATH (no SLURM client here); see docs/cluster.md")
+    try:
+        import submitit
+    except ImportError:
+        raise CmatError("--launcher slurm needs submitit: pip install 'cmat[slurm]'") from None
+    record_path = out / "slurm_jobs.json"
+    try:
+        record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    except ValueError:
+        record = {}
+    queue = {} if dry_run else queue_states()
+    ids: dict = {}
+    names = {j.name for j in jobs}
+    for job in jobs:  # dependency order: a job's deps come before it (the caller's order)
+        old = record.get(job.name)
+        if old and old.get("digest") == job_digest(job) and queue.get(str(old["job_id"])) in ACTIVE:
+            ids[job.name] = str(old["job_id"])
+            table.set(job.name, "queued", f"already submitted: job {ids[job.name]}")
+            continue
+        deps = [ids[d] for d in job.deps if d in names and d in ids]
+        dependency = "afterok:" + ":".join(deps) if deps else None
+        params = opts.sbatch_parameters(job.name, dependency)
+        if dry_run:
+            say(f"[dry run] {job.name}: sbatch " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in params.items()
+                                                            if k != "additional_parameters")
+                + "".join(f" --{k}={v}" for k, v in params.get("additional_parameters", {}).items())
+                + (f" (after {', '.join(job.deps)})" if job.deps else "") + f" → {job.run_dir}")
+            ids[job.name] = f"<{job.name}>"
+            continue
+        folder = Path(job.run_dir) / "slurm"
+        executor = submitit.SlurmExecutor(folder=folder)
+        executor.update_parameters(**params)
+        submitted = executor.submit(slurm_entry, replace(job, threads=opts.cpus_per_run,
+                                                          gpus=tuple(range(opts.gpus_per_run))))
+        ids[job.name] = str(submitted.job_id)
+        record[job.name] = {"job_id": ids[job.name], "digest": job_digest(job), "submitted": time.time()}
+        atomic_write_text(record_path, json.dumps(record, indent=1))
+        table.set(job.name, "queued", f"job {ids[job.name]}" + (f", after {dependency}" if dependency else ""))
+    if dry_run:
+        return {j.name: "dry-run" for j in jobs}
+    states = {j.name: "queued" for j in jobs}
+    while True:
+        queue = queue_states()
+        for job in jobs:
+            if states[job.name] in ("done", "failed", "skipped"):
+                continue
+            s = queue.get(ids[job.name])
+            if s in ACTIVE:
+                if s == "RUNNING":
+                    states[job.name] = "running"
+                    table.set(job.name, "running", f"job {ids[job.name]}")
+                continue
+            ok = (Path(job.run_dir) / "results.json").exists()
+            states[job.name] = "done" if ok else "failed"
+            log = Path(job.run_dir) / "run.log"
+            table.set(job.name, states[job.name], "" if ok else f"{last_line(log)} (logs: {job.run_dir}/slurm/)")
+        for job in jobs:  # a job whose dependency failed would pend forever
+            if states[job.name] in ("queued",) and any(states.get(d) in ("failed", "skipped") for d in job.deps):
+                subprocess.run(["scancel", ids[job.name]], capture_output=True)
+                states[job.name] = "skipped"
+                table.set(job.name, "skipped", f"needs {', '.join(job.deps)}, which did not finish")
+        if not wait or all(s in ("done", "failed", "skipped") for s in states.values()):
+            return states
+        table.draw()
+        time.sleep(poll)
