@@ -281,7 +281,8 @@ def transfer_bars_figure(study: dict):
     """Grouped bars per strategy (one bar per source × target objective), one panel per
     accuracy column (clean, the robust column, certified)."""
     robust = study["robust_column"]
-    columns = [c for c in ("clean", robust, "certified") if c in study["rows"][0]]
+    attacked = "worst" if robust == "certified" else robust  # a certified study: attacks, then proofs
+    columns = [c for c in dict.fromkeys(("clean", attacked, "certified")) if c in study["rows"][0]]
     strategies = _strategies(study)
     variants = [v for v in VARIANT_COLOURS if any(_variant(study, r) == v for r in study["rows"])]
     fig, axes = plt.subplots(len(columns), 1, figsize=(max(6.5, 1.3 * len(strategies) + 2), 0.8 + 2.3 * len(columns)),

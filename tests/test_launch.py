@@ -85,17 +85,10 @@ def test_kill_9_at_several_moments_then_the_same_command_gives_the_same_table(re
     assert res.exit_code == 0, res.output
     assert table(out / "bench.csv") == reference  # = --jobs 1, apart from time columns
     assert "reusing the finished run" in res.output  # the run finished before the last kill
-
-
-def test_jobs_2_gives_the_tables_of_jobs_1(reference, tmp_path):
-    out = tmp_path / "b"
-    res = CliRunner().invoke(main, [*BENCH, "--out", str(out), "--jobs", "2"])
-    assert res.exit_code == 0, res.output
-    assert table(out / "bench.csv") == reference
+    assert "] running" in res.output and "] done in" in res.output  # one line per change of state
     for run in ("at-finetune-s0", "packnet-s0"):
         log = (out / run / "run.log").read_text()
         assert "task 2/2" in log and "after task 2" in log  # each run's lines in its own log
-    assert "done" in res.output and "[packnet-s0] running" in res.output  # one line per change of state
 
 
 def test_a_second_bench_on_the_same_out_is_refused(tmp_path):

@@ -52,11 +52,9 @@ LAUNCH_FLAGS = ("jobs", "launcher", "gpus_per_run", "partition", "time_min", "cp
                 "dry_run")
 
 
-def launch_flags(fn):
-    """The launcher flags of ``cmat bench`` (see docs/cluster.md)."""
+def launcher_flags(fn):
+    """``--launcher`` and the SLURM flags (see docs/cluster.md)."""
     options = [
-        click.option("--jobs", default=1, show_default=True, type=int,
-                     help="Runs at once on this machine, each in its own process with cores/N threads."),
         click.option("--launcher", default="local", show_default=True, type=click.Choice(["local", "slurm"]),
                      help="local: this machine; slurm: one SLURM job per run through submitit."),
         click.option("--gpus-per-run", default=None, type=int,
@@ -73,6 +71,13 @@ def launch_flags(fn):
     return fn
 
 
+def launch_flags(fn):
+    """``cmat bench``'s ``--jobs`` and :func:`launcher_flags`."""
+    return click.option("--jobs", default=1, show_default=True, type=int,
+                        help="Runs at once on this machine, each in its own process with cores/N threads.")(
+        launcher_flags(fn))
+
+
 def launch_options(flags: dict, config_file):
     """Pop the launcher flags out of ``flags``: a :class:`cmat.launch.LaunchOptions` (SLURM
     resources from the ``slurm:`` block of ``config_file``, then the flags)."""
@@ -82,6 +87,8 @@ def launch_options(flags: dict, config_file):
     slurm = SlurmOptions.from_file(config_file, partition=f["partition"], time_min=f["time_min"],
                                    cpus_per_run=f["cpus_per_run"], mem_gb=f["mem_gb"],
                                    gpus_per_run=f["gpus_per_run"])
-    return LaunchOptions(launcher=f["launcher"] or "local", jobs=1 if f["jobs"] is None else f["jobs"],
+    opts = LaunchOptions(launcher=f["launcher"] or "local", jobs=1 if f["jobs"] is None else f["jobs"],
                          gpus_per_run=f["gpus_per_run"] or 1, wait=not f["no_wait"], dry_run=bool(f["dry_run"]),
                          slurm=slurm)
+    opts.check()
+    return opts

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from cmat.cli.common import overrides
+from cmat.cli.common import launch_options, launcher_flags, overrides
 from cmat.errors import CmatError
 
 
@@ -106,6 +106,7 @@ def transfer(source, source_task, target, target_task, strategies, objectives, o
 @click.option("--device", default=None)
 @click.option("--set", "set_", multiple=True, help="e.g. --set method_options.lwf_lambda=0.5")
 @click.option("--no-progress", is_flag=True)
+@launcher_flags
 def transfer_study(out, config_file, source_task, target_task, strategies, jobs, verify_samples, no_progress, **flags):
     """The robustness-transfer study in one command: a standard and a robust source (PGD, or
     --objective), every strategy × target objective plus scratch; attacks, certification, cost;
@@ -114,11 +115,16 @@ def transfer_study(out, config_file, source_task, target_task, strategies, jobs,
     from cmat.engine import resolve_device
     from cmat.transfer_study import run_study, study_markdown
 
+    launch_opts = launch_options(flags, config_file)
     cfg = config_mod.resolve(flags.get("tasks"), config_file, overrides(**flags))
     if jobs is None:
         jobs = 1 if resolve_device(cfg.device).type == "cuda" else max(1, min(os.cpu_count() or 1, 8))
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
     study = run_study(cfg, out, source_task, target_task, names, jobs, verify_samples, progress=not no_progress,
-                      say=lambda m: click.echo(m, err=False))
+                      say=lambda m: click.echo(m, err=False), launch_opts=launch_opts)
+    if study.get("pending"):
+        click.echo("dry run: nothing was submitted" if launch_opts.dry_run else
+                   "SLURM jobs queued or running; run the same command again to collect them")
+        return
     click.echo(study_markdown(study))
     click.echo(f"wrote {out}/study.csv, study.md, study.json, critical_eps.csv, pareto.png, bars.png, ecdf.png")

@@ -21,7 +21,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import yaml
 
@@ -111,9 +111,35 @@ def queue_states() -> dict:
     return dict(line.split(None, 1) for line in out.stdout.splitlines() if line.strip())
 
 
+@dataclass
+class Unit:
+    """One SLURM job: ``fn(*args)`` run in the job, logs in ``folder/slurm/``; ``digest`` says
+    what it computes (a recorded job with another digest is stale); ``done`` whether its result
+    is there once it left the queue; ``deps``: names of units it runs after (``afterok``)."""
+    name: str
+    run_dir: str
+    fn: Callable
+    args: tuple
+    digest: str
+    done: Callable
+    deps: tuple = ()
+
+
+def job_units(jobs: list, opts: SlurmOptions) -> list:
+    """A bench's jobs as units: each runs :func:`slurm_entry` and is done with ``results.json``."""
+    return [Unit(j.name, j.run_dir, slurm_entry, (replace(j, threads=opts.cpus_per_run, gpus=tuple(range(opts.gpus_per_run))),),
+                 job_digest(j), lambda j=j: (Path(j.run_dir) / "results.json").exists(), j.deps) for j in jobs]
+
+
 def run_slurm(jobs: list, out: Path, opts: SlurmOptions, table: StatusTable, wait: bool = True,
               dry_run: bool = False, say=print, poll: float = 3.0) -> dict:
-    """Submit (or find already submitted) every job; with ``wait`` poll until all left the queue.
+    """A bench's jobs on SLURM (:func:`run_units`)."""
+    return run_units(job_units(jobs, opts), out, opts, table, wait, dry_run, say, poll)
+
+
+def run_units(units: list, out: Path, opts: SlurmOptions, table: StatusTable, wait: bool = True,
+              dry_run: bool = False, say=print, poll: float = 3.0) -> dict:
+    """Submit (or find already submitted) every unit; with ``wait`` poll until all left the queue.
     Returns name → "done" | "failed" | "skipped" | "queued" (not waited for) | "dry-run"."""
     if not dry_run and shutil.which("sbatch") is None:
         raise CmatError("--launcher slurm: sbatch is not on PATH (no SLURM client here); see docs/cluster.md")
@@ -128,55 +154,54 @@ def run_slurm(jobs: list, out: Path, opts: SlurmOptions, table: StatusTable, wai
         record = {}
     queue = {} if dry_run else queue_states()
     ids: dict = {}
-    names = {j.name for j in jobs}
-    for job in jobs:  # dependency order: a job's deps come before it (the caller's order)
-        old = record.get(job.name)
-        if old and old.get("digest") == job_digest(job) and queue.get(str(old["job_id"])) in ACTIVE:
-            ids[job.name] = str(old["job_id"])
-            table.set(job.name, "queued", f"already submitted: job {ids[job.name]}")
+    names = {u.name for u in units}
+    for unit in units:  # dependency order: a unit's deps come before it (the caller's order)
+        old = record.get(unit.name)
+        deps = [ids[d] for d in unit.deps if d in names and d in ids]
+        if (old and old.get("digest") == unit.digest and old.get("after", []) == deps
+                and queue.get(str(old["job_id"])) in ACTIVE):  # still queued or running, after the same jobs
+            ids[unit.name] = str(old["job_id"])
+            table.set(unit.name, "queued", f"already submitted: job {ids[unit.name]}")
             continue
-        deps = [ids[d] for d in job.deps if d in names and d in ids]
         dependency = "afterok:" + ":".join(deps) if deps else None
-        params = opts.sbatch_parameters(job.name, dependency)
+        params = opts.sbatch_parameters(unit.name, dependency)
         if dry_run:
-            say(f"[dry run] {job.name}: sbatch " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in params.items()
-                                                            if k != "additional_parameters")
+            say(f"[dry run] {unit.name}: sbatch " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in params.items()
+                                                             if k != "additional_parameters")
                 + "".join(f" --{k}={v}" for k, v in params.get("additional_parameters", {}).items())
-                + (f" (after {', '.join(job.deps)})" if job.deps else "") + f" → {job.run_dir}")
-            ids[job.name] = f"<{job.name}>"
+                + (f" (after {', '.join(unit.deps)})" if unit.deps else "") + f" → {unit.run_dir}")
+            ids[unit.name] = f"<{unit.name}>"
             continue
-        folder = Path(job.run_dir) / "slurm"
-        executor = submitit.SlurmExecutor(folder=folder)
+        executor = submitit.SlurmExecutor(folder=Path(unit.run_dir) / "slurm")
         executor.update_parameters(**params)
-        submitted = executor.submit(slurm_entry, replace(job, threads=opts.cpus_per_run,
-                                                          gpus=tuple(range(opts.gpus_per_run))))
-        ids[job.name] = str(submitted.job_id)
-        record[job.name] = {"job_id": ids[job.name], "digest": job_digest(job), "submitted": time.time()}
+        ids[unit.name] = str(executor.submit(unit.fn, *unit.args).job_id)
+        record[unit.name] = {"job_id": ids[unit.name], "digest": unit.digest, "after": deps, "submitted": time.time()}
         atomic_write_text(record_path, json.dumps(record, indent=1))
-        table.set(job.name, "queued", f"job {ids[job.name]}" + (f", after {dependency}" if dependency else ""))
+        table.set(unit.name, "queued", f"job {ids[unit.name]}" + (f", after {dependency}" if dependency else ""))
     if dry_run:
-        return {j.name: "dry-run" for j in jobs}
-    states = {j.name: "queued" for j in jobs}
+        return {u.name: "dry-run" for u in units}
+    states = {u.name: "queued" for u in units}
     while True:
         queue = queue_states()
-        for job in jobs:
-            if states[job.name] in ("done", "failed", "skipped"):
+        for unit in units:
+            if states[unit.name] in ("done", "failed", "skipped"):
                 continue
-            s = queue.get(ids[job.name])
+            s = queue.get(ids[unit.name])
             if s in ACTIVE:
                 if s == "RUNNING":
-                    states[job.name] = "running"
-                    table.set(job.name, "running", f"job {ids[job.name]}")
+                    states[unit.name] = "running"
+                    table.set(unit.name, "running", f"job {ids[unit.name]}")
                 continue
-            ok = (Path(job.run_dir) / "results.json").exists()
-            states[job.name] = "done" if ok else "failed"
-            log = Path(job.run_dir) / "run.log"
-            table.set(job.name, states[job.name], "" if ok else f"{last_line(log)} (logs: {job.run_dir}/slurm/)")
-        for job in jobs:  # a job whose dependency failed would pend forever
-            if states[job.name] in ("queued",) and any(states.get(d) in ("failed", "skipped") for d in job.deps):
-                subprocess.run(["scancel", ids[job.name]], capture_output=True)
-                states[job.name] = "skipped"
-                table.set(job.name, "skipped", f"needs {', '.join(job.deps)}, which did not finish")
+            ok = unit.done()
+            states[unit.name] = "done" if ok else "failed"
+            log = Path(unit.run_dir) / "run.log"
+            note = f"{last_line(log) or 'no run.log'} (logs: {unit.run_dir}/slurm/)"
+            table.set(unit.name, states[unit.name], "" if ok else note)
+        for unit in units:  # a job whose dependency failed would pend forever
+            if states[unit.name] == "queued" and any(states.get(d) in ("failed", "skipped") for d in unit.deps):
+                subprocess.run(["scancel", ids[unit.name]], capture_output=True)
+                states[unit.name] = "skipped"
+                table.set(unit.name, "skipped", f"needs {', '.join(unit.deps)}, which did not finish")
         if not wait or all(s in ("done", "failed", "skipped") for s in states.values()):
             return states
         table.draw()

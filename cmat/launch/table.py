@@ -35,14 +35,15 @@ def remaining_seconds(progress: Optional[dict], now: float) -> Optional[float]:
 
 
 class StatusTable:
-    """``rows``: name → {method, seed, run_dir, state, started, ended, note}."""
+    """``rows``: name → {run_dir, state, started, ended, note}, from anything with ``name`` and
+    ``run_dir`` (a bench's jobs, a study's SLURM units)."""
 
     def __init__(self, title: str, jobs, stream=None, live: Optional[bool] = None, enabled: bool = True):
         self.title = title
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() if live is None else live
         self.enabled = enabled
-        self.rows = {j.name: {"method": j.method, "seed": j.seed, "run_dir": j.run_dir, "state": "queued",
+        self.rows = {j.name: {"run_dir": j.run_dir, "state": "queued",
                               "started": None, "ended": None, "note": ""} for j in jobs}
         self.began = time.time()
         self._drawn = 0

@@ -102,5 +102,7 @@ def run_source(cfg_yaml: str, run_dir: str, progress: bool, verbose: bool, threa
     if threads:
         torch.set_num_threads(threads)
     cfg = config_mod.from_dict(yaml_load(cfg_yaml))
+    for name in ("results.json", "store.h5", "checkpoint.h5", "eval.h5"):  # a killed attempt's leftovers
+        (Path(run_dir) / name).unlink(missing_ok=True)
     label = f"source {cfg.objective.name}"
     return Run(cfg, run_dir, progress=progress, verbose=verbose, label=label).execute()

@@ -18,16 +18,22 @@ from cmat.engine import resolve_device
 from cmat.errors import CmatError
 from cmat.evaluate import build_attacks
 from cmat.tasks import tasks_for_config
+from cmat.launch import die_with_parent
 from cmat.transfer import default_tl_k
 from cmat.transfer_study.analysis import summarize_study, write_study
 from cmat.transfer_study.cells import run_cell, run_source
+from cmat.transfer_study.cluster import run_on_slurm
 from cmat.transfer_study.plan import (cell_key, check_strategies, plan, reusable_cell, source_config,
                                       study_objectives)
 
 
 def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=None, jobs: int = 1,
-              verify_samples: int = 30, verify_iters: int = 10, progress: bool = True, say=print) -> dict:
-    """Run (or reuse) both sources and every cell; write study.csv/.json/.md, CSVs and plots."""
+              verify_samples: int = 30, verify_iters: int = 10, progress: bool = True, say=print,
+              launch_opts=None) -> dict:
+    """Run (or reuse) both sources and every cell; write study.csv/.json/.md, CSVs and plots.
+    With ``launch_opts.launcher == "slurm"`` every source and cell is a SLURM job
+    (:mod:`cmat.transfer_study.cluster`); returns ``{"pending": True}`` when jobs were submitted
+    and not waited for (``--no-wait``, ``--dry-run``)."""
     config_mod.validate(cfg)
     seq = tasks_for_config(cfg)
     for name, t in (("source task", source_task), ("target task", target_task)):
@@ -57,6 +63,9 @@ def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=N
     settings = {"source_task": source_task, "target_task": target_task, "bound": "crown",
                 "verify_samples": int(verify_samples), "verify_iters": int(verify_iters), "eps_max_factor": 2.0}
     cells = plan(strategies, robust)
+    if launch_opts is not None and launch_opts.launcher == "slurm":
+        return _study_on_slurm(cfg, seq, out, cfg_yaml, source_task, target_task, strategies, objectives, cells,
+                               settings, launch_opts, progress, say)
     inline = jobs == 1
     threads = cfg.threads if inline else max(1, (os.cpu_count() or 1) // jobs)
     say(f"transfer study on {cfg.tasks}: source task {source_task + 1} ({seq[source_task].name}) → target task "
@@ -66,7 +75,8 @@ def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=N
     records: dict = {}
     sources: dict = {}
     started = time.time()
-    pool = None if inline else ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    pool = None if inline else ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                   initializer=die_with_parent)  # none outlives a kill -9
     bar = tqdm(total=len(cells) + 2, desc="transfer study", unit="piece", disable=not progress or inline)
     try:
         pending: dict = {}
@@ -121,8 +131,6 @@ def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=N
                 say(f"[source {obj}] reusing the finished run in {run_dir}")
                 finished(("source", obj), json.loads((run_dir / "results.json").read_text()))
                 return
-            for name in ("results.json", "store.h5", "checkpoint.h5", "eval.h5"):
-                (run_dir / name).unlink(missing_ok=True)
             done = submit(run_source, config_mod.to_yaml(scfg), str(run_dir), progress and inline, inline,
                           threads if not inline else 0, tag=("source", obj))
             if done is not None:
@@ -150,4 +158,28 @@ def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=N
                             robust)
     write_study(out, study)
     say(f"transfer study finished in {(time.time() - started) / 60:.1f} min")
+    return study
+
+
+def _study_on_slurm(cfg, seq, out, cfg_yaml, source_task, target_task, strategies, objectives, cells, settings,
+                    launch_opts, progress, say) -> dict:
+    launch_opts.check()
+    source_cfgs = {obj: source_config(cfg, obj, source_task) for obj in objectives}
+    finished = {obj for obj, scfg in source_cfgs.items() if reusable_run(out / "sources" / obj, scfg)}
+    say(f"transfer study on {cfg.tasks} through SLURM: 2 sources + {len(cells)} cells, "
+        f"{len(finished)} source(s) already finished")
+    if not run_on_slurm(out, cfg_yaml, source_cfgs, finished, cells, settings, launch_opts, progress, say):
+        return {"pending": True}
+    sources = {obj: json.loads((out / "sources" / obj / "results.json").read_text()) for obj in objectives}
+    records = {}
+    for c in cells:
+        store = None if c.source == "none" else out / "sources" / c.source / "store.h5"
+        rec = reusable_cell(out / "cells" / c.name, cell_key(cfg_yaml, c, store, settings))
+        if rec is None:
+            raise CmatError(f"cell {c.name} finished without a result of this study's configuration "
+                            f"(see {out / 'cells' / c.name / 'slurm'})")
+        records[c.name] = rec
+    study = summarize_study(cfg, seq, source_task, target_task, strategies, cells, records, sources, settings,
+                            objectives[1])
+    write_study(out, study)
     return study
