@@ -28,6 +28,7 @@ SUPPORTED_OBJECTIVES = ("standard", "pgd", "fast")  # the ones whose attack the 
 
 @register
 class ANPVS(Method):
+    """ANP-VS (Madaan et al. 2020): adversarial neural pruning with Beta-Bernoulli dropout, one network per task."""
     name = "anp-vs"
 
     def __init__(self, cfg, seq, device):

@@ -12,6 +12,7 @@ from cmat.methods import Method, register
 
 @register
 class ATFinetune(Method):
+    """One shared backbone fine-tuned task after task, per-task heads (forgets: the lower bound)."""
     name = "at-finetune"
 
     def __init__(self, cfg, seq, device):
@@ -34,6 +35,7 @@ class ATFinetune(Method):
 
 @register
 class ATIndividual(Method):
+    """A separate network per task (the upper bound at T× the parameters; CMAT's goals)."""
     name = "at-individual"
 
     def evaluations_of(self, j, n_tasks):

@@ -14,6 +14,7 @@ from cmat.nn.masked import MaskedMultiHeadNet
 
 @register
 class PackNet(Method):
+    """PackNet (Mallya & Lazebnik 2018): train free weights, prune, retrain, freeze (zero forgetting)."""
     name = "packnet"
     masked = True  # trains masked layers (the cost estimate times those)
 

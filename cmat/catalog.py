@@ -1,24 +1,77 @@
-"""Every built-in method, registered by importing it, and the lookup by name.
+"""Every method, built-in or plugin, and the lookup by name.
 
-The one module that knows the full list: :mod:`cmat.cpg` (``cmat``) and :mod:`cmat.baselines`
-(``packnet``, ``anp-vs``, ``at-finetune``, ``at-individual``). Each registers itself with
-:func:`cmat.methods.register`; the engine, the bench and the CLI look methods up here.
+Built-in methods register by being imported here: :mod:`cmat.cpg` (``cmat``) and
+:mod:`cmat.baselines` (``packnet``, ``anp-vs``, ``at-finetune``, ``at-individual``, ``supsup``,
+``wsn``, ``hat``). **Plugins**: an installed package declares an entry point in the group
+``cmat.methods`` whose name is the method's name and whose value is its
+:class:`cmat.methods.Method` subclass (``ewc = cmat_ewc:EWC``); it is loaded the first time a
+name is looked up or listed (docs/methods.md is the contract). The engine, the bench and the
+CLI look methods up here only.
 """
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+
 from cmat import cpg  # noqa: F401  (registers cmat)
-from cmat.baselines import anp_vs, at_baselines, packnet  # noqa: F401  (register the baselines)
+from cmat.baselines import anp_vs, at_baselines, hat, packnet, supermask  # noqa: F401  (register the baselines)
 from cmat.errors import CmatError
-from cmat.methods import METHODS
+from cmat.methods import METHODS, Method
+
+BUILT_IN = frozenset(METHODS)
+GROUP = "cmat.methods"
+
+
+def plugin_entry_points() -> list:
+    """The installed ``cmat.methods`` entry points, sorted by name."""
+    return sorted(entry_points(group=GROUP), key=lambda ep: ep.name)
+
+
+def load_plugins() -> dict:
+    """Load every plugin method not loaded yet; name → distribution name. A plugin that fails to
+    import, is not a Method subclass, or reuses a built-in name is one :class:`CmatError` line."""
+    found = {}
+    for ep in plugin_entry_points():
+        dist = getattr(getattr(ep, "dist", None), "name", None) or ep.value.split(":")[0]
+        found[ep.name] = dist
+        if ep.name in BUILT_IN:
+            raise CmatError(f"plugin {dist!r} declares method {ep.name!r}, a built-in method's name")
+        if ep.name in METHODS:  # loaded before
+            continue
+        try:
+            cls = ep.load()
+        except Exception as err:  # a third party's import error, whatever it is
+            raise CmatError(f"plugin method {ep.name!r} ({ep.value}, from {dist!r}) failed to load: "
+                            f"{type(err).__name__}: {err}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise CmatError(f"plugin method {ep.name!r} ({ep.value}) is not a cmat.methods.Method subclass")
+        if getattr(cls, "name", None) != ep.name:
+            raise CmatError(f"plugin method {ep.name!r} ({ep.value}): the class's name is {cls.name!r}; "
+                            "they must agree")
+        METHODS[ep.name] = cls
+    return found
 
 
 def available_methods() -> list:
-    """The names of every registered method, sorted."""
+    """The names of every method, built-in and plugin, sorted."""
+    load_plugins()
     return sorted(METHODS)
+
+
+def describe_methods() -> list:
+    """``(name, source, one line)`` per method: source ``built-in`` or ``plugin (package)``."""
+    plugins = load_plugins()
+    out = []
+    for name in sorted(METHODS):
+        doc = (METHODS[name].__doc__ or "").strip().splitlines()
+        source = "built-in" if name in BUILT_IN else f"plugin ({plugins.get(name, '?')})"
+        out.append((name, source, doc[0] if doc else ""))
+    return out
 
 
 def method_class(name: str):
     """The :class:`cmat.methods.Method` subclass registered as ``name`` (one-line error if unknown)."""
+    if name not in METHODS:
+        load_plugins()
     if name not in METHODS:
         raise CmatError(f"unknown method {name!r} (valid: {', '.join(sorted(METHODS))})")
     return METHODS[name]

@@ -63,6 +63,7 @@ DEFAULTS = {"goal": "individual", "tolerance": 0.02, "tolerance_samples": 1, "ma
 
 @register
 class CMAT(Method):
+    """CPG compact-pick-grow (Hung et al. 2019) with the run's objective: prune, pick earlier weights, grow if needed."""
     name = "cmat"
     masked = True  # trains masked layers (the cost estimate times those)
 

@@ -6,7 +6,8 @@ Layout (format ``cmat-store``, version 2)::
                            config (resolved YAML), decisions (JSON)
     /networks/<k>          attrs: spec (JSON: architecture, heads, normalisation statistics)
     /networks/<k>/state/<name>   one dataset per state-dict entry, flattened,
-                                 attrs: shape, dtype
+                                 attrs: shape, dtype (bool entries, HAT's unit gates, bit-packed:
+                                 attrs packed, count, bool_shape)
     /networks/<k>/owner/<i>      masked networks: owner ids of masked layer i, in the smallest
                                  unsigned integer type that holds them (0 = free)
     /networks/<k>/piggyback/<j>/<i>   task j's binary piggyback mask of layer i, bit-packed
@@ -56,14 +57,27 @@ def read_array(ds: h5py.Dataset) -> np.ndarray:
 
 
 def write_state(group: h5py.Group, state: dict) -> None:
+    """One dataset per entry; bool entries (HAT's gates) bit-packed (``np.packbits``, attrs
+    ``packed`` and ``count``)."""
     for name, tensor in state.items():
         arr = tensor.detach().cpu().numpy()
-        ds = write_array(group, name, arr)
+        if arr.dtype == np.bool_:
+            ds = write_array(group, name, np.packbits(arr.reshape(-1)))
+            ds.attrs.update(packed=True, count=arr.size, bool_shape=np.asarray(arr.shape, dtype=np.int64))
+        else:
+            ds = write_array(group, name, arr)
         ds.attrs["dtype"] = str(tensor.dtype).replace("torch.", "")
 
 
 def read_state(group: h5py.Group) -> dict:
-    return {name: torch.from_numpy(np.array(read_array(ds))) for name, ds in group.items()}
+    out = {}
+    for name, ds in group.items():
+        arr = read_array(ds)
+        if ds.attrs.get("packed", False):
+            shape = tuple(int(s) for s in ds.attrs["bool_shape"])
+            arr = np.unpackbits(arr, count=int(ds.attrs["count"])).astype(bool).reshape(shape)
+        out[name] = torch.from_numpy(np.array(arr))
+    return out
 
 
 def _selectable(layer, tid: int) -> torch.Tensor:

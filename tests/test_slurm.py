@@ -65,3 +65,23 @@ def test_no_wait_submits_with_afterok_dependencies_and_the_same_command_collects
     assert json.loads((out / "slurm_jobs.json").read_text()) == jobs
     assert (out / "bench.csv").exists()
     assert "already submitted" in res.output or res.output.count("reusing the finished run") == 2
+
+
+def test_transfer_study_through_slurm_equals_the_local_study(tmp_path):
+    """Each source and cell a SLURM job, every cell ``afterok`` its source; the collected study
+    equals the one run in this process."""
+    from cmat.launch import LaunchOptions, SlurmOptions
+    from cmat.transfer_study import run_study
+    from tests.test_transfer_study import tiny_config
+
+    kw = {"strategies": ["linear"], "verify_samples": 2, "verify_iters": 2, "progress": False, "say": lambda _: None}
+    local = run_study(tiny_config(), tmp_path / "local", jobs=1, **kw)
+    opts = LaunchOptions(launcher="slurm", slurm=SlurmOptions(time_min=10))
+    slurm = run_study(tiny_config(), tmp_path / "slurm", launch_opts=opts, **kw)
+    strip = [{k: v for k, v in r.items() if k != "train_seconds"} for r in local["rows"]]
+    assert [{k: v for k, v in r.items() if k != "train_seconds"} for r in slurm["rows"]] == strip
+    jobs = json.loads((tmp_path / "slurm" / "slurm_jobs.json").read_text())
+    assert len(jobs) == 8 and len({j["job_id"] for j in jobs.values()}) == 8  # 2 sources + 6 cells
+    for name, j in jobs.items():
+        if name.startswith(("standard-", "pgd-")):
+            assert j["after"] == [jobs[f"source-{name.split('-')[0]}"]["job_id"]]

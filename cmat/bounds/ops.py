@@ -20,6 +20,7 @@ from torch import nn
 
 from cmat.errors import CmatError
 from cmat.nn.beta_bernoulli import PRUNE_AT, BetaBernoulliMask
+from cmat.nn.hat import UnitGate
 from cmat.nn.layers import Normalize
 from cmat.nn.masked_layers import MaskedConv2d, MaskedLinear, TaskBatchNorm2d
 from cmat.nn.multihead import TaskView
@@ -178,6 +179,9 @@ def flatten_module(m: nn.Module, ops: list, live: Optional[dict] = None) -> None
         ops.append(Dense(d(m.weight), d(m.bias)))
     elif isinstance(m, nn.BatchNorm2d):
         ops.append(bn_affine(m, live))
+    elif isinstance(m, UnitGate):  # HAT's per-task unit gates: a channel scale
+        g = m.channel_scale()
+        ops.append(ChannelAffine(d(g), torch.zeros_like(g)))
     elif isinstance(m, BetaBernoulliMask):
         e = m.expected().detach()
         ops.append(ChannelAffine(e * (e > PRUNE_AT), torch.zeros_like(e)))

@@ -1,5 +1,5 @@
 """The ``cmat`` command line (click), one module per command group: ``training`` (run, bench),
-``results`` (eval, inspect, plot, report), ``tasks``, ``robustness`` (verify, transfer,
+``results`` (eval, inspect, plot, report), ``tasks`` (tasks, methods), ``robustness`` (verify, transfer,
 transfer-study); ``common`` holds the error boundary: user-caused errors are one line on stderr
 and exit code 1, never a traceback."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import click
 from cmat.cli.common import CmatGroup
 from cmat.cli.results import eval_cmd, inspect, plot, report
 from cmat.cli.robustness import transfer, transfer_study, verify
-from cmat.cli.tasks import tasks
+from cmat.cli.tasks import methods, tasks
 from cmat.cli.training import bench, run
 
 
@@ -26,7 +26,7 @@ def main():
     provenance()  # the source tree as this process loaded it, not as it is when a long run ends
 
 
-for command in (bench, eval_cmd, inspect, plot, report, run, tasks, transfer, transfer_study, verify):
+for command in (bench, eval_cmd, inspect, methods, plot, report, run, tasks, transfer, transfer_study, verify):
     main.add_command(command)
 
 

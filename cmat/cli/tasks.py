@@ -42,3 +42,21 @@ def tasks_show(name, as_json):
         return
     for k, v in info.items():
         click.echo(f"{k}: {v}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def methods(as_json):
+    """List the methods: built-in and plugins (entry point group cmat.methods), one line each."""
+    import json
+
+    from cmat.catalog import describe_methods
+
+    rows = describe_methods()
+    if as_json:
+        click.echo(json.dumps([{"name": n, "source": s, "summary": d} for n, s, d in rows], indent=1))
+        return
+    width = max(len(n) for n, _, _ in rows)
+    src = max(len(s) for _, s, _ in rows)
+    for name, source, doc in rows:
+        click.echo(f"{name:<{width}}  {source:<{src}}  {doc}")

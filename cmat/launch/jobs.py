@@ -107,7 +107,14 @@ def run_inline(job: Job, progress: bool = True, verbose: bool = True) -> dict:
     console (as ``cmat run`` shows them); resumes a checkpoint of the same configuration."""
     job = prepare_run_dir(job)
     cfg = config_mod.from_dict(yaml.safe_load(job.cfg_yaml))
-    return Run(cfg, job.run_dir, progress=progress, verbose=verbose, resume=job.resume, label=job.label).execute()
+    try:
+        return Run(cfg, job.run_dir, progress=progress, verbose=verbose, resume=job.resume, label=job.label).execute()
+    except CmatError as err:
+        if not job.resume:
+            raise
+        print(f"[{job.label}] could not resume ({err}); restarting the run", flush=True)
+        clear_run_dir(Path(job.run_dir))
+        return Run(cfg, job.run_dir, progress=progress, verbose=verbose, label=job.label).execute()
 
 
 def worker_command(job_file: Path, n_gpus: int) -> list:

@@ -60,3 +60,32 @@ class EffectiveWeight(torch.autograd.Function):
         if ctx.has_mask and ctx.needs_input_grad[1]:
             grad_m = grad * w * old
         return grad_w, grad_m, None, None, None
+
+
+def top_fraction(scores: torch.Tensor, density: float) -> torch.Tensor:
+    """Bool mask of the ``round(density · n)`` largest ``|scores|`` (at least one): edge-popup's
+    supermask (Ramanujan et al. 2020), the subnetwork SupSup and WSN select per task."""
+    flat = scores.detach().abs().flatten()
+    k = max(1, int(round(density * flat.numel())))
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[torch.topk(flat, k, sorted=False).indices] = True
+    return mask.view(scores.shape)
+
+
+class SupermaskWeight(torch.autograd.Function):
+    """``W_t = W ⊙ M`` with ``M = top_fraction(S)`` a task's supermask over its slice (bool,
+    computed by the caller); backward: ``∂/∂W = g ⊙ M ⊙ own`` (only weights task t owns learn;
+    none for SupSup, whose weights are not parameters of the step) and the straight-through
+    ``∂/∂S = g ⊙ W`` on every score, selected or not (edge-popup)."""
+
+    @staticmethod
+    def forward(ctx, w, scores, own, mask):
+        ctx.save_for_backward(w, own, mask)
+        return w * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        w, own, mask = ctx.saved_tensors
+        grad_w = grad * (mask & own) if ctx.needs_input_grad[0] else None
+        grad_s = grad * w if ctx.needs_input_grad[1] else None
+        return grad_w, grad_s, None, None

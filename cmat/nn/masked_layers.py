@@ -8,7 +8,9 @@ was learned) and the effective weight::
 where ``O`` is the owner tensor (0 = free, k = owned by task k) and ``P_t`` the binary
 piggyback mask of task t. While task t trains, ``P_t = 1[m_t > 5e-3]`` of a real-valued mask
 ``m_t`` (initialised 1e-2) with a straight-through gradient. A task without a piggyback mask
-(PackNet) uses every weight of earlier tasks (``P_t ≡ 1``).
+(PackNet) uses every weight of earlier tasks (``P_t ≡ 1``). A task with supermask scores ``S_t``
+(SupSup, WSN) uses ``W ⊙ top_fraction(S_t)`` over its whole slice while it trains, and is then
+written in the same owner/piggyback form (:meth:`MaskedLayer.finish_scores`).
 
 Gradient rules, by construction: the gradient of ``W`` is non-zero only where ``O == t`` (other
 weights enter through ``W.detach()``), so earlier tasks' weights and released weights never
@@ -28,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmat.nn.mask_algebra import PIGGY_INIT, PIGGY_THRESHOLD, EffectiveWeight, PackedBits, fx_tracing
+from cmat.nn.mask_algebra import (PIGGY_INIT, PIGGY_THRESHOLD, EffectiveWeight, PackedBits, SupermaskWeight,
+                                  fx_tracing, top_fraction)
 
 
 class MaskedLayer(nn.Module):
@@ -47,6 +50,8 @@ class MaskedLayer(nn.Module):
         self.fixed_out = False
         self.register_buffer("owner", torch.zeros(self.weight.shape, dtype=torch.int16), persistent=False)
         self.piggy = nn.ParameterDict()          # real-valued masks of the task being trained
+        self.scores = nn.ParameterDict()         # supermask scores of the task being trained (SupSup, WSN)
+        self.density = 1.0                       # fraction of a slice a supermask keeps
         self.bits: dict = {}                      # t -> PackedBits (binarised piggyback masks)
         self.biases = nn.ParameterDict() if has_bias else None
         self.shapes: dict = {}                    # t -> (out_t, in_t)
@@ -128,6 +133,37 @@ class MaskedLayer(nn.Module):
         m = self.piggy.pop(str(t))
         self.set_bits(t, m.detach() > PIGGY_THRESHOLD)
 
+    def start_scores(self, t: int, density: float, generator=None) -> None:
+        """Give task t supermask scores over its whole slice (Kaiming-uniform, as edge-popup), so
+        it uses the ``density`` fraction of the slice with the largest ``|score|``."""
+        s = torch.empty(self.weight.shape, device=self.weight.device)
+        bound = 1.0 / math.sqrt(max(1, self.weight[0].numel()))
+        s.uniform_(-bound, bound, generator=generator)
+        self.scores[str(t)] = nn.Parameter(s)
+        self.density = float(density)
+        self._mask_version += 1
+
+    def score_mask(self, t: int) -> torch.Tensor:
+        """Task t's current supermask over its slice (bool)."""
+        out, inp = self.shapes[t]
+        return top_fraction(self.scores[str(t)][:out, :inp], self.density)
+
+    @torch.no_grad()
+    def finish_scores(self, t: int) -> None:
+        """Fix task t's supermask M in the owner/piggyback form every masked layer stores: t
+        keeps its own weights in M, releases the others (owner → 0, value kept; a later task
+        re-draws them), and its piggyback bits are ``old ∧ M``. Then ``W_t = W ⊙ M`` exactly and
+        the scores are dropped."""
+        mask = self.score_mask(t)
+        out, inp = self.shapes[t]
+        own, old = self.region_masks(t)
+        region = self.owner[:out, :inp]
+        region[own & ~mask] = 0
+        full = torch.zeros(self.weight.shape, dtype=torch.bool, device=self.weight.device)
+        full[:out, :inp] = old & mask
+        del self.scores[str(t)]
+        self.set_bits(t, full)
+
     def set_bits(self, t: int, mask: torch.Tensor) -> None:
         """Task t's binary piggyback mask (bool, the weight's shape), stored bit-packed."""
         self.bits[t] = PackedBits(mask)
@@ -173,6 +209,12 @@ class MaskedLayer(nn.Module):
     def effective_weight(self, t: int) -> torch.Tensor:
         out, inp = self.shapes[t]
         own, old = self.region_masks(t)
+        if str(t) in self.scores:  # a supermask in training: W ⊙ top_fraction(S), straight-through
+            mask = self.score_mask(t)
+            if self.training:
+                return SupermaskWeight.apply(self.weight[:out, :inp], self.scores[str(t)][:out, :inp], own, mask)
+            with torch.no_grad():
+                return self.weight[:out, :inp] * mask
         if self.training or fx_tracing():
             piggy = self.piggy[str(t)][:out, :inp] if str(t) in self.piggy else None
             return EffectiveWeight.apply(self.weight[:out, :inp], piggy, own, old, own | self.picked(t))
