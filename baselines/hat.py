@@ -114,7 +114,8 @@ class HAT(Method):
         own = [p for name, p in self.net.named_parameters()
                if id(p) not in ids and (f"bns.{t + 1}." in name or name.startswith(f"heads.{t}."))]
         groups = [{"params": shared + embs, "weight_decay": 0.0}, {"params": own, "weight_decay": wd}]
-        per_epoch = math.ceil(len(task.train) / self.cfg.train.batch_size)
+        # loss_fn calls per epoch: batches × the objective's replays (free AT replays each batch)
+        per_epoch = math.ceil(len(task.train) / self.cfg.train.batch_size) * trainer.objective.replays
         trainer.fit(self.net.task_view(t), None, task, t, snapshot=self.net, param_groups=groups,
                     loss_fn=self._loss_fn(t, trainer, per_epoch), after_backward=lambda: self._after_backward(t),
                     after_step=lambda: self._after_step(t), tag="train")

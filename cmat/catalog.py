@@ -17,20 +17,25 @@ from cmat.baselines import anp_vs, at_baselines, hat, packnet, supermask  # noqa
 from cmat.errors import CmatError
 from cmat.methods import METHODS, Method
 
-BUILT_IN = frozenset(METHODS)
+BUILT_IN = dict(METHODS)  # name -> class, before any plugin is loaded
 GROUP = "cmat.methods"
 
 
 def plugin_entry_points() -> list:
     """The installed ``cmat.methods`` entry points, sorted by name."""
-    return sorted(entry_points(group=GROUP), key=lambda ep: ep.name)
+    eps = entry_points()
+    found = eps.select(group=GROUP) if hasattr(eps, "select") else eps.get(GROUP, ())  # Python 3.9
+    return sorted(found, key=lambda ep: ep.name)
 
 
-def load_plugins() -> dict:
-    """Load every plugin method not loaded yet; name → distribution name. A plugin that fails to
-    import, is not a Method subclass, or reuses a built-in name is one :class:`CmatError` line."""
+def load_plugins(only=None) -> dict:
+    """Load the plugin methods not loaded yet (``only``: just that name); name → distribution
+    name. A plugin that fails to import, is not a Method subclass, disagrees with its entry-point
+    name or takes a built-in name is one :class:`CmatError` line."""
     found = {}
     for ep in plugin_entry_points():
+        if only is not None and ep.name != only:
+            continue
         dist = getattr(getattr(ep, "dist", None), "name", None) or ep.value.split(":")[0]
         found[ep.name] = dist
         if ep.name in BUILT_IN:
@@ -42,6 +47,10 @@ def load_plugins() -> dict:
         except Exception as err:  # a third party's import error, whatever it is
             raise CmatError(f"plugin method {ep.name!r} ({ep.value}, from {dist!r}) failed to load: "
                             f"{type(err).__name__}: {err}") from None
+        clobbered = [k for k, c in BUILT_IN.items() if METHODS.get(k) is not c]
+        if clobbered:  # the plugin's module registered itself over a built-in method
+            METHODS.update({k: BUILT_IN[k] for k in clobbered})
+            raise CmatError(f"plugin {dist!r} registers method {clobbered[0]!r}, a built-in method's name")
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise CmatError(f"plugin method {ep.name!r} ({ep.value}) is not a cmat.methods.Method subclass")
         if getattr(cls, "name", None) != ep.name:
@@ -71,7 +80,7 @@ def describe_methods() -> list:
 def method_class(name: str):
     """The :class:`cmat.methods.Method` subclass registered as ``name`` (one-line error if unknown)."""
     if name not in METHODS:
-        load_plugins()
+        load_plugins(only=name)
     if name not in METHODS:
         raise CmatError(f"unknown method {name!r} (valid: {', '.join(sorted(METHODS))})")
     return METHODS[name]

@@ -137,11 +137,11 @@ def test_certified_study_compares_a_certified_source_on_certified_targets(tmp_pa
     """``--objective crown-ibp``: sources standard and crown-ibp, every network the certified
     recipe's cnn-ibp, the robust column is ``certified`` (proven by the harness, never above
     worst), the reference is scratch crown-ibp, and the source effect pairs the same images."""
-    cfg = quick_config(method="at-individual", objective="crown-ibp", train={"epochs": 1},
-                       eval={"attacks": ["clean", "pgd10", "certified"], "samples": 24})
+    cfg = quick_config(method="at-individual", objective="crown-ibp", train={"epochs": 1, "samples": 256},
+                       eval={"attacks": ["clean", "pgd10", "certified"], "samples": 16})
     assert cfg.model.arch == "cnn-ibp" and cfg.train.optimizer == "adam"
     out = tmp_path / "cert"
-    study = run_study(cfg, out, strategies=["lwf"], jobs=1, verify_samples=2, verify_iters=2,
+    study = run_study(cfg, out, strategies=["lwf"], jobs=1, verify_samples=1, verify_iters=1,
                       progress=False, say=lambda _: None)
     assert study["robust_column"] == "certified" and study["reference"] == "none-scratch-crown-ibp"
     cells = {(r["source_objective"], r["strategy"], r["target_objective"]) for r in study["rows"]}

@@ -186,9 +186,9 @@ class Trainer:
                     for extra in extra_optimizers:
                         extra.zero_grad(set_to_none=True)
                     (loss * scale if scale != 1.0 else loss).backward()
-                    obj.after_backward()
-                    if after_backward is not None:
-                        after_backward()
+                    if after_backward is not None:  # the method's gradient rules first (HAT's
+                        after_backward()            # blocking, owned weight decay), then the
+                    obj.after_backward()            # objective's (certified training's clipping)
                     optimizer_step(opt)
                     for extra in extra_optimizers:
                         optimizer_step(extra)

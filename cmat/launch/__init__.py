@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmat.errors import CmatError
-from cmat.launch.jobs import Job, prepare_run_dir, run_inline  # noqa: F401
-from cmat.launch.local import die_with_parent, run_local  # noqa: F401
+from cmat.launch.jobs import Job, die_with_parent, prepare_run_dir, run_inline  # noqa: F401
+from cmat.launch.local import run_local  # noqa: F401
 from cmat.launch.slurm import SlurmOptions, run_slurm  # noqa: F401
 from cmat.launch.table import StatusTable
 

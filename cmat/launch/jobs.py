@@ -13,7 +13,9 @@ the run. Executing a job:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
+import signal
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,6 +28,16 @@ from cmat.engine import Run
 from cmat.errors import CmatError
 
 LEFTOVERS = ("results.json", "store.h5", "checkpoint.h5", "eval.h5", "progress.json")
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child process (``preexec_fn``, a pool initializer, each torchrun rank): ask the kernel
+    for SIGKILL when the parent dies, ``kill -9`` included (Linux; a no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
@@ -129,6 +141,7 @@ def worker_command(job_file: Path, n_gpus: int) -> list:
 def worker_main(argv: Optional[list] = None) -> int:
     """``python -m cmat.launch.worker JOB.json``: run one prepared job; exit 0 when it finished,
     1 with one line on stderr (and in run.log) when it failed."""
+    die_with_parent()  # torchrun's ranks too: none outlives the process that started it
     argv = sys.argv[1:] if argv is None else argv
     job = Job.from_json(Path(argv[0]).read_text())
     try:

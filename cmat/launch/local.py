@@ -13,29 +13,15 @@
 """
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from cmat.errors import CmatError
-from cmat.launch.jobs import Job, prepare_run_dir, worker_command
+from cmat.launch.jobs import Job, die_with_parent, prepare_run_dir, worker_command
 from cmat.launch.table import StatusTable
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """In a child process (``preexec_fn``, or a pool initializer): ask the kernel for SIGKILL when
-    the parent dies (Linux; a no-op elsewhere)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-
 
 def visible_gpus() -> list:
     import torch
@@ -122,8 +108,9 @@ def start(job: Job, threads: int, gpus: list) -> tuple:
     job_file = run_dir / "job.json"
     job_file.write_text(job.to_json())
     env = dict(os.environ)
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    if gpus:  # indices into this process's visible devices (which may be a subset, or UUIDs)
+        parent = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(parent[g] if g < len(parent) else str(g) for g in gpus)
     fh = open(run_dir / "run.log", "a")
     proc = subprocess.Popen(worker_command(job_file, len(gpus)), stdout=fh, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent)

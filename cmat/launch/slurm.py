@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import shutil
@@ -31,7 +32,9 @@ from cmat.launch.jobs import Job, prepare_run_dir, run_job, worker_command
 from cmat.launch.local import last_line
 from cmat.launch.table import StatusTable
 
-ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
+ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
+          "SUSPENDED", "PREEMPTED", "SPECIAL_EXIT", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD")
+GRACE_S = 30.0  # a finished job's results may reach a shared file system after it leaves the queue
 
 
 @dataclass
@@ -62,6 +65,14 @@ class SlurmOptions:
         if unknown:
             raise CmatError(f"config {path}: unknown slurm key(s) {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
         data.update({k: v for k, v in flags.items() if v is not None})
+        try:
+            for key, kind in (("time_min", int), ("cpus_per_run", int), ("gpus_per_run", int), ("mem_gb", float)):
+                if key in data:
+                    data[key] = kind(data[key])
+        except (TypeError, ValueError):
+            raise CmatError(f"slurm: {key} must be a number, got {data[key]!r}") from None
+        if not isinstance(data.get("extra", {}), dict) or not isinstance(data.get("partition") or "", str):
+            raise CmatError("slurm: extra must be a mapping of sbatch options and partition a name")
         opts = SlurmOptions(**data)
         if opts.time_min < 1 or opts.cpus_per_run < 1 or opts.gpus_per_run < 0 or opts.mem_gb <= 0:
             raise CmatError("slurm: time ≥ 1 min, cpus ≥ 1, gpus ≥ 0 and memory > 0 required")
@@ -101,9 +112,10 @@ def job_digest(job: Job) -> str:
 
 
 def queue_states() -> dict:
-    """job id → state of every job SLURM still knows (squeue)."""
+    """job id → state of this user's jobs SLURM still knows (squeue)."""
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i %T"], capture_output=True,
+                             text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise CmatError(f"squeue failed: {err}") from None
     if out.returncode != 0:
@@ -158,11 +170,18 @@ def run_units(units: list, out: Path, opts: SlurmOptions, table: StatusTable, wa
     for unit in units:  # dependency order: a unit's deps come before it (the caller's order)
         old = record.get(unit.name)
         deps = [ids[d] for d in unit.deps if d in names and d in ids]
-        if (old and old.get("digest") == unit.digest and old.get("after", []) == deps
-                and queue.get(str(old["job_id"])) in ACTIVE):  # still queued or running, after the same jobs
+        active = old is not None and queue.get(str(old["job_id"])) in ACTIVE
+        # still queued or running, for this configuration, after every dependency as it is now
+        # (a dependency that has finished since is no longer a unit; one resubmitted has a new id)
+        if active and old.get("digest") == unit.digest and all(d in old.get("after", []) for d in deps):
             ids[unit.name] = str(old["job_id"])
             table.set(unit.name, "queued", f"already submitted: job {ids[unit.name]}")
             continue
+        if active and not dry_run:  # superseded: never two jobs writing one run directory
+            subprocess.run(["scancel", str(old["job_id"])], capture_output=True)
+        elif old is not None and not dry_run:
+            say(f"[{unit.name}] job {old['job_id']} ended without a result "
+                f"({last_line(Path(unit.run_dir) / 'run.log') or 'see ' + unit.run_dir + '/slurm/'}); resubmitting")
         dependency = "afterok:" + ":".join(deps) if deps else None
         params = opts.sbatch_parameters(unit.name, dependency)
         if dry_run:
@@ -174,13 +193,18 @@ def run_units(units: list, out: Path, opts: SlurmOptions, table: StatusTable, wa
             continue
         executor = submitit.SlurmExecutor(folder=Path(unit.run_dir) / "slurm")
         executor.update_parameters(**params)
-        ids[unit.name] = str(executor.submit(unit.fn, *unit.args).job_id)
+        try:
+            ids[unit.name] = str(executor.submit(unit.fn, *unit.args).job_id)
+        except Exception as err:  # sbatch refused it (partition, account, time, ...): say so in one line
+            first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            raise CmatError(f"sbatch refused job {unit.name}: {first}") from None
         record[unit.name] = {"job_id": ids[unit.name], "digest": unit.digest, "after": deps, "submitted": time.time()}
         atomic_write_text(record_path, json.dumps(record, indent=1))
         table.set(unit.name, "queued", f"job {ids[unit.name]}" + (f", after {dependency}" if dependency else ""))
     if dry_run:
         return {u.name: "dry-run" for u in units}
     states = {u.name: "queued" for u in units}
+    gone: dict = {}  # name -> when it was first seen out of the queue without its results
     while True:
         queue = queue_states()
         for unit in units:
@@ -193,6 +217,8 @@ def run_units(units: list, out: Path, opts: SlurmOptions, table: StatusTable, wa
                     table.set(unit.name, "running", f"job {ids[unit.name]}")
                 continue
             ok = unit.done()
+            if not ok and time.time() - gone.setdefault(unit.name, time.time()) < GRACE_S:
+                continue  # left the queue; its results may still be on their way
             states[unit.name] = "done" if ok else "failed"
             log = Path(unit.run_dir) / "run.log"
             note = f"{last_line(log) or 'no run.log'} (logs: {unit.run_dir}/slurm/)"

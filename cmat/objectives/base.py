@@ -2,7 +2,7 @@
 
 The engine owns the optimiser; for each minibatch (replayed ``objective.replays`` times) it
 calls ``loss, logits = objective.loss(model, x, y, generator)``, then ``loss.backward()``,
-``objective.after_backward()``, the method's gradient hooks and ``optimizer.step()``.
+the method's gradient hooks, ``objective.after_backward()`` (gradient clipping comes last) and ``optimizer.step()``.
 ``model`` is task t's classifier ``x ↦ logits`` in train mode; ``x`` is in [0, 1].
 
 This module: the contract, the :class:`Objective` base class and the registry. Objectives

@@ -147,8 +147,10 @@ def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=N
                 tag = pending.pop(fut)
                 finished(tag, fut.result())
     except BaseException:
-        if pool is not None:
+        if pool is not None:  # stop the cells still training: exiting would wait for them
             pool.shutdown(wait=False, cancel_futures=True)
+            for child in multiprocessing.active_children():
+                child.kill()
         raise
     finally:
         bar.close()
