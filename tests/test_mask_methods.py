@@ -123,3 +123,22 @@ def test_every_objective_trains_them(name, objective, tmp_path):
                        train={"samples": 64, "val_attack_samples": 8}, eval={"attacks": ["clean"], "samples": 8})
     res = Run(cfg, tmp_path, progress=False, verbose=False).execute()
     assert res["objective"] == objective and len(res["acc"]["clean"]) == 2
+
+
+def test_supermask_score_gradient_is_the_straight_through_gradient_of_abs_scores():
+    """∂L/∂S = ∂L/∂(W ⊙ M) ⊙ W ⊙ sign(S): a step along −∂L/∂S lowers the loss of the relaxed
+    mask W ⊙ |S| (checked against autograd through |S|), and the weight gradient is masked."""
+    from cmat.nn.mask_algebra import SupermaskWeight, top_fraction
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 5, requires_grad=True)
+    s = torch.randn(6, 5, requires_grad=True)
+    own = torch.rand(6, 5) > 0.3
+    mask = top_fraction(s, 0.5)
+    assert int(mask.sum()) == 15 and bool((s.abs()[mask].min() >= s.abs()[~mask].max()))
+    g = torch.randn(6, 5)
+    (SupermaskWeight.apply(w, s, own, mask) * g).sum().backward()
+    s2 = s.detach().clone().requires_grad_(True)
+    (w.detach() * s2.abs() * g).sum().backward()  # the relaxation edge-popup's STE follows
+    assert torch.allclose(s.grad, s2.grad)
+    assert torch.equal(w.grad, g * (mask & own))

@@ -74,18 +74,19 @@ def top_fraction(scores: torch.Tensor, density: float) -> torch.Tensor:
 
 class SupermaskWeight(torch.autograd.Function):
     """``W_t = W ⊙ M`` with ``M = top_fraction(S)`` a task's supermask over its slice (bool,
-    computed by the caller); backward: ``∂/∂W = g ⊙ M ⊙ own`` (only weights task t owns learn;
-    none for SupSup, whose weights are not parameters of the step) and the straight-through
-    ``∂/∂S = g ⊙ W`` on every score, selected or not (edge-popup)."""
+    computed by the caller from ``|S|``); backward: ``∂/∂W = g ⊙ M ⊙ own`` (only weights task t
+    owns learn; none for SupSup, whose weights are not parameters of the step) and the
+    straight-through gradient through ``|S|`` on every score, selected or not (edge-popup):
+    ``∂/∂S = g ⊙ W ⊙ sign(S)`` — a larger ``|S|`` is what selects a weight."""
 
     @staticmethod
     def forward(ctx, w, scores, own, mask):
-        ctx.save_for_backward(w, own, mask)
+        ctx.save_for_backward(w, scores, own, mask)
         return w * mask
 
     @staticmethod
     def backward(ctx, grad):
-        w, own, mask = ctx.saved_tensors
+        w, scores, own, mask = ctx.saved_tensors
         grad_w = grad * (mask & own) if ctx.needs_input_grad[0] else None
-        grad_s = grad * w if ctx.needs_input_grad[1] else None
+        grad_s = grad * w * torch.sign(scores) if ctx.needs_input_grad[1] else None
         return grad_w, grad_s, None, None
