@@ -68,6 +68,7 @@ def wait_for(out: Path, pattern: str, proc, timeout: float = 240) -> None:
     raise AssertionError(f"{pattern} did not appear in {timeout} s")
 
 
+@pytest.mark.slow  # ~1 min: four bench processes; .ci/run runs it with the slow goldens
 def test_kill_9_at_several_moments_then_the_same_command_gives_the_same_table(reference, tmp_path):
     out = tmp_path / "b"
     # just started, in the middle of a run (after its first task's checkpoint), one run finished

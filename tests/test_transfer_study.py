@@ -133,6 +133,7 @@ def test_bad_study_input_is_one_line(tmp_path):
     assert res.exit_code == 1 and "out of range" in res.output and "Traceback" not in res.output
 
 
+@pytest.mark.slow  # a whole certified study (2 sources, 6 cells); .ci/run runs it
 def test_certified_study_compares_a_certified_source_on_certified_targets(tmp_path):
     """``--objective crown-ibp``: sources standard and crown-ibp, every network the certified
     recipe's cnn-ibp, the robust column is ``certified`` (proven by the harness, never above

@@ -271,5 +271,6 @@ class Run:
             "store_bytes": store_path.stat().st_size})
         atomic_write_text(self.out / "results.json", json.dumps(results, indent=1))
         (self.out / "checkpoint.h5").unlink(missing_ok=True)
+        (self.out / "progress.json").unlink(missing_ok=True)  # only a running run has a position
         matrix_figures(logger, cfg.method, acc, seq.task_names)
         return results
