@@ -87,7 +87,7 @@ def test_a_plugin_method_is_listed_run_and_benched(site, tmp_path):
     res = CliRunner().invoke(main, ["run", "--method", "l2anchor", "--out", str(tmp_path / "r"), *small])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "r" / "results.json").read_text())["method"] == "l2anchor"
-    res = CliRunner().invoke(main, ["bench", "--methods", "l2anchor,at-finetune", "--out", str(tmp_path / "b"),
+    res = CliRunner().invoke(main, ["bench", "--methods", "l2anchor", "--out", str(tmp_path / "b"),
                                     *small])
     assert res.exit_code == 0, res.output
     assert "| l2anchor |" in (tmp_path / "b" / "bench.md").read_text()
