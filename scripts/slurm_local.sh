@@ -83,7 +83,7 @@ stop() {
     pkill -x slurmctld 2>/dev/null || true
     pkill -x munged 2>/dev/null || true
     for _ in $(seq 1 20); do
-        pgrep -x 'slurmd|slurmctld' >/dev/null || break
+        { pgrep -x slurmd || pgrep -x slurmctld; } >/dev/null || break
         sleep 0.25
     done
     echo "slurm_local: stopped"
