@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from cmat import config as config_mod
 from cmat.atomic import atomic_write_text
@@ -43,12 +42,7 @@ def reusable_run(run_dir: Path, cfg) -> bool:
     the run did: a new option must not make every finished run look foreign."""
     if not all((run_dir / f).exists() for f in ("results.json", "config.yaml", "eval.h5")):
         return False
-    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
-    try:  # keys added to the configuration since the run was made take their defaults
-        stored = yaml.safe_load(config_mod.to_yaml(config_mod.from_dict(stored)))
-    except (CmatError, TypeError, AttributeError):
-        return False
-    return stored == yaml.safe_load(config_mod.to_yaml(cfg))
+    return config_mod.stored_config_matches((run_dir / "config.yaml").read_text(), config_mod.to_yaml(cfg))
 
 
 def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True, launch_opts=None) -> dict:

@@ -371,3 +371,14 @@ def from_dict(data: dict) -> RunConfig:
     cfg = RunConfig()
     _merge(cfg, data, "")
     return cfg
+
+
+def stored_config_matches(stored_yaml: str, cfg_yaml: str) -> bool:
+    """Whether a run directory's ``config.yaml`` text describes the configuration ``cfg_yaml``:
+    keys the stored file lacks (added to cmat later) count as their defaults, which is what the
+    run did; an unreadable file matches nothing."""
+    try:
+        stored = yaml.safe_load(to_yaml(from_dict(yaml.safe_load(stored_yaml))))
+    except (CmatError, TypeError, AttributeError, yaml.YAMLError):
+        return False
+    return stored == yaml.safe_load(cfg_yaml)

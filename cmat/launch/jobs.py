@@ -79,13 +79,8 @@ def prepare_run_dir(job: Job) -> Job:
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     stored = run_dir / "config.yaml"
-    resume = False
-    if (run_dir / "checkpoint.h5").exists() and stored.exists():
-        try:
-            resume = (yaml.safe_load(config_mod.to_yaml(config_mod.from_dict(yaml.safe_load(stored.read_text()))))
-                      == yaml.safe_load(job.cfg_yaml))
-        except (CmatError, TypeError, AttributeError, yaml.YAMLError):
-            resume = False
+    resume = ((run_dir / "checkpoint.h5").exists() and stored.exists()
+              and config_mod.stored_config_matches(stored.read_text(), job.cfg_yaml))
     if resume:
         for name in ("results.json", "store.h5", "eval.h5"):
             (run_dir / name).unlink(missing_ok=True)
