@@ -81,15 +81,18 @@ def milp_counterexamples(model, x, y, points) -> torch.Tensor:
 
 
 def critical_eps(model, x, y, eps_max: float, bound: str = "crown", iters: int = 12, attack_steps: int = 20,
-                 seed: int = 0, time_limit: float = 10.0, max_neurons: Optional[int] = None) -> dict:
+                 seed: int = 0, time_limit: Optional[float] = 10.0, max_neurons: Optional[int] = None,
+                 node_limit: Optional[int] = None) -> dict:
     """Certified lower end and attack upper end of each sample's critical ε (correct samples);
-    for ``milp``, ``unknown`` counts the (sample, ε) checks that ran out of ``time_limit``, and
+    for ``milp``, ``unknown`` counts the (sample, ε) checks that ran out of ``time_limit`` (or
+    ``node_limit``, the deterministic budget tests use), and
     the upper end also takes the MILP's own minimisers that the model misclassifies."""
     ops = network_ops(model)
     t0 = time.time()
     stats: dict = {}
     with torch.no_grad():
-        certified = bisect(lambda e: margin_lower_bound(ops, x, y, e, bound, time_limit, stats, max_neurons) > 0,
+        certified = bisect(lambda e: margin_lower_bound(ops, x, y, e, bound, time_limit, stats, max_neurons,
+                                                                node_limit) > 0,
                            len(x), eps_max, iters, False)
     t1 = time.time()
     gen = torch.Generator().manual_seed(seed)

@@ -13,6 +13,7 @@ from cmat.engine import Run
 from cmat.bounds import network_ops
 from cmat.bounds.ibp import input_box
 from tests.conftest import quick_config
+from tests.budgets import MILP_LIMITS
 from tests.test_verify import small_model
 
 
@@ -113,7 +114,7 @@ def test_milp_verifies_the_certified_recipes_network_exactly():
     ops = network_ops(model)
     eps = torch.full((4,), 0.004)
     stats = {}
-    milp = margin_lower_bound(ops, x, y, eps, "milp", time_limit=20.0, stats=stats)
+    milp = margin_lower_bound(ops, x, y, eps, "milp", stats=stats, **MILP_LIMITS)  # nodes, not seconds
     crown = margin_lower_bound(ops, x, y, eps, "crown")
     assert stats.get("unknown", 0) == 0
     assert torch.all(milp[torch.isfinite(milp)] >= crown[torch.isfinite(milp)] - 1e-5)

@@ -29,6 +29,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from cmat.cli import main
+from tests.budgets import MILP_LIMITS
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDENS = ROOT / "tests" / "goldens"
@@ -52,7 +53,7 @@ def milp_case() -> dict:
         y = model(x).argmax(1)
     out = {}
     for bound in ("milp", "crown", "alpha-crown"):
-        res = critical_eps(model, x, y, eps_max=0.3, bound=bound, iters=8, attack_steps=20, seed=0, time_limit=10.0)
+        res = critical_eps(model, x, y, eps_max=0.3, bound=bound, iters=8, attack_steps=20, seed=0, **MILP_LIMITS)
         out[bound] = {"certified": res["certified"].tolist(), "attack": res["attack"].tolist(),
                       "unknown": res["unknown"]}
     return out

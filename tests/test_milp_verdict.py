@@ -20,6 +20,7 @@ from cmat.bounds.crown import crown_bounds
 from cmat.bounds.ibp import input_box
 from cmat.bounds.milp import encode, float64_bounds, min_margin, widen
 from cmat.bounds.ops import ReLU
+from tests.budgets import MILP_LIMITS, MILP_NODES
 from tests.test_verify import mlp
 
 EPS = (0.05, 0.1, 0.2, 0.3)
@@ -102,7 +103,7 @@ def test_a_certified_ball_holds_no_counterexample_and_the_bound_is_below_every_m
         for n in range(len(x)):
             for eps in EPS:
                 with torch.no_grad():
-                    lb = float(margin_lower_bound(ops, x[n:n + 1], y[n:n + 1], torch.tensor([eps]), "milp")[0])
+                    lb = float(margin_lower_bound(ops, x[n:n + 1], y[n:n + 1], torch.tensor([eps]), "milp", **MILP_LIMITS)[0])
                 best, point = best_attack_margin(model64, x[n], int(y[n]), eps)
                 assert lb <= best, (seed, n, eps, lb, best)
                 if lb > 0:
@@ -158,8 +159,9 @@ def test_a_margin_within_the_gap_of_zero_is_not_certified(seed, sample):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if primal_margin(problem(mid), c) > 0 else (lo, mid)
     assert lo > 0 and primal_margin(problem(lo), c) > 0  # the old rule would certify this row at lo
-    value, _, _ = min_margin(problem(lo), c, 10.0)
+    value, _, _ = min_margin(problem(lo), c, None, MILP_NODES)
     assert value is not None and value <= 0
     with torch.no_grad():
-        lb = margin_lower_bound(ops, x[None], torch.tensor([y]), torch.tensor([lo], dtype=torch.float32), "milp")
+        lb = margin_lower_bound(ops, x[None], torch.tensor([y]), torch.tensor([lo], dtype=torch.float32), "milp",
+                                **MILP_LIMITS)
     assert not float(lb[0]) > 0

@@ -10,6 +10,7 @@ from torch import nn
 
 from cmat.errors import CmatError
 from cmat.nn import MultiHeadNet
+from tests.budgets import MILP_LIMITS, MILP_NODES
 from cmat.nn.masked import MaskedMultiHeadNet
 from cmat.bounds import margin_lower_bound, network_ops, run_ops
 from cmat.bounds.ibp import input_box
@@ -221,7 +222,7 @@ def test_milp_agrees_with_brute_force_enumeration_on_two_neurons():
         ops = network_ops(model)
         lo, hi = input_box(x, torch.tensor([eps]))
         problem = encode(ops, x[0], eps, crown_bounds(ops, lo, hi))
-        value, _, _ = min_margin(problem, c.numpy(), 10.0)
+        value, _, _ = min_margin(problem, c.numpy(), None, MILP_NODES)
         assert value == pytest.approx(best, abs=1e-6)
 
 
@@ -235,11 +236,11 @@ def test_milp_is_exact_tightest_and_meets_the_attack():
     ops = network_ops(model)
     eps = torch.full((6,), 0.05)
     with torch.no_grad():
-        exact = margin_lower_bound(ops, x, y, eps, "milp")
+        exact = margin_lower_bound(ops, x, y, eps, "milp", **MILP_LIMITS)
         alpha = margin_lower_bound(ops, x, y, eps, "alpha-crown")
     finite = torch.isfinite(exact)
     assert torch.all(exact[finite] >= alpha[finite] - 1e-5)
-    res = critical_eps(model, x, y, eps_max=1.0, bound="milp", iters=10, attack_steps=50)
+    res = critical_eps(model, x, y, eps_max=1.0, bound="milp", iters=10, attack_steps=50, **MILP_LIMITS)
     step = 1.0 / 2 ** 10
     assert res["unknown"] == 0
     assert torch.all(res["certified"] <= res["attack"])

@@ -29,8 +29,9 @@ def margin_spec(y: torch.Tensor, n_classes: int) -> torch.Tensor:
     return spec[keep].view(len(y), n_classes - 1, n_classes)
 
 
-def margin_lower_bound(ops, x, y, eps, method: str = "crown", time_limit: float = 10.0,
-                       stats: Optional[dict] = None, max_neurons: Optional[int] = None) -> torch.Tensor:
+def margin_lower_bound(ops, x, y, eps, method: str = "crown", time_limit: Optional[float] = 10.0,
+                       stats: Optional[dict] = None, max_neurons: Optional[int] = None,
+                       node_limit: Optional[int] = None) -> torch.Tensor:
     """Per sample, the lower bound of min_k (f_y − f_k) over B(x, ε); > 0 means certified."""
     lo, hi = input_box(x, eps)
     n_classes = run_ops(ops, x[:1]).shape[1]
@@ -43,7 +44,7 @@ def margin_lower_bound(ops, x, y, eps, method: str = "crown", time_limit: float 
     elif method == "alpha-crown":
         lower = alpha_crown(ops, lo, hi, spec, max_neurons=max_neurons)
     elif method == "milp":
-        return milp_lower_bound(ops, x, y, eps, spec, time_limit=time_limit, stats=stats)
+        return milp_lower_bound(ops, x, y, eps, spec, time_limit=time_limit, stats=stats, node_limit=node_limit)
     else:
         raise CmatError(f"unknown bound {method!r} (valid: {', '.join(BOUNDS)})")
     return lower.min(1).values

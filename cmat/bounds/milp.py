@@ -164,9 +164,12 @@ def native_stdout_silenced():
         os.close(devnull)
 
 
-def min_margin(problem: dict, c: np.ndarray, time_limit: float) -> tuple:
+def min_margin(problem: dict, c: np.ndarray, time_limit: Optional[float],
+               node_limit: Optional[int] = None) -> tuple:
     """(proven lower bound of c·f over the region, or None if undecided; seconds; the solver's
-    best input or None): one MILP. The objective is divided by its largest coefficient s (the
+    best input or None): one MILP, stopped after ``time_limit`` seconds (None: no clock) or
+    ``node_limit`` branch-and-bound nodes (None: no limit; a node budget makes the verdict
+    independent of the machine's load, which a wall-clock budget does not). The objective is divided by its largest coefficient s (the
     solver's tolerances are absolute, so a network with small logits would otherwise sit inside
     them), and the bound is s·(d − SOLVER_TOL·max(1, |d|)) with d HiGHS's dual bound plus the
     constant term (the LP optimum when there is no binary variable), never its primal value.
@@ -182,7 +185,7 @@ def min_margin(problem: dict, c: np.ndarray, time_limit: float) -> tuple:
     t0 = time.time()
     with native_stdout_silenced():
         res = milp(obj / scale, constraints=problem["constraints"], integrality=problem["integrality"],
-                   bounds=problem["bounds"], options={"time_limit": max(time_limit, 1e-3), "disp": False})
+                   bounds=problem["bounds"], options=_solver_options(time_limit, node_limit))
     spent = time.time() - t0
     if not problem["integrality"].any():  # an LP: its optimum is proven by the LP dual
         dual = res.fun if res.status == 0 else None
@@ -198,20 +201,32 @@ def min_margin(problem: dict, c: np.ndarray, time_limit: float) -> tuple:
     return value, spent, point
 
 
+def _solver_options(time_limit: Optional[float], node_limit: Optional[int]) -> dict:
+    options = {"disp": False}
+    if time_limit is not None:
+        options["time_limit"] = max(time_limit, 1e-3)
+    if node_limit is not None:
+        options["node_limit"] = int(node_limit)
+    return options
+
+
 def milp_lower_bound(ops: list, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, spec: torch.Tensor,
-                     time_limit: float = 10.0, stats: Optional[dict] = None) -> torch.Tensor:
+                     time_limit: Optional[float] = 10.0, stats: Optional[dict] = None,
+                     node_limit: Optional[int] = None) -> torch.Tensor:
     """Per sample the proven lower bound (:func:`min_margin`; the exact minimum up to the
     solver's gap) over the rows of ``spec`` (N×K×C) of spec·f over B(x, ε), or −∞ when a row's
     bound is ≤ 0 (not certified; the remaining rows are skipped) or the sample's ``time_limit``
-    ran out undecided (unknown). ``stats`` counts solved/unknown samples and collects
+    ran out undecided (unknown; ``time_limit`` None: no clock, ``node_limit`` nodes per MILP
+    instead). ``stats`` counts solved/unknown samples and collects
     ``points``: (sample, ε, the solver's input) of rows whose bound is ≤ 0."""
     out = torch.full((len(x),), -float("inf"), dtype=torch.float64)
     for n in range(len(x)):
         problem = encode(ops, x[n], float(eps[n]), float64_bounds(ops, x[n], float(eps[n])))
-        left, best, finished = float(time_limit), float("inf"), True
+        left = None if time_limit is None else float(time_limit)
+        best, finished = float("inf"), True
         for k in range(spec.shape[1]):
-            value, spent, point = min_margin(problem, spec[n, k].double().numpy(), left)
-            left -= spent
+            value, spent, point = min_margin(problem, spec[n, k].double().numpy(), left, node_limit)
+            left = None if left is None else left - spent
             if value is None:
                 finished = False
                 break
