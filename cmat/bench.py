@@ -3,7 +3,8 @@
 Each (method, seed) runs into ``OUT/<method>-s<seed>/`` (a finished run with the same
 configuration is reused; when ``at-individual`` is in the list it runs first and CMAT reads its
 individual-model goals from it, ``method_options.individual_run``, instead of training them a
-second time), then ``bench.csv`` (one row per method), ``bench.md`` (mean ± sample std
+second time; a finished CMAT run is reused only while the at-individual run it read is unchanged,
+:func:`cmat.cpg.goals_current`), then ``bench.csv`` (one row per method), ``bench.md`` (mean ± sample std
 over seeds, the run budget, and paired tests of every method against the reference method —
 ``cmat`` when it is in the list — on the per-image ``worst`` outcomes, the test image as the
 unit: a sign test and a bootstrap CI over images, and exact McNemar tests per seed) and ``bench.json`` are written and the table is returned for
@@ -22,6 +23,7 @@ import numpy as np
 from cmat import config as config_mod
 from cmat.atomic import atomic_write_text
 from cmat.catalog import method_class
+from cmat.cpg import goals_current
 from cmat.launch import Job, LaunchOptions, launch
 from cmat.errors import CmatError
 from cmat.metrics import IMAGE_TEST, mcnemar_exact, paired_image_test, seed_spread
@@ -92,7 +94,7 @@ def bench_jobs(base_cfg, methods, seeds, out: Path) -> tuple:
                 cfg.method_options = {**cfg.method_options, "individual_run": str(out / f"at-individual-s{seed}")}
                 deps = (f"at-individual-s{seed}",)
             name = f"{m}-s{seed}"
-            if reusable_run(out / name, cfg):
+            if reusable_run(out / name, cfg) and _goals_current(out / name, cfg, jobs):
                 reused.append((name, f"{m} s{seed}"))
                 continue
             jobs.append(Job(name=name, run_dir=str(out / name), cfg_yaml=config_mod.to_yaml(cfg),
@@ -116,6 +118,16 @@ def write_bench(out: Path, base_cfg, methods, seeds, per_method: dict) -> dict:
                                                                        "seeds": len(seeds), "per_method": tests}},
                                                      indent=1))
     return {"rows": rows, "markdown": md}
+
+
+def _goals_current(run_dir: Path, cfg, jobs) -> bool:
+    """A CMAT run reading its goals from an at-individual run is reusable only while that run
+    is the one it read (recorded digest of its results.json, :func:`cmat.cpg.goals_current`) and
+    is not itself about to rerun in this bench."""
+    source = cfg.method_options.get("individual_run") if cfg.method == "cmat" else None
+    if not source:
+        return True
+    return all(Path(j.run_dir) != Path(source) for j in jobs) and goals_current(run_dir, source)
 
 
 def _goal_from_individual(cfg) -> bool:

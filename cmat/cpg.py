@@ -41,11 +41,20 @@ run directory); a number; or ``none`` (no growth, compaction to ``max_sparsity``
 follows the objective: robust validation accuracy (PGD-10) for adversarial objectives, clean
 for ``standard``. Every decision goes to ``results.json``/the store (``decisions``) and
 TensorBoard.
+
+Goal provenance: goals read from ``individual_run`` are recorded as ``decisions.goal_source``
+(that run's directory and the SHA-256 of its ``results.json``, :func:`goal_source`). A CMAT run
+is current only while its goal source is (:func:`goals_current`): the bench reuses a finished
+CMAT run only then, and resuming a checkpoint whose goals came from another at-individual run
+(rerun since) is refused, so the bench's launcher restarts it.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -59,6 +68,28 @@ from cmat.store import load as load_run
 DEFAULTS = {"goal": "individual", "tolerance": 0.02, "tolerance_samples": 1, "max_width": 1.5,
             "width_step": 0.5, "max_sparsity": 0.9, "prune_levels": 5, "compact_epochs": None, "mask_lr": 5e-4,
             "compact_last": True, "individual_run": None, "grow_alpha": 0.05}
+
+
+def goal_source(individual_run) -> dict:
+    """Where goals read from the at-individual run ``individual_run`` come from: its directory
+    (as configured) and the SHA-256 of its ``results.json``, which a rerun of it rewrites."""
+    results = Path(individual_run) / "results.json"
+    try:
+        digest = hashlib.sha256(results.read_bytes()).hexdigest()
+    except OSError:
+        raise CmatError(f"individual_run {individual_run} holds no results.json: not a finished at-individual run") from None
+    return {"run": str(individual_run), "results_sha256": digest}
+
+
+def goals_current(run_dir, individual_run) -> bool:
+    """Whether the finished CMAT run in ``run_dir`` read its goals from ``individual_run`` as that
+    run is now: its recorded ``decisions.goal_source`` equals :func:`goal_source` of it. False
+    when either results file is missing or unreadable, or the run recorded no source."""
+    try:
+        recorded = json.loads((Path(run_dir) / "results.json").read_text())["decisions"].get("goal_source")
+        return recorded is not None and recorded == goal_source(individual_run)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, CmatError):
+        return False
 
 
 @register
@@ -148,6 +179,10 @@ class CMAT(Method):
             trainer.logger.scalar("cmat/goal", goal, t + 1)
 
     def restore(self, networks, decisions):
+        source = self.opts["individual_run"]
+        if source and decisions.get("goal_source") != goal_source(source):
+            raise CmatError(f"the checkpoint's goals came from {decisions.get('goal_source')}, not from {source} as it "
+                            "is now (rerun since?): this CMAT run starts again")
         self.net = networks[0]
         self.decisions = decisions
         if decisions["tasks"]:
@@ -240,6 +275,7 @@ class CMAT(Method):
             return float(goal), None
         if self.opts["individual_run"]:
             if self._individual is None:
+                self.decisions["goal_source"] = goal_source(self.opts["individual_run"])
                 self._individual = load_run(self.opts["individual_run"])
             if t >= len(self._individual.task_names):
                 raise CmatError(f"individual_run {self.opts['individual_run']} has no task {t}")
