@@ -12,6 +12,14 @@ takes that no earlier task uses, the paper's regulariser), and after every backw
 - the embedding gradient is compensated for the annealing (×(s_max/s)·(cosh(s·e)+1)/(cosh(e)+1),
   cosh argument clamped at 50) and the embeddings are clamped to [−6, 6] after each step.
 
+The embeddings train by plain SGD (no momentum), as in HAT's reference code: the compensation
+and the clamp assume it (with Nesterov momentum 0.9 a task's gates could all close in the first
+epochs and stay closed: a one-class network). Every other parameter takes the run's optimiser;
+under ``train.optimizer: adam`` (the certified recipes) the embeddings take Adam too, whose
+per-coordinate step size makes the compensation's scale moot. An attack inside training (PGD,
+TRADES, …) runs in eval mode; it sees the soft gates σ(s·e) at the current s, the network the
+loss trains (``HatNet.soft_gates``), not the hard gates validation uses.
+
 Shared weights take no weight decay (it would move earlier tasks' weights); the task's BN and
 head do. The run evaluates every task after every later task: HAT's forgetting is measured, not
 assumed (with binary gates and blocked gradients it is zero up to the weights an earlier task
@@ -64,9 +72,8 @@ class HAT(Method):
             b = step[0] % batches_per_epoch
             step[0] += 1
             s = 1 / self.smax + (self.smax - 1 / self.smax) * b / max(1, batches_per_epoch - 1)
-            for g in gates:
-                g.s = s
-            loss, logits = trainer.objective.loss(model, x, y, gen)
+            with self.net.soft_gates(s):  # the training attack sees the gates the loss trains
+                loss, logits = trainer.objective.loss(model, x, y, gen)
             num, den = 0.0, 0.0
             for i, g in enumerate(gates):
                 free = (~self._union(i, g)).float()
@@ -113,7 +120,11 @@ class HAT(Method):
         ids = {id(p) for p in shared + embs}
         own = [p for name, p in self.net.named_parameters()
                if id(p) not in ids and (f"bns.{t + 1}." in name or name.startswith(f"heads.{t}."))]
-        groups = [{"params": shared + embs, "weight_decay": 0.0}, {"params": own, "weight_decay": wd}]
+        # embeddings: plain SGD, as HAT's reference code (its compensation and clamp assume it;
+        # momentum carries a step past the clamp and over the annealing); the rest: the run's optimiser
+        groups = [{"params": shared, "weight_decay": 0.0},
+                  {"params": embs, "weight_decay": 0.0, "momentum": 0.0, "nesterov": False},
+                  {"params": own, "weight_decay": wd}]
         # loss_fn calls per epoch: batches × the objective's replays (free AT replays each batch)
         per_epoch = math.ceil(len(task.train) / self.cfg.train.batch_size) * trainer.objective.replays
         trainer.fit(self.net.task_view(t), None, task, t, snapshot=self.net, param_groups=groups,

@@ -82,13 +82,42 @@ def make_optimizer(groups, tc, lr: float) -> torch.optim.Optimizer:
                            weight_decay=tc.weight_decay, fused=True)
 
 
+def majority_share(labels: torch.Tensor) -> float:
+    """The share of the most frequent label: the accuracy of the best constant predictor."""
+    return float(torch.bincount(labels).max()) / len(labels) if len(labels) else 0.0
+
+
+def select_epoch(history: list, metric: str, floor: float) -> tuple:
+    """``(kept, by_metric_alone)``: the epoch model selection keeps from a validation ``history``
+    (rows with ``val_clean`` and ``val_robust``) and the one the metric alone would keep.
+
+    ``metric`` ``clean`` / ``robust``: the best ``val_<metric>``, the latest on ties, among the
+    epochs that classify -- an epoch whose clean validation accuracy is not above ``floor`` (the
+    majority-class share, what a constant predictor scores) is degenerate, and a one-class
+    network that scores the majority share under attack never displaces one that classifies
+    but is less robust; only when every epoch is degenerate are they all candidates. ``last``:
+    the last epoch (a schedule that ends at its target), no rule."""
+    if not history:
+        raise ValueError("no epoch to select from")
+    if metric == "last":
+        return len(history) - 1, len(history) - 1
+
+    def best(epochs):
+        return max(epochs, key=lambda e: (history[e][f"val_{metric}"], e))
+
+    every = range(len(history))
+    classify = [e for e in every if history[e]["val_clean"] > floor]
+    return best(classify or every), best(every)
+
+
 class Trainer:
     """Trains one task's classifier under the run's objective, with validation model selection.
 
     ``fit(model, params, task, t, snapshot=...)``: SGD or Adam (:func:`make_optimizer`) over
     ``params`` with the configured schedule; per epoch, clean and PGD validation accuracy;
-    the weights of ``snapshot`` (the module holding everything this task changes) from the best
-    epoch are restored at the end. Hooks: ``after_backward()`` (mask or edit gradients) and
+    the weights of ``snapshot`` (the module holding everything this task changes) from the epoch
+    :func:`select_epoch` keeps (never a one-class epoch over one that classifies) are restored at
+    the end. Hooks: ``after_backward()`` (mask or edit gradients) and
     ``after_step()`` (re-apply constraints) are called every iteration; ``extra_optimizers``
     (e.g. Adam over piggyback masks) step alongside the SGD optimiser; ``loss_fn`` replaces
     the objective's ``loss(model, x, y, generator) -> (loss, logits)`` (ANP-VS).
@@ -115,6 +144,7 @@ class Trainer:
         self.bf16 = bf16_mode(cfg.accel.bf16) == "on"  # Run resolves ``auto`` by measuring
         self.label = ""      # e.g. "packnet s0 " under cmat bench: names the run on progress bars
         self.n_tasks = None  # for "task 2/5" on progress bars (1-based, as everywhere a user reads)
+        self.selection_overrides: list = []  # choices the degenerate-epoch rule changed, not yet in a task's cost
 
     def task_label(self, t: int) -> str:
         return f"{self.label}task {t + 1}" + (f"/{self.n_tasks}" if self.n_tasks else "")
@@ -166,7 +196,8 @@ class Trainer:
         accel.prepare_model(self.cfg.accel, model)
         train_model = self.dist.wrap(model, self.device) if self.dist is not None else model
         metric = self.selection_metric()
-        best, best_state, best_epoch, history = -1.0, None, -1, []
+        floor = majority_share(task.val.labels)  # a constant predictor's validation accuracy
+        best_state, best_epoch, history = None, -1, []
         bar = tqdm(total=iters, desc=f"{self.task_label(t)} {tag}", leave=False, disable=not self.progress, unit="it")
         for epoch in range(epochs):
             model.train()
@@ -212,9 +243,9 @@ class Trainer:
             for k in ("loss", "acc", "val_clean", "val_robust"):
                 self.logger.scalar(f"task_{t + 1}/{tag}_{k}", row[k], self.global_step)
             self.logger.event(kind="epoch", task=t, tag=tag, **row)
-            score = val[metric] if metric in val else float(epoch)
-            if metric == "last" or score >= best:
-                best, best_epoch = score, epoch
+            kept = select_epoch(history, metric, floor)[0]  # the choice so far: stays, or is this epoch
+            if kept == epoch:
+                best_epoch = epoch
                 best_state = copy.deepcopy(snapshot.state_dict()) if metric != "last" else None
             if obj.detects_collapse and best_epoch < epoch and val["robust"] < history[best_epoch]["val_robust"] - 0.2:
                 self.logger.event(kind="collapse", task=t, epoch=epoch)
@@ -222,7 +253,17 @@ class Trainer:
         bar.close()
         if best_state is not None:
             snapshot.load_state_dict(best_state)
+        self._record_selection(t, tag, history, metric, floor, best_epoch)
         return {"best_epoch": best_epoch, "history": history}
+
+    def _record_selection(self, t: int, tag: str, history: list, metric: str, floor: float, kept: int) -> None:
+        """Log (and keep for the task's ``cost`` record) a choice the degenerate-epoch rule changed."""
+        alone = select_epoch(history, metric, floor)[1]
+        if alone != kept:
+            rec = {"task": t, "tag": tag, "kept_epoch": kept, "by_metric_alone": alone, "majority_share": floor,
+                   "degenerate_epochs": [e for e, r in enumerate(history) if r["val_clean"] <= floor]}
+            self.logger.event(kind="selection_rule", **rec)
+            self.selection_overrides.append(rec)
 
 
 def peak_rss_mb() -> float:
@@ -236,10 +277,14 @@ def task_cost(trainer: "Trainer", before: tuple) -> dict:
     wall seconds, optimiser steps and their seconds (``step_seconds`` = seconds per step,
     validation excluded; ``step_cpu_seconds`` the same in process CPU time, which time spent
     descheduled on a shared machine does not inflate), validation seconds and forward+backward
-    passes (``grad_evals``)."""
+    passes (``grad_evals``); and, only where it happened, ``selection_rule``: the phases whose kept
+    epoch the degenerate-epoch rule changed (:func:`select_epoch`; taken from the trainer)."""
     t0, steps, step_s, val_s, passes, step_cpu = before
     n = trainer.steps - steps
-    return {"train_seconds": time.perf_counter() - t0, "steps": n,
-            "step_seconds": (trainer.step_seconds - step_s) / max(n, 1),
-            "step_cpu_seconds": (trainer.step_cpu_seconds - step_cpu) / max(n, 1),
-            "val_seconds": trainer.val_seconds - val_s, "grad_evals": trainer.grad_evals - passes}
+    out = {"train_seconds": time.perf_counter() - t0, "steps": n,
+           "step_seconds": (trainer.step_seconds - step_s) / max(n, 1),
+           "step_cpu_seconds": (trainer.step_cpu_seconds - step_cpu) / max(n, 1),
+           "val_seconds": trainer.val_seconds - val_s, "grad_evals": trainer.grad_evals - passes}
+    if trainer.selection_overrides:
+        out["selection_rule"], trainer.selection_overrides = trainer.selection_overrides, []
+    return out

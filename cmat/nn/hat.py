@@ -4,16 +4,20 @@ BatchNorm and heads.
 
 Every unit (a channel of a convolution, a feature of a fully connected layer) gets a gate per
 task: while task t trains, ``a = σ(s · e_t)`` of a learned embedding ``e_t`` with the scale ``s``
-annealed by the method; once t is finished its gates are fixed to ``a_t = 1[e_t > 0]`` (what
+annealed by the method — in train mode and inside :meth:`HatNet.soft_gates`, which the method
+wraps around each loss so that a training attack (run in eval mode) sees the gates the loss
+trains; in eval mode otherwise (validation) ``1[e_t > 0]``; once t is finished its gates are fixed to ``a_t = 1[e_t > 0]`` (what
 ``σ(s_max · e_t)`` tends to; ``s_max`` = 400 leaves them within 1e-3 of 0/1 anyway), kept as
 bool buffers — the store keeps them bit-packed — and the embeddings are dropped.
 
 A gate sits right after the unit's BatchNorm when it has one, else right after the
 convolution / linear layer; since the gate is ≥ 0 and a ReLU follows, gating there equals
 gating the unit's activation (a gated-off unit outputs exactly 0, whatever BN's shift).
-Supported backbones are the sequential ones (smallcnn, cnn-ibp, vgg16).
+Supported backbones are the sequential ones (smallcnn, cnn-ibp, vgg16, mlp).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -23,7 +27,7 @@ from cmat.nn.layers import Normalize
 from cmat.nn.masked_layers import TaskBatchNorm2d
 from cmat.nn.multihead import TaskView
 
-SEQUENTIAL_ARCHS = ("smallcnn", "cnn-ibp", "vgg16")
+SEQUENTIAL_ARCHS = ("smallcnn", "cnn-ibp", "vgg16", "mlp")
 
 
 class UnitGate(nn.Module):
@@ -35,6 +39,7 @@ class UnitGate(nn.Module):
         self.emb = nn.ParameterDict()  # the embedding of the task being trained
         self.task = 0
         self.s = 1.0  # the annealed scale σ(s · e) uses while training
+        self.soft = False  # soft gates in eval mode too (HatNet.soft_gates: a training attack)
 
     def add_task(self, t: int) -> None:
         self.register_buffer(f"gate{t}", torch.zeros(self.n, dtype=torch.bool))
@@ -50,10 +55,11 @@ class UnitGate(nn.Module):
         del self.emb[str(t)]
 
     def gate(self, t: int) -> torch.Tensor:
-        """Task t's gates as floats: soft while it trains, hard in eval mode and once finished."""
+        """Task t's gates as floats: soft while it trains (train mode or ``soft``), hard in eval
+        mode otherwise and once finished."""
         if str(t) in self.emb:
             e = self.emb[str(t)]
-            return torch.sigmoid(self.s * e) if self.training else (e > 0).to(e.dtype)
+            return torch.sigmoid(self.s * e) if self.training or self.soft else (e > 0).to(e.dtype)
         return self.buffer(t).float()
 
     def channel_scale(self) -> torch.Tensor:
@@ -97,6 +103,20 @@ class HatNet(nn.Module):
 
     def gates(self) -> list:
         return [m for m in self.features if isinstance(m, UnitGate)]
+
+    @contextlib.contextmanager
+    def soft_gates(self, s: float):
+        """Inside: every gate of the task being trained is ``σ(s · e)``, in eval mode too (a
+        training attack puts the net in eval mode); ``s`` stays set after (the embedding-gradient
+        compensation reads it)."""
+        gates = self.gates()
+        for g in gates:
+            g.s, g.soft = s, True
+        try:
+            yield
+        finally:
+            for g in gates:
+                g.soft = False
 
     def weight_layers(self) -> list:
         """``(layer, its gate, the gate of its inputs or None)`` in order: what HAT's gradient
