@@ -71,7 +71,8 @@ def channel_stats(images: np.ndarray) -> tuple:
     values = np.arange(256, dtype=np.float64) / 255.0
     means, stds = [], []
     for c in range(images.shape[1]):
-        hist = np.bincount(images[:, c].reshape(-1), minlength=256).astype(np.float64)
+        plane = torch.from_numpy(np.ascontiguousarray(images[:, c])).view(-1)
+        hist = torch.bincount(plane, minlength=256).numpy().astype(np.float64)  # uint8 in, no int64 copy
         n = max(hist.sum(), 1.0)
         mean = float(hist @ values / n)
         var = float(hist @ (values - mean) ** 2 / n)
@@ -103,16 +104,22 @@ def make_task(index: int, name: str, classes: Sequence[str], train_images: np.nd
     """
     train_labels = np.asarray(train_labels, dtype=np.int64)
     tr, va = stratified_split(train_labels, val_fraction, task_seed(seed, index))
-    mean, std = channel_stats(train_images[tr])
+    return make_task_from_splits(index, name, classes, (train_images[tr], train_labels[tr]),
+                                 (train_images[va], train_labels[va]), (test_images, test_labels), augment)
 
-    def data(imgs, labs, aug=None):
-        return ImageData(_tensor(imgs), torch.from_numpy(np.asarray(labs, dtype=np.int64)), aug)
 
-    return Task(index=index, name=name, classes=[str(c) for c in classes],
-                train=data(train_images[tr], train_labels[tr], augment),
-                val=data(train_images[va], train_labels[va]),
-                test=data(test_images, test_labels),
-                mean=mean, std=std)
+def make_task_from_splits(index: int, name: str, classes: Sequence[str], train: tuple, val: tuple, test: tuple,
+                          augment: Optional[str], stats: Optional[tuple] = None) -> Task:
+    """One task from its three splits, each (uint8 ``N×C×H×W`` images, labels); ``mean``/``std``
+    are ``stats`` if given (a caller that knows them: a pixel permutation keeps them), else the
+    train split's; train keeps ``augment``, val and test have none."""
+    mean, std = stats if stats is not None else channel_stats(train[0])
+
+    def data(split, aug=None):
+        return ImageData(_tensor(split[0]), torch.from_numpy(np.asarray(split[1], dtype=np.int64)), aug)
+
+    return Task(index=index, name=name, classes=[str(c) for c in classes], train=data(train, augment),
+                val=data(val), test=data(test), mean=mean, std=std)
 
 
 def class_split_tasks(groups: Sequence[Sequence[int]], names: Sequence[str], class_names: Sequence[str],

@@ -1,8 +1,10 @@
-"""MNIST and EMNIST (balanced) sequences, read from torchvision's on-disk IDX files.
+"""MNIST, Fashion-MNIST and EMNIST (balanced) sequences, read from torchvision's on-disk IDX files.
 
-Files (relative to the data root, what ``torchvision.datasets.MNIST/EMNIST(root,
-download=True)`` leaves there; each may also be present gzip-compressed as ``NAME.gz``):
+Files (relative to the data root, what ``torchvision.datasets.MNIST/FashionMNIST/EMNIST(root,
+download=True)`` or ``cmat data fetch ROOT`` leave there; each may also be present
+gzip-compressed as ``NAME.gz``):
 - ``MNIST/raw/{train,t10k}-images-idx3-ubyte`` and ``...-labels-idx1-ubyte``;
+- ``FashionMNIST/raw/`` the same four names;
 - ``EMNIST/raw/emnist-balanced-{train,test}-images-idx3-ubyte`` and ``...-labels-idx1-ubyte``.
 
 IDX: a big-endian header ``0 0 <type 0x08 = uint8> <ndim>``, ``ndim`` uint32 sizes, then the
@@ -13,7 +15,9 @@ EMNIST "7" looks like an MNIST "7" (a transfer source and target must agree on o
 Both are 1×28×28 and carry no augmentation (Madry's MNIST recipe; digits are not mirror
 symmetric and a crop would move strokes off the 28×28 frame).
 
-Sequences: ``mnist-5split`` (task j = digits 2j, 2j+1) and ``emnist-balanced`` (one task,
+Sequences: ``mnist-5split`` (task j = digits 2j, 2j+1), ``fashion-5split`` (task j = classes
+2j, 2j+1 of Fashion-MNIST: T-shirt/top-Trouser, Pullover-Dress, Coat-Sandal, Shirt-Sneaker,
+Bag-Ankle boot) and ``emnist-balanced`` (one task,
 47 classes: the digits, the 26 upper-case letters and the 11 lower-case letters
 a b d e f g h n q r t that differ from their capitals).
 """
@@ -31,6 +35,11 @@ AUGMENT = None
 MNIST_RAW = "MNIST/raw"
 MNIST_FILES = tuple(f"{MNIST_RAW}/{s}-{k}" for s in ("train", "t10k")
                     for k in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+FASHION_RAW = "FashionMNIST/raw"
+FASHION_FILES = tuple(f"{FASHION_RAW}/{s}-{k}" for s in ("train", "t10k")
+                      for k in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]  # torchvision.datasets.FashionMNIST.classes
 EMNIST_RAW = "EMNIST/raw"
 EMNIST_FILES = tuple(f"{EMNIST_RAW}/emnist-balanced-{s}-{k}" for s in ("train", "test")
                      for k in ("images-idx3-ubyte", "labels-idx1-ubyte"))
@@ -56,7 +65,7 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
-def _locate(root: Path, rel: str) -> Path:
+def locate_idx(root: Path, rel: str) -> Path:
     """``root/rel``, or its ``.gz`` twin if only that exists (``None`` if neither)."""
     plain = root / rel
     if plain.is_file():
@@ -66,7 +75,7 @@ def _locate(root: Path, rel: str) -> Path:
 
 
 def _read_split(root: Path, images_rel: str, labels_rel: str, num_classes: int):
-    ipath, lpath = _locate(root, images_rel), _locate(root, labels_rel)
+    ipath, lpath = locate_idx(root, images_rel), locate_idx(root, labels_rel)
     images, labels = read_idx(ipath), read_idx(lpath)
     if images.ndim != 3:
         raise malformed_error(ipath, f"expected N×H×W images, found shape {images.shape}")
@@ -78,10 +87,10 @@ def _read_split(root: Path, images_rel: str, labels_rel: str, num_classes: int):
 
 
 def _read(root: Path, files: tuple, dataset: str, num_classes: int, download: bool, fetch) -> dict:
-    missing = [f for f in files if _locate(root, f) is None]
+    missing = [f for f in files if locate_idx(root, f) is None]
     if missing and download:
         download_with(dataset, root, fetch)
-        missing = [f for f in files if _locate(root, f) is None]
+        missing = [f for f in files if locate_idx(root, f) is None]
     if missing:
         raise missing_data_error(dataset, root / missing[0])
     return {"train": _read_split(root, files[0], files[1], num_classes),
@@ -95,6 +104,15 @@ def read_mnist(root: Path, download: bool = False) -> dict:
         MNIST(str(root), train=True, download=True)
 
     return _read(root, MNIST_FILES, "MNIST", 10, download, fetch)
+
+
+def read_fashion_mnist(root: Path, download: bool = False) -> dict:
+    """Fashion-MNIST as ``train``/``test`` = (images uint8 N×1×28×28, labels)."""
+    def fetch():
+        from torchvision.datasets import FashionMNIST
+        FashionMNIST(str(root), train=True, download=True)
+
+    return _read(root, FASHION_FILES, "Fashion-MNIST", 10, download, fetch)
 
 
 def read_emnist_balanced(root: Path, download: bool = False) -> dict:
@@ -112,6 +130,13 @@ def load_mnist_5split(root: Path, download: bool, seed: int, val_fraction: float
     d = read_mnist(root, download)
     groups = [[2 * j, 2 * j + 1] for j in range(5)]
     return class_split_tasks(groups, [f"mnist-{a}-{b}" for a, b in groups], [str(d) for d in range(10)],
+                             d["train"], d["test"], AUGMENT, seed, val_fraction)
+
+
+def load_fashion_5split(root: Path, download: bool, seed: int, val_fraction: float) -> list:
+    d = read_fashion_mnist(root, download)
+    groups = [[2 * j, 2 * j + 1] for j in range(5)]
+    return class_split_tasks(groups, [f"fashion-{a}-{b}" for a, b in groups], FASHION_CLASSES,
                              d["train"], d["test"], AUGMENT, seed, val_fraction)
 
 

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Callable, Optional
 
 from cmat.errors import CmatError
-from cmat.tasks import cifar, digits, mnist, toy
+from cmat.tasks import cifar, digits, mnist, toy, transformed
 from cmat.tasks.base import ImageData, TaskSequence
 from cmat.tasks.build import resolve_data_root, task_seed
 
@@ -61,6 +61,20 @@ def _entries():
         "mnist-5split", "MNIST in 5 tasks of 2 digits (0-1, 2-3, ...)",
         "MNIST", 5, (2,) * 5, (1, 28, 28), mnist.AUGMENT, False, mnist.MNIST_FILES,
         mnist.load_mnist_5split)
+    yield SequenceInfo(
+        "fashion-5split", "Fashion-MNIST in 5 tasks of 2 classes (T-shirt/top-Trouser, Pullover-Dress, ...)",
+        "Fashion-MNIST", 5, (2,) * 5, (1, 28, 28), mnist.AUGMENT, False, mnist.FASHION_FILES,
+        mnist.load_fashion_5split)
+    yield SequenceInfo(
+        "pmnist-10", "permuted MNIST: 10 tasks of 10 digits, padded to 32x32, one fixed pixel permutation per "
+        "task (seeds 42..51; the first task permuted too)", "MNIST", transformed.NUM_TASKS,
+        (10,) * transformed.NUM_TASKS, (1, transformed.SIDE, transformed.SIDE), None, False, mnist.MNIST_FILES,
+        transformed.load_pmnist_10)
+    yield SequenceInfo(
+        "rmnist-10", "rotated MNIST: 10 tasks of 10 digits, padded to 32x32, one fixed rotation per task "
+        f"({', '.join(f'{a:g}' for a in transformed.ROTATIONS)} degrees)", "MNIST", transformed.NUM_TASKS,
+        (10,) * transformed.NUM_TASKS, (1, transformed.SIDE, transformed.SIDE), None, False, mnist.MNIST_FILES,
+        transformed.load_rmnist_10)
     yield SequenceInfo(
         "emnist-balanced", "EMNIST balanced, one task of 47 classes (transfer target), MNIST orientation",
         "EMNIST", 1, (47,), (1, 28, 28), mnist.AUGMENT, False, mnist.EMNIST_FILES,

@@ -1,5 +1,5 @@
 """The ``cmat`` command line (click), one module per command group: ``training`` (run, bench),
-``results`` (eval, inspect, plot, report), ``tasks`` (tasks, methods), ``robustness`` (verify, transfer,
+``results`` (eval, inspect, plot, report), ``tasks`` (tasks, methods), ``data`` (data fetch), ``robustness`` (verify, transfer,
 transfer-study); ``common`` holds the error boundary: user-caused errors are one line on stderr
 and exit code 1, never a traceback."""
 from __future__ import annotations
@@ -9,6 +9,7 @@ import sys
 import click
 
 from cmat.cli.common import CmatGroup
+from cmat.cli.data import data
 from cmat.cli.results import eval_cmd, inspect, plot, report
 from cmat.cli.robustness import transfer, transfer_study, verify
 from cmat.cli.tasks import methods, tasks
@@ -26,7 +27,7 @@ def main():
     provenance()  # the source tree as this process loaded it, not as it is when a long run ends
 
 
-for command in (bench, eval_cmd, inspect, methods, plot, report, run, tasks, transfer, transfer_study, verify):
+for command in (bench, data, eval_cmd, inspect, methods, plot, report, run, tasks, transfer, transfer_study, verify):
     main.add_command(command)
 
 

@@ -27,16 +27,21 @@ def tasks(ctx, as_json):
 
 @tasks.command("show")
 @click.argument("name")
+@click.option("--data-root", default=None, help="Where to look for the data (default: $CMAT_DATA, else ./data).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def tasks_show(name, as_json):
-    """Show one sequence: its tasks, classes, files and preset."""
-    from cmat.tasks import list_sequences
+def tasks_show(name, data_root, as_json):
+    """Show one sequence: its tasks, classes, files, and whether its data is present and verified."""
+    from cmat.tasks import list_sequences, resolve_data_root
+    from cmat.tasks.fetch import data_report
 
     found = [s for s in list_sequences() if s["name"] == name]
     if not found:
         names = ", ".join(s["name"] for s in list_sequences())
         raise CmatError(f"unknown task sequence {name!r} (valid: {names})")
     info = found[0]
+    root = resolve_data_root(data_root)
+    info["data_root"] = str(root)
+    info["data"], info["file_status"] = data_report(root, info["files"], info["offline"])
     if as_json:
         click.echo(json.dumps(info, indent=1))
         return

@@ -15,6 +15,11 @@ Architectures (``ARCHS``):
   CNN-3 family): 3×3 conv → 32 (padding 1), ReLU, 3×3 conv → 64 stride 2 (padding 1), ReLU,
   FC → 128, ReLU (channels × width), with biases and *no* BatchNorm or max-pool, whose interval
   bounds stay tight; for 8×8 inputs the FC has 64·4·4 = 1024 inputs.
+- ``mlp``: SHIELD's target network (Krukowski et al. 2025; the MLP of GPM and DGP's permuted
+  MNIST): flatten, FC → 256, ReLU, FC → 256, ReLU (units × width), with biases and no
+  BatchNorm; 1024-256-256 on 32×32 inputs (784-256-256 on 28×28). It has no BN, so the ``bn``
+  factory adds nothing, except a factory that offers ``unit_layer(n)`` (ANP-VS's beta-Bernoulli
+  masks): that layer follows each hidden FC, where a BN would stand.
 """
 from __future__ import annotations
 
@@ -66,6 +71,22 @@ def cnn_ibp_features(in_ch: int, width: float, conv, linear, bn, input_size: int
     return nn.Sequential(*layers), f
 
 
+MLP_HIDDEN = (256, 256)
+
+
+def mlp_features(in_ch: int, width: float, conv, linear, bn, input_size: int = 32) -> tuple:
+    unit_layer = getattr(bn, "unit_layer", None)
+    layers, d = [nn.Flatten()], in_ch * input_size * input_size
+    for h in MLP_HIDDEN:
+        out = int(round(h * width))
+        layers.append(linear(d, out))
+        if unit_layer is not None:
+            layers.append(unit_layer(out))
+        layers.append(nn.ReLU(inplace=True))
+        d = out
+    return nn.Sequential(*layers), d
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block: conv-BN-ReLU-conv-BN plus (projected) shortcut, then ReLU."""
 
@@ -109,4 +130,4 @@ def norm_layer_factory(kind: str) -> Callable:
 
 
 ARCHS: dict = {"vgg16": vgg16_features, "resnet18": resnet18_features, "smallcnn": smallcnn_features,
-               "cnn-ibp": cnn_ibp_features}
+               "cnn-ibp": cnn_ibp_features, "mlp": mlp_features}

@@ -1,8 +1,8 @@
 """Beta-Bernoulli channel masks (Lee et al. 2018), the layer ANP-VS prunes with.
 
-Every BN output channel gets a multiplicative mask: π ~ Beta(α₀ = 1e-4, β₀ = 1) prior, a
-Kumaraswamy(a, b) posterior sampled by reparameterisation, z ~ RelaxedBernoulli(π) with
-temperature τ = 0.1 while training; at test time z = E[π]·1[E[π] > 1e-3] (channels at or below
+Every BN output channel (every hidden unit of the BN-free mlp) gets a multiplicative mask:
+π ~ Beta(α₀ = 1e-4, β₀ = 1) prior, a Kumaraswamy(a, b) posterior sampled by
+reparameterisation, z ~ RelaxedBernoulli(π) with temperature τ = 0.1 while training; at test time z = E[π]·1[E[π] > 1e-3] (channels at or below
 1e-3 are pruned). A network layer (backbones build it by name, ``beta-bernoulli``); the method
 that trains it lives in :mod:`baselines.anp_vs`.
 """
@@ -64,10 +64,14 @@ class BetaBernoulliMask(nn.Module):
         else:
             e = kumaraswamy_mean(a, b)
             z = (e * (e > PRUNE_AT)).expand(x.shape[0], -1)
-        out = x * z.view(x.shape[0], -1, 1, 1)
+        out = x * z.view(z.shape + (1,) * (x.dim() - 2))  # channels of N×C×H×W, units of N×C
         self.last = out
         return out
 
 
 def masked_bn(channels: int) -> nn.Module:
     return nn.Sequential(nn.BatchNorm2d(channels), BetaBernoulliMask(channels))
+
+
+# What a backbone without BatchNorm (the mlp) puts after each hidden linear layer: the mask alone.
+masked_bn.unit_layer = BetaBernoulliMask
