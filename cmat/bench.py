@@ -24,11 +24,11 @@ from cmat import config as config_mod
 from cmat.atomic import atomic_write_text
 from cmat.catalog import method_class
 from cmat.cpg import goals_current
-from cmat.launch import Job, LaunchOptions, launch
+from cmat.launch import Job, LaunchOptions, launch, refuse_live_slurm_jobs
 from cmat.errors import CmatError
 from cmat.metrics import IMAGE_TEST, mcnemar_exact, paired_image_test, seed_spread
 from cmat.outcomes import read_outcomes
-from cmat.rundir import RunLock
+from cmat.rundir import RunLock, lock_runs, read_results
 from cmat.tasks import tasks_for_config
 
 ORDER = ("clean", "fgsm", "pgd10", "pgd40", "apgd-ce", "apgd-t", "aa", "worst", "certified")
@@ -37,14 +37,26 @@ LABELS = {"clean": "clean", "fgsm": "FGSM", "pgd10": "PGD-10", "pgd40": "PGD-40"
 ALPHA = 0.05  # significance level of the paired tests
 
 
-def reusable_run(run_dir: Path, cfg) -> bool:
+def reusable_run(run_dir: Path, cfg, say=None) -> bool:
     """Whether ``run_dir`` holds a finished run (results.json, config.yaml, eval.h5) of exactly
     the configuration ``cfg`` — then a bench or study reuses it instead of training again. A key
     the stored config.yaml lacks (added to cmat later) counts as its default, which is what
-    the run did: a new option must not make every finished run look foreign."""
+    the run did: a new option must not make every finished run look foreign. A results.json or
+    eval.h5 that cannot be read (truncated, garbage, another schema) makes it not reusable:
+    ``say`` gets one line and the run trains again; nothing is built from the bad file."""
     if not all((run_dir / f).exists() for f in ("results.json", "config.yaml", "eval.h5")):
         return False
-    return config_mod.stored_config_matches((run_dir / "config.yaml").read_text(), config_mod.to_yaml(cfg))
+    if not config_mod.stored_config_matches((run_dir / "config.yaml").read_text(errors="replace"),
+                                            config_mod.to_yaml(cfg)):
+        return False
+    try:
+        read_results(run_dir)
+        read_outcomes(run_dir / "eval.h5")
+    except CmatError as err:
+        if say is not None:
+            say(f"{err}; running {run_dir.name} again")
+        return False
+    return True
 
 
 def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True, launch_opts=None) -> dict:
@@ -60,8 +72,12 @@ def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True, launch
     _check_options(base_cfg, methods)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out, "cmat bench"):
-        jobs, reused = bench_jobs(base_cfg, methods, seeds, out)
+    local = opts.launcher == "local"
+    with RunLock(out, "cmat bench"), \
+            lock_runs([out / f"{m}-s{s}" for m in methods for s in seeds] if local else [], "cmat bench"):
+        if local:  # its workers write the runs this bench holds; SLURM jobs hold their own
+            refuse_live_slurm_jobs(out, "local bench")
+        jobs, reused = bench_jobs(base_cfg, methods, seeds, out, say=print if verbose else None)
         for name, label in reused:
             if verbose:
                 print(f"[{label}] reusing the finished run in {out / name}")
@@ -75,12 +91,11 @@ def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True, launch
         pending = sorted(n for n, s in states.items() if s != "done")
         if pending:
             return {"pending": pending, "markdown": ""}
-        per_method = {m: [json.loads((out / f"{m}-s{seed}" / "results.json").read_text()) for seed in seeds]
-                      for m in methods}
+        per_method = {m: [read_results(out / f"{m}-s{seed}") for seed in seeds] for m in methods}
         return write_bench(out, base_cfg, methods, seeds, per_method)
 
 
-def bench_jobs(base_cfg, methods, seeds, out: Path) -> tuple:
+def bench_jobs(base_cfg, methods, seeds, out: Path, say=None) -> tuple:
     """``(jobs, reused)``: a :class:`Job` per (method, seed) whose run directory does not hold a
     finished run of its configuration, in dependency order (``at-individual`` first: CMAT reads
     its goals from it), and ``(name, label)`` of the finished runs that are reused."""
@@ -94,7 +109,7 @@ def bench_jobs(base_cfg, methods, seeds, out: Path) -> tuple:
                 cfg.method_options = {**cfg.method_options, "individual_run": str(out / f"at-individual-s{seed}")}
                 deps = (f"at-individual-s{seed}",)
             name = f"{m}-s{seed}"
-            if reusable_run(out / name, cfg) and _goals_current(out / name, cfg, jobs):
+            if reusable_run(out / name, cfg, say) and _goals_current(out / name, cfg, jobs):
                 reused.append((name, f"{m} s{seed}"))
                 continue
             jobs.append(Job(name=name, run_dir=str(out / name), cfg_yaml=config_mod.to_yaml(cfg),

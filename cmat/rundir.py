@@ -3,11 +3,14 @@
 - :class:`RunLock`: an exclusive ``fcntl.flock`` on ``<parent>/.<name>.lock`` (beside the run
   directory, so it survives the directory being swapped) held for the run's lifetime; the
   holder's PID is written into it, and a second run on the same directory is refused with one
-  line naming that PID. The kernel releases the lock when the holder exits, however it exits.
+  line naming that PID and what holds it ("cmat bench", "SLURM job 12", ...). The kernel
+  releases the lock when the holder exits, however it exits. :func:`lock_runs` holds many.
 - :func:`staging_dir` / :func:`swap_in`: ``--force`` on a finished run trains into a fresh
   hidden directory beside the target and swaps it in only when the new run has finished; a
   refused, failed or interrupted replacement leaves the old run untouched.
 - :func:`write_progress` / :func:`read_progress`: ``progress.json``, where a running run is.
+- :func:`read_results`: a finished run's ``results.json`` parsed and checked (one-line
+  :class:`CmatError` when truncated, garbage or of another schema; nothing is built from it).
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ import json
 import os
 import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Optional
 
 from cmat.errors import CmatError
 
@@ -38,14 +43,14 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            pid, _, held_by = os.pread(fd, 200, 0).decode(errors="replace").strip().partition(" ")
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise CmatError(f"{self.run_dir} is in use by another {self.holder} (PID {holder}); wait for it or "
-                                "choose another --out") from None
+                raise CmatError(f"{self.run_dir} is in use by another {held_by or self.holder} (PID {pid or 'unknown'}); "
+                                "wait for it or choose another --out") from None
             raise CmatError(f"cannot lock {self.path}: {err.strerror}") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {self.holder}\n".encode(), 0)
         self._fd = fd
         return self
 
@@ -55,6 +60,19 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def lock_runs(run_dirs, holder: str) -> ExitStack:
+    """Every directory's :class:`RunLock`, held until the returned stack closes; the first one
+    held elsewhere is refused (one line) and releases those taken before it."""
+    stack = ExitStack()
+    try:
+        for run_dir in run_dirs:
+            stack.enter_context(RunLock(run_dir, holder))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
 
 
 def staging_dir(run_dir) -> Path:
@@ -98,3 +116,70 @@ def read_progress(run_dir):
         return json.loads((Path(run_dir) / "progress.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_json_object(path, what: str) -> dict:
+    """A JSON object from ``path``; a missing, truncated or garbage file, or JSON that is not an
+    object, is a one-line :class:`CmatError` naming ``path`` as not a valid ``what``."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CmatError(f"no {what} at {path}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CmatError(f"{path} is not a valid {what}: {err}") from None
+    if not isinstance(data, dict):
+        raise CmatError(f"{path} is not a valid {what}: a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _fraction(x) -> bool:
+    return _number(x) and 0 <= x <= 1
+
+
+def results_problem(results: dict) -> Optional[str]:
+    """What makes ``results`` not a finished run's results.json (None when nothing): the
+    fields a report, a bench or a study computes from, with their types."""
+    names = results.get("task_names")
+    if results.get("format", "cmat-results") != "cmat-results":
+        return f"format {results.get('format')!r}, not cmat-results"
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return "task_names is not a non-empty list of names"
+    for key in ("method", "objective", "tasks"):
+        if not isinstance(results.get(key), str):
+            return f"{key!r} is missing"
+    acc, summary, cost = results.get("acc"), results.get("summary"), results.get("cost")
+    if not isinstance(acc, dict) or not acc or not isinstance(summary, dict):
+        return "acc or summary holds no accuracies"
+    for col, rows in acc.items():
+        if not (isinstance(rows, list) and len(rows) == len(names) and all(
+                isinstance(r, list) and len(r) == i + 1 and all(map(_fraction, r)) for i, r in enumerate(rows))):
+            return f"acc[{col!r}] is not a lower-triangular matrix of {len(names)} rows of fractions"
+        s = summary.get(col)
+        if not (isinstance(s, dict) and _fraction(s.get("acc")) and _number(s.get("bwt"))
+                and _number(s.get("forgetting")) and isinstance(s.get("n", 0), int)):
+            return f"summary[{col!r}] lacks acc, bwt, forgetting or n"
+    f1 = results.get("f1")
+    if not (isinstance(f1, dict) and isinstance(f1.get("clean"), list) and all(map(_number, f1["clean"]))):
+        return "f1['clean'] is not a list of numbers"
+    if not (isinstance(cost, dict) and all(_number(cost.get(k)) for k in ("params_total", "store_bytes",
+                                                                            "train_seconds"))):
+        return "cost lacks params_total, store_bytes or train_seconds"
+    if not isinstance(results.get("attacks"), dict):
+        return "attacks is missing"
+    return None
+
+
+def read_results(path) -> dict:
+    """A run's ``results.json`` (``path`` is the file or its run directory), checked by
+    :func:`results_problem`; else one line naming the file and what is wrong with it."""
+    path = Path(path)
+    path = path / "results.json" if path.is_dir() else path
+    results = read_json_object(path, "cmat results file")
+    problem = results_problem(results)
+    if problem:
+        raise CmatError(f"{path} is not a valid cmat results file: {problem}")
+    return results

@@ -11,7 +11,7 @@ from pathlib import Path
 from cmat.errors import CmatError
 from cmat.launch.jobs import Job, die_with_parent, prepare_run_dir, run_inline  # noqa: F401
 from cmat.launch.local import run_local  # noqa: F401
-from cmat.launch.slurm import SlurmOptions, run_slurm  # noqa: F401
+from cmat.launch.slurm import SlurmOptions, live_jobs, refuse_live_slurm_jobs, run_slurm  # noqa: F401
 from cmat.launch.table import StatusTable
 
 LAUNCHERS = ("local", "slurm")

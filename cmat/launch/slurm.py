@@ -6,10 +6,19 @@
   ``<run dir>/slurm/`` (submitit's ``<id>_0_log.out`` / ``.err``) and ``<run dir>/run.log``.
 - ``OUT/slurm_jobs.json`` records each submitted job (id and the digest of its configuration),
   so the same command later — with ``--no-wait`` or without — collects what finished and
-  neither resubmits a job still queued or running nor forgets one that failed.
-- Job states come from ``squeue`` (no accounting database needed); a job that left the queue
-  finished when its run directory holds ``results.json``, else it failed. A job whose
-  dependency failed would wait forever: it is cancelled and reported ``skipped``.
+  neither resubmits a job still queued or running nor forgets one that failed. An unreadable
+  record is one line (it is what says which jobs may still write), never a fresh start.
+- Every job holds its run directory's lock (:class:`cmat.rundir.RunLock`) while it writes, and
+  stamps its result file (``results.json``, a cell's ``cell.json``) with ``slurm``:
+  ``{"job_id": $SLURM_JOB_ID, "digest": <the configuration digest the launcher passed>}``.
+- Job states come from ``squeue`` (no accounting database needed). A job that left the queue
+  finished only when its result file carries its own job id and digest; anything else there (a
+  result of an earlier configuration or job, a job cancelled while pending) is reported and the
+  job counts as failed: the same command resubmits it. A job whose dependency failed would wait
+  forever: it is cancelled and reported ``skipped``.
+- A superseded job (its configuration changed while it was queued or running) is cancelled and
+  awaited until ``squeue`` no longer lists it, before its replacement is submitted into the same
+  directory.
 - A run with several GPUs starts torchrun inside its job (one process per GPU).
 """
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -31,22 +41,26 @@ from cmat.errors import CmatError
 from cmat.launch.jobs import Job, prepare_run_dir, run_job, worker_command
 from cmat.launch.local import last_line
 from cmat.launch.table import StatusTable
+from cmat.rundir import RunLock, read_json_object
 
 ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
           "SUSPENDED", "PREEMPTED", "SPECIAL_EXIT", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD")
-GRACE_S = 30.0  # a finished job's results may reach a shared file system after it leaves the queue
+CANCEL_WAIT_S = 600.0  # how long a cancelled job may take to leave the queue (KillWait, epilog)
 
 
 @dataclass
 class SlurmOptions:
     """Per-job resources. ``time_min``: wall-time limit in minutes; ``mem_gb``: memory per job;
-    ``extra``: any further sbatch option (``{"account": "lab"}`` → ``--account=lab``)."""
+    ``extra``: any further sbatch option (``{"account": "lab"}`` → ``--account=lab``);
+    ``result_wait_s``: how long a job's result file may take to appear on a shared file system
+    after the job left the queue (then it failed)."""
     partition: Optional[str] = None
     time_min: int = 60
     cpus_per_run: int = 1
     gpus_per_run: int = 0
     mem_gb: float = 4.0
     extra: dict = field(default_factory=dict)
+    result_wait_s: float = 30.0
 
     @staticmethod
     def from_file(path: Optional[str], **flags) -> "SlurmOptions":
@@ -66,7 +80,8 @@ class SlurmOptions:
             raise CmatError(f"config {path}: unknown slurm key(s) {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
         data.update({k: v for k, v in flags.items() if v is not None})
         try:
-            for key, kind in (("time_min", int), ("cpus_per_run", int), ("gpus_per_run", int), ("mem_gb", float)):
+            for key, kind in (("time_min", int), ("cpus_per_run", int), ("gpus_per_run", int), ("mem_gb", float),
+                              ("result_wait_s", float)):
                 if key in data:
                     data[key] = kind(data[key])
         except (TypeError, ValueError):
@@ -74,8 +89,9 @@ class SlurmOptions:
         if not isinstance(data.get("extra", {}), dict) or not isinstance(data.get("partition") or "", str):
             raise CmatError("slurm: extra must be a mapping of sbatch options and partition a name")
         opts = SlurmOptions(**data)
-        if opts.time_min < 1 or opts.cpus_per_run < 1 or opts.gpus_per_run < 0 or opts.mem_gb <= 0:
-            raise CmatError("slurm: time ≥ 1 min, cpus ≥ 1, gpus ≥ 0 and memory > 0 required")
+        if opts.time_min < 1 or opts.cpus_per_run < 1 or opts.gpus_per_run < 0 or opts.mem_gb <= 0 \
+                or opts.result_wait_s < 0:
+            raise CmatError("slurm: time ≥ 1 min, cpus ≥ 1, gpus ≥ 0, memory > 0 and result_wait_s ≥ 0 required")
         return opts
 
     def sbatch_parameters(self, name: str, dependency: Optional[str]) -> dict:
@@ -93,8 +109,9 @@ class SlurmOptions:
 
 
 def slurm_entry(job: Job) -> None:
-    """What a SLURM job runs: prepare the run directory (resume or restart), then the run —
-    in this process, or under torchrun when the job has several GPUs."""
+    """What a bench's SLURM job runs (inside :func:`run_unit_job`, which holds the directory's
+    lock): prepare the run directory (resume or restart), then the run — in this process, or
+    under torchrun when the job has several GPUs."""
     job = prepare_run_dir(job)
     n_gpus = len(job.gpus)
     if n_gpus > 1:
@@ -111,6 +128,47 @@ def job_digest(job: Job) -> str:
     return hashlib.sha256(job.cfg_yaml.encode()).hexdigest()[:16]
 
 
+def stamp(path: Path, job_id: str, digest: str) -> None:
+    """Mark the result file ``path`` as written by SLURM job ``job_id`` for configuration ``digest``."""
+    text = path.read_text()
+    record = read_json_object(path, "result file")
+    record["slurm"] = {"job_id": str(job_id), "digest": digest}
+    atomic_write_text(path, json.dumps(record, indent=1 if text.startswith("{\n") else None))
+
+
+def result_problem(path: Path, job_id: str, digest: str) -> Optional[str]:
+    """None when the result file ``path`` was written by job ``job_id`` for configuration
+    ``digest`` (:func:`stamp`); else what is there instead, in words."""
+    if not path.exists():
+        return f"no {path.name}"
+    try:
+        mark = read_json_object(path, "result file").get("slurm")
+    except CmatError as err:
+        return str(err)
+    if not isinstance(mark, dict):
+        return f"the {path.name} there is not a SLURM job's: a local or earlier run's"
+    if str(mark.get("job_id")) != str(job_id):
+        return f"the {path.name} there is job {mark.get('job_id')}'s"
+    if mark.get("digest") != digest:
+        return f"the {path.name} there is of another configuration"
+    return None
+
+
+def run_unit_job(fn: Callable, args: tuple, run_dir: str, result: str, digest: str) -> None:
+    """What every SLURM job runs: ``fn(*args)`` holding ``run_dir``'s lock, then its result file
+    stamped with this job's id and ``digest``; a refusal or error also goes to ``run.log``."""
+    job_id = os.environ.get("SLURM_JOB_ID", "")
+    try:
+        with RunLock(run_dir, f"SLURM job {job_id}"):
+            fn(*args)
+            stamp(Path(result), job_id, digest)
+    except CmatError as err:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(run_dir) / "run.log", "a") as fh:
+            fh.write(f"error: {err}\n")
+        raise
+
+
 def queue_states() -> dict:
     """job id → state of this user's jobs SLURM still knows (squeue)."""
     try:
@@ -123,24 +181,76 @@ def queue_states() -> dict:
     return dict(line.split(None, 1) for line in out.stdout.splitlines() if line.strip())
 
 
+def cancel_and_wait(job_id: str, timeout: float = CANCEL_WAIT_S, poll: float = 1.0) -> None:
+    """``scancel`` the job and wait until squeue no longer lists it as active: a cancelled job
+    may go on writing for KillWait seconds, so its directory is reused only after."""
+    subprocess.run(["scancel", job_id], capture_output=True)
+    end = time.time() + timeout
+    while (state := queue_states().get(job_id)) in ACTIVE:
+        if time.time() > end:
+            raise CmatError(f"job {job_id} was cancelled but is still {state} after {timeout:.0f} s; its run "
+                            "directory is not reused while it may write: run the same command once squeue no "
+                            "longer lists it")
+        time.sleep(poll)
+
+
+def read_record(path: Path) -> dict:
+    """``OUT/slurm_jobs.json``: name → ``{"job_id", "digest", "after", "submitted"}`` ({} when
+    absent). It says which jobs may still write, so an unreadable one is one line, not a guess."""
+    if not path.exists():
+        return {}
+    hint = "; check squeue for jobs still writing into this directory, cancel them, then delete the file"
+    try:
+        record = read_json_object(path, "record of submitted SLURM jobs")
+    except CmatError as err:
+        raise CmatError(f"{err}{hint}") from None
+    for name, entry in record.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("job_id"), (str, int))
+                and isinstance(entry.get("digest"), str) and isinstance(entry.get("after", []), list)):
+            raise CmatError(f"{path} is not a valid record of submitted SLURM jobs: entry {name!r} lacks a job id "
+                            f"or digest{hint}")
+    return record
+
+
+def live_jobs(out: Path) -> list:
+    """``(name, job id)`` of the jobs ``OUT/slurm_jobs.json`` records that squeue still lists as
+    queued or running (none when this machine has no SLURM client)."""
+    record = read_record(Path(out) / "slurm_jobs.json")
+    if not record or shutil.which("squeue") is None:
+        return []
+    queue = queue_states()
+    return [(name, str(e["job_id"])) for name, e in record.items() if queue.get(str(e["job_id"])) in ACTIVE]
+
+
+def refuse_live_slurm_jobs(out, what: str) -> None:
+    """One line when ``OUT/slurm_jobs.json`` records jobs still queued or running: a ``what``
+    (a local bench or study) on the same directory would train their runs beside them."""
+    live = live_jobs(Path(out))
+    if live:
+        raise CmatError(f"{out} has {len(live)} SLURM job(s) still queued or running "
+                        f"({', '.join(f'{n}: job {i}' for n, i in live)}); a {what} would write the same run "
+                        "directories: collect them with the same command and --launcher slurm, or scancel them first")
+
+
 @dataclass
 class Unit:
-    """One SLURM job: ``fn(*args)`` run in the job, logs in ``folder/slurm/``; ``digest`` says
-    what it computes (a recorded job with another digest is stale); ``done`` whether its result
-    is there once it left the queue; ``deps``: names of units it runs after (``afterok``)."""
+    """One SLURM job: ``fn(*args)`` run in the job (under ``run_dir``'s lock), logs in
+    ``run_dir/slurm/``; ``digest`` says what it computes (a recorded job with another digest is
+    stale); ``result``: the file it writes, done only when stamped by its own job
+    (:func:`result_problem`); ``deps``: names of units it runs after (``afterok``)."""
     name: str
     run_dir: str
     fn: Callable
     args: tuple
     digest: str
-    done: Callable
+    result: str
     deps: tuple = ()
 
 
 def job_units(jobs: list, opts: SlurmOptions) -> list:
-    """A bench's jobs as units: each runs :func:`slurm_entry` and is done with ``results.json``."""
+    """A bench's jobs as units: each runs :func:`slurm_entry` and writes ``results.json``."""
     return [Unit(j.name, j.run_dir, slurm_entry, (replace(j, threads=opts.cpus_per_run, gpus=tuple(range(opts.gpus_per_run))),),
-                 job_digest(j), lambda j=j: (Path(j.run_dir) / "results.json").exists(), j.deps) for j in jobs]
+                 job_digest(j), str(Path(j.run_dir) / "results.json"), j.deps) for j in jobs]
 
 
 def run_slurm(jobs: list, out: Path, opts: SlurmOptions, table: StatusTable, wait: bool = True,
@@ -156,14 +266,29 @@ def run_units(units: list, out: Path, opts: SlurmOptions, table: StatusTable, wa
     if not dry_run and shutil.which("sbatch") is None:
         raise CmatError("--launcher slurm: sbatch is not on PATH (no SLURM client here); see docs/cluster.md")
     try:
-        import submitit
+        import submitit  # noqa: F401
     except ImportError:
         raise CmatError("--launcher slurm needs submitit: pip install 'cmat[slurm]'") from None
+    ids = submit_units(units, out, opts, table, dry_run, say)
+    if dry_run:
+        return {u.name: "dry-run" for u in units}
+    return poll_units(units, ids, opts, table, wait, poll)
+
+
+def sbatch_line(unit: Unit, params: dict) -> str:
+    return ("[dry run] " + unit.name + ": sbatch "
+            + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in params.items() if k != "additional_parameters")
+            + "".join(f" --{k}={v}" for k, v in params.get("additional_parameters", {}).items())
+            + (f" (after {', '.join(unit.deps)})" if unit.deps else "") + f" → {unit.run_dir}")
+
+
+def submit_units(units: list, out: Path, opts: SlurmOptions, table: StatusTable, dry_run: bool, say) -> dict:
+    """Submit every unit not already queued or running for its configuration (a superseded job
+    is cancelled and awaited first); name → job id, recorded in ``OUT/slurm_jobs.json``."""
+    import submitit
+
     record_path = out / "slurm_jobs.json"
-    try:
-        record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    except ValueError:
-        record = {}
+    record = read_record(record_path)
     queue = {} if dry_run else queue_states()
     ids: dict = {}
     names = {u.name for u in units}
@@ -178,57 +303,64 @@ def run_units(units: list, out: Path, opts: SlurmOptions, table: StatusTable, wa
             table.set(unit.name, "queued", f"already submitted: job {ids[unit.name]}")
             continue
         if active and not dry_run:  # superseded: never two jobs writing one run directory
-            subprocess.run(["scancel", str(old["job_id"])], capture_output=True)
+            say(f"[{unit.name}] job {old['job_id']} is superseded (configuration or dependencies changed); "
+                "cancelling it and waiting until it has left the queue")
+            cancel_and_wait(str(old["job_id"]))
         elif old is not None and not dry_run:
-            say(f"[{unit.name}] job {old['job_id']} ended without a result "
-                f"({last_line(Path(unit.run_dir) / 'run.log') or 'see ' + unit.run_dir + '/slurm/'}); resubmitting")
-        dependency = "afterok:" + ":".join(deps) if deps else None
-        params = opts.sbatch_parameters(unit.name, dependency)
+            problem = result_problem(Path(unit.result), str(old["job_id"]), str(old.get("digest")))
+            say(f"[{unit.name}] job {old['job_id']} ended without its result ({problem}; "
+                f"{last_line(Path(unit.run_dir) / 'run.log') or 'see ' + unit.run_dir + '/slurm/'}); resubmitting")
+        params = opts.sbatch_parameters(unit.name, "afterok:" + ":".join(deps) if deps else None)
         if dry_run:
-            say(f"[dry run] {unit.name}: sbatch " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in params.items()
-                                                             if k != "additional_parameters")
-                + "".join(f" --{k}={v}" for k, v in params.get("additional_parameters", {}).items())
-                + (f" (after {', '.join(unit.deps)})" if unit.deps else "") + f" → {unit.run_dir}")
+            say(sbatch_line(unit, params))
             ids[unit.name] = f"<{unit.name}>"
             continue
         executor = submitit.SlurmExecutor(folder=Path(unit.run_dir) / "slurm")
         executor.update_parameters(**params)
         try:
-            ids[unit.name] = str(executor.submit(unit.fn, *unit.args).job_id)
+            ids[unit.name] = str(executor.submit(run_unit_job, unit.fn, unit.args, unit.run_dir, unit.result,
+                                                 unit.digest).job_id)
         except Exception as err:  # sbatch refused it (partition, account, time, ...): say so in one line
             first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
             raise CmatError(f"sbatch refused job {unit.name}: {first}") from None
         record[unit.name] = {"job_id": ids[unit.name], "digest": unit.digest, "after": deps, "submitted": time.time()}
         atomic_write_text(record_path, json.dumps(record, indent=1))
-        table.set(unit.name, "queued", f"job {ids[unit.name]}" + (f", after {dependency}" if dependency else ""))
-    if dry_run:
-        return {u.name: "dry-run" for u in units}
+        table.set(unit.name, "queued", f"job {ids[unit.name]}" + (f", after afterok:{':'.join(deps)}" if deps else ""))
+    return ids
+
+
+def poll_units(units: list, ids: dict, opts: SlurmOptions, table: StatusTable, wait: bool, poll: float) -> dict:
+    """Follow the submitted jobs in squeue; a job that left the queue is done only when its
+    result file carries its id and digest (after up to ``result_wait_s`` for it to appear)."""
+    final = ("done", "failed", "skipped")
     states = {u.name: "queued" for u in units}
-    gone: dict = {}  # name -> when it was first seen out of the queue without its results
+    gone: dict = {}  # name -> when it was first seen out of the queue without its result
     while True:
         queue = queue_states()
         for unit in units:
-            if states[unit.name] in ("done", "failed", "skipped"):
+            job_id = ids[unit.name]
+            if states[unit.name] in final:
                 continue
-            s = queue.get(ids[unit.name])
+            s = queue.get(job_id)
             if s in ACTIVE:
                 if s == "RUNNING":
                     states[unit.name] = "running"
-                    table.set(unit.name, "running", f"job {ids[unit.name]}")
+                    table.set(unit.name, "running", f"job {job_id}")
                 continue
-            ok = unit.done()
-            if not ok and time.time() - gone.setdefault(unit.name, time.time()) < GRACE_S:
-                continue  # left the queue; its results may still be on their way
-            states[unit.name] = "done" if ok else "failed"
+            problem = result_problem(Path(unit.result), job_id, unit.digest)
+            if problem and time.time() - gone.setdefault(unit.name, time.time()) < opts.result_wait_s:
+                continue  # left the queue; its result may still be on its way
+            states[unit.name] = "failed" if problem else "done"
             log = Path(unit.run_dir) / "run.log"
-            note = f"{last_line(log) or 'no run.log'} (logs: {unit.run_dir}/slurm/)"
-            table.set(unit.name, states[unit.name], "" if ok else note)
+            table.set(unit.name, states[unit.name], "" if not problem else
+                      f"job {job_id} left the queue without its result ({problem}); "
+                      f"{last_line(log) or 'no run.log'} (logs: {unit.run_dir}/slurm/)")
         for unit in units:  # a job whose dependency failed would pend forever
             if states[unit.name] == "queued" and any(states.get(d) in ("failed", "skipped") for d in unit.deps):
                 subprocess.run(["scancel", ids[unit.name]], capture_output=True)
                 states[unit.name] = "skipped"
                 table.set(unit.name, "skipped", f"needs {', '.join(unit.deps)}, which did not finish")
-        if not wait or all(s in ("done", "failed", "skipped") for s in states.values()):
+        if not wait or all(s in final for s in states.values()):
             return states
         table.draw()
         time.sleep(poll)

@@ -29,7 +29,7 @@ def _digest(*parts) -> str:
 
 
 def study_units(out: Path, cfg_yaml: str, source_cfgs: dict, finished_sources: set, cells: list, settings: dict,
-                threads: int) -> list:
+                threads: int, say=None) -> list:
     """Units for the sources not finished and the cells not finished (a cell whose source is
     finished is finished when its recomputed key matches)."""
     units = []
@@ -39,19 +39,19 @@ def study_units(out: Path, cfg_yaml: str, source_cfgs: dict, finished_sources: s
         run_dir = out / "sources" / obj
         units.append(Unit(f"source-{obj}", str(run_dir), run_source,
                           (config_mod.to_yaml(scfg), str(run_dir), False, True, threads),
-                          _digest(config_mod.to_yaml(scfg)), lambda d=run_dir: (d / "results.json").exists()))
+                          _digest(config_mod.to_yaml(scfg)), str(run_dir / "results.json")))
     for cell in cells:
         src_dir = None if cell.source == "none" else out / "sources" / cell.source
         cell_dir = out / "cells" / cell.name
         if src_dir is None or cell.source in finished_sources:
             store = None if src_dir is None else src_dir / "store.h5"
-            if reusable_cell(cell_dir, cell_key(cfg_yaml, cell, store, settings)) is not None:
+            if reusable_cell(cell_dir, cell_key(cfg_yaml, cell, store, settings), say) is not None:
                 continue
         deps = () if src_dir is None or cell.source in finished_sources else (f"source-{cell.source}",)
         units.append(Unit(cell.name, str(cell_dir), run_cell_job,
                           (cell, cfg_yaml, None if src_dir is None else str(src_dir), str(cell_dir), settings, threads),
                           _digest(cfg_yaml, cell.name, json.dumps(settings, sort_keys=True)),
-                          lambda d=cell_dir: (d / "cell.json").exists(), deps))
+                          str(cell_dir / "cell.json"), deps))
     return units
 
 
@@ -59,7 +59,8 @@ def run_on_slurm(out: Path, cfg_yaml: str, source_cfgs: dict, finished_sources: 
                  opts: LaunchOptions, progress: bool, say) -> bool:
     """Submit what is not finished and (unless ``--no-wait``) wait for it; True when everything
     finished (the caller collects), False when jobs are still queued or running."""
-    units = study_units(out, cfg_yaml, source_cfgs, finished_sources, cells, settings, opts.slurm.cpus_per_run)
+    units = study_units(out, cfg_yaml, source_cfgs, finished_sources, cells, settings, opts.slurm.cpus_per_run,
+                        say)
     if not units:
         return True
     table = StatusTable(f"transfer study {out}", units, live=None if progress else False)

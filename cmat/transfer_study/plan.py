@@ -11,6 +11,7 @@ from typing import Optional
 import yaml
 
 from cmat.errors import CmatError
+from cmat.rundir import read_json_object
 from cmat.nn.multihead import MultiHeadNet, TaskView
 from cmat.transfer import build_transfer_model, check_compatible
 
@@ -102,13 +103,48 @@ def yaml_load(text: str) -> dict:
     return yaml.safe_load(text)
 
 
-def reusable_cell(path: Path, key: str) -> Optional[dict]:
-    """A finished cell's record in ``path`` when its key and format match, else None."""
-    try:
-        record = json.loads((path / "cell.json").read_text())
-    except (OSError, ValueError):
+def cell_problem(record: dict) -> Optional[str]:
+    """What makes ``record`` not a finished cell's ``cell.json`` (None when nothing): the fields
+    the study's tables and tests are computed from, with their types."""
+    row, outcomes, indices = record.get("row"), record.get("outcomes"), record.get("indices")
+    if not isinstance(row, dict) or not all(isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)
+                                            for k in ("clean", "certified", "train_seconds", "grad_evals")):
+        return "row lacks clean, certified, train_seconds or grad_evals"
+    if not isinstance(indices, list) or record.get("n") != len(indices):
+        return "indices and n disagree"
+    if not isinstance(outcomes, dict) or not all(isinstance(v, list) and len(v) == len(indices)
+                                                 for v in outcomes.values()):
+        return "outcomes are not one bit per evaluated image"
+    crit = record.get("critical_eps")
+    if not isinstance(crit, dict) or not isinstance(record.get("verona"), list):
+        return "critical_eps or verona is missing"
+    for k in ("trainable_params", "eval_seconds", "verify_seconds"):
+        if not isinstance(record.get(k), (int, float)):
+            return f"{k} is missing"
+    return None
+
+
+def reusable_cell(path: Path, key: str, say=None) -> Optional[dict]:
+    """A finished cell's record in ``path`` when its key and format match, else None (the cell
+    trains again). A ``cell.json`` that is truncated, garbage or of another schema is never
+    used: ``say`` gets one line naming it."""
+    file = path / "cell.json"
+    if not file.exists():
         return None
-    return record if record.get("key") == key and record.get("format") == FORMAT else None
+    try:
+        record = read_json_object(file, "cell record")
+    except CmatError as err:
+        problem = str(err)
+    else:
+        if record.get("key") != key or record.get("format") != FORMAT:
+            return None
+        problem = cell_problem(record)
+        if problem is None:
+            return record
+        problem = f"{file} is not a valid cell record: {problem}"
+    if say is not None:
+        say(f"{problem}; running {path.name} again")
+    return None
 
 
 def check_strategies(cfg, seq, source_task, target_task, strategies) -> None:

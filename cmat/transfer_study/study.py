@@ -2,7 +2,6 @@
 worker processes), then summarise and write (:mod:`cmat.transfer_study.analysis`)."""
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
@@ -18,7 +17,8 @@ from cmat.engine import resolve_device
 from cmat.errors import CmatError
 from cmat.evaluate import build_attacks
 from cmat.tasks import tasks_for_config
-from cmat.launch import die_with_parent
+from cmat.launch import die_with_parent, refuse_live_slurm_jobs
+from cmat.rundir import RunLock, lock_runs, read_results
 from cmat.transfer import default_tl_k
 from cmat.transfer_study.analysis import summarize_study, write_study
 from cmat.transfer_study.cells import run_cell, run_source
@@ -59,13 +59,27 @@ def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=N
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_yaml = config_mod.to_yaml(cfg)
-    atomic_write_text(out / "config.yaml", cfg_yaml)
     settings = {"source_task": source_task, "target_task": target_task, "bound": "crown",
                 "verify_samples": int(verify_samples), "verify_iters": int(verify_iters), "eps_max_factor": 2.0}
     cells = plan(strategies, robust)
-    if launch_opts is not None and launch_opts.launcher == "slurm":
-        return _study_on_slurm(cfg, seq, out, cfg_yaml, source_task, target_task, strategies, objectives, cells,
-                               settings, launch_opts, progress, say)
+    slurm = launch_opts is not None and launch_opts.launcher == "slurm"
+    # this process holds every source's and cell's lock for its workers; SLURM jobs hold their own
+    dirs = [] if slurm else [out / "sources" / o for o in objectives] + [out / "cells" / c.name for c in cells]
+    with RunLock(out, "cmat transfer-study"), lock_runs(dirs, "cmat transfer-study"):
+        if not slurm:
+            refuse_live_slurm_jobs(out, "local study")
+        atomic_write_text(out / "config.yaml", cfg_yaml)
+        if slurm:
+            return _study_on_slurm(cfg, seq, out, cfg_yaml, source_task, target_task, strategies, objectives, cells,
+                                   settings, launch_opts, progress, say)
+        return _study_locally(cfg, seq, out, cfg_yaml, source_task, target_task, strategies, objectives, cells,
+                              settings, jobs, device, progress, say)
+
+
+def _study_locally(cfg, seq, out, cfg_yaml, source_task, target_task, strategies, objectives, cells, settings, jobs,
+                   device, progress, say) -> dict:
+    """Both sources and every cell in this process (``jobs`` 1) or in ``jobs`` worker processes."""
+    robust = objectives[1]
     inline = jobs == 1
     threads = cfg.threads if inline else max(1, (os.cpu_count() or 1) // jobs)
     say(f"transfer study on {cfg.tasks}: source task {source_task + 1} ({seq[source_task].name}) → target task "
@@ -114,7 +128,7 @@ def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=N
             store = None if src_dir is None else src_dir / "store.h5"
             key = cell_key(cfg_yaml, cell, store, settings)
             cell_dir = out / "cells" / cell.name
-            old = reusable_cell(cell_dir, key)
+            old = reusable_cell(cell_dir, key, say)
             if old is not None:
                 say(f"[{cell.name}] reusing the finished cell in {cell_dir}")
                 finished(("cell", cell), old)
@@ -127,9 +141,9 @@ def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=N
         def start_source(obj):
             scfg = source_config(cfg, obj, source_task)
             run_dir = out / "sources" / obj
-            if reusable_run(run_dir, scfg):
+            if reusable_run(run_dir, scfg, say):
                 say(f"[source {obj}] reusing the finished run in {run_dir}")
-                finished(("source", obj), json.loads((run_dir / "results.json").read_text()))
+                finished(("source", obj), read_results(run_dir))
                 return
             done = submit(run_source, config_mod.to_yaml(scfg), str(run_dir), progress and inline, inline,
                           threads if not inline else 0, tag=("source", obj))
@@ -167,12 +181,12 @@ def _study_on_slurm(cfg, seq, out, cfg_yaml, source_task, target_task, strategie
                     launch_opts, progress, say) -> dict:
     launch_opts.check()
     source_cfgs = {obj: source_config(cfg, obj, source_task) for obj in objectives}
-    finished = {obj for obj, scfg in source_cfgs.items() if reusable_run(out / "sources" / obj, scfg)}
+    finished = {obj for obj, scfg in source_cfgs.items() if reusable_run(out / "sources" / obj, scfg, say)}
     say(f"transfer study on {cfg.tasks} through SLURM: 2 sources + {len(cells)} cells, "
         f"{len(finished)} source(s) already finished")
     if not run_on_slurm(out, cfg_yaml, source_cfgs, finished, cells, settings, launch_opts, progress, say):
         return {"pending": True}
-    sources = {obj: json.loads((out / "sources" / obj / "results.json").read_text()) for obj in objectives}
+    sources = {obj: read_results(out / "sources" / obj) for obj in objectives}
     records = {}
     for c in cells:
         store = None if c.source == "none" else out / "sources" / c.source / "store.h5"
