@@ -7,7 +7,9 @@ Every block between ``<!-- cmat-report DIR -->`` and ``<!-- /cmat-report -->`` i
 block between ``<!-- cmat-presets -->`` and ``<!-- /cmat-presets -->`` by the table of the
 hyper-parameters each preset sets, and every block between ``<!-- cmat-file PATH -->`` and
 ``<!-- /cmat-file -->`` by the Markdown file PATH that a command wrote (e.g.
-``scripts/compare_bounds.py``). Numbers in README are therefore never typed by hand.
+``scripts/compare_bounds.py``), and every block between ``<!-- cmat-cli TABLE -->`` and
+``<!-- /cmat-cli -->`` by a table read from the registries (``cmat.cli.names.cli_table``: the
+names each CLI flag takes, the task sequences). Numbers in README are therefore never typed by hand.
 """
 from __future__ import annotations
 
@@ -19,12 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cmat.cli.names import cli_table  # noqa: E402
 from cmat.config import preset_names, resolve  # noqa: E402
 from cmat.report import render_report  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- cmat-report (?P<dir>\S+) -->\n)(?P<body>.*?)(<!-- /cmat-report -->)", re.S)
 FILE = re.compile(r"(<!-- cmat-file (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /cmat-file -->)", re.S)
 PRESETS = re.compile(r"(<!-- cmat-presets -->\n)(?P<body>.*?)(<!-- /cmat-presets -->)", re.S)
+CLI = re.compile(r"(<!-- cmat-cli (?P<table>\S+) -->\n)(?P<body>.*?)(<!-- /cmat-cli -->)", re.S)
 
 
 def presets_table() -> str:
@@ -44,6 +48,7 @@ def presets_table() -> str:
 def render(text: str) -> str:
     text = BLOCK.sub(lambda m: m.group(1) + render_report(ROOT / m.group("dir")) + m.group(4), text)
     text = FILE.sub(lambda m: m.group(1) + (ROOT / m.group("path")).read_text(encoding="utf-8") + m.group(4), text)
+    text = CLI.sub(lambda m: m.group(1) + cli_table(m.group("table")) + m.group(4), text)
     return PRESETS.sub(lambda m: m.group(1) + presets_table() + m.group(3), text)
 
 

@@ -6,6 +6,7 @@ import sys
 from click.testing import CliRunner
 
 from cmat.cli import main
+from cmat.tasks.registry import SEQUENCES
 
 
 def invoke(*args):
@@ -24,9 +25,10 @@ def one_line_error(result):
 def test_tasks_json_lists_every_sequence():
     res = invoke("tasks", "--json")
     assert res.exit_code == 0
-    names = {s["name"] for s in json.loads(res.output)}
-    assert names == {"cifar100-20split", "cifar100-10split", "cifar10-5split", "mnist-5split",
-                     "emnist-balanced", "cifar10-cifar100", "mnist-emnist", "digits-5split", "digits-2split", "toy-2task"}
+    names = [s["name"] for s in json.loads(res.output)]
+    assert names == list(SEQUENCES)  # every registered sequence, once, in registry order
+    assert {"cifar100-20split", "cifar100-10split", "cifar10-5split", "mnist-5split", "emnist-balanced",
+            "cifar10-cifar100", "mnist-emnist", "digits-5split", "digits-2split", "toy-2task"} <= set(names)
     show = invoke("tasks", "show", "cifar100-20split", "--json")
     assert show.exit_code == 0 and json.loads(show.output)["num_tasks"] == 20
     one_line_error(invoke("tasks", "show", "imagenet"))

@@ -6,13 +6,18 @@ from pathlib import Path
 
 import click
 
+from cmat.cli.names import registry_option
 
-@click.command("eval")
+
+@click.command("eval", short_help="Re-evaluate a trained run's tasks under attacks.")
 @click.argument("run_dir", type=click.Path())
-@click.option("--attacks", default=None, help="Comma-separated attack names (default: the run's).")
-@click.option("--samples", default=None, type=int, help="Attack a fixed seeded subset of N test images.")
-@click.option("--data-root", default=None)
-@click.option("--device", default="auto")
+@registry_option("--attacks", registry="attack", default=None,
+                 help="Comma-separated evaluation attacks: {names}; N = steps, e.g. pgd10; worst is always "
+                      "added (default: the run's).")
+@click.option("--samples", default=None, type=int,
+              help="Attack a fixed seeded subset of N test images per task (default: the run's eval.samples).")
+@click.option("--data-root", default=None, help="Dataset folder (default $CMAT_DATA or ./data).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def eval_cmd(run_dir, attacks, samples, data_root, device, as_json):
     """Evaluate a trained run's tasks under attacks (reads store.h5)."""
@@ -64,7 +69,7 @@ def eval_cmd(run_dir, attacks, samples, data_root, device, as_json):
                + "".join(f"{'[%.3f, %.3f]' % tuple(report['ci95'][n]):>16}" for n in columns))
 
 
-@click.command()
+@click.command(short_help="Summarise a run's store: tasks, networks, bytes.")
 @click.argument("run_dir", type=click.Path())
 def inspect(run_dir):
     """Summarise a run's store: tasks, networks, parameters, bytes per part."""
@@ -73,11 +78,11 @@ def inspect(run_dir):
     click.echo(inspect_store(run_dir))
 
 
-@click.command()
+@click.command(short_help="Plot a run or bench: heat maps, bars, ε and step sweeps.")
 @click.argument("run_dir", type=click.Path())
 @click.option("--samples", default=None, type=int,
               help="Test images per task for the ε/steps sweeps (default: the run's eval.samples; capped at it).")
-@click.option("--data-root", default=None)
+@click.option("--data-root", default=None, help="Dataset folder (default $CMAT_DATA or ./data).")
 def plot(run_dir, samples, data_root):
     """Plot a run or bench directory: heat maps, per-task bars, accuracy over ε and steps."""
     from cmat.report import plot_run
@@ -86,13 +91,12 @@ def plot(run_dir, samples, data_root):
         click.echo(f"wrote {path}")
 
 
-@click.command()
+@click.command(short_help="Render a run's or bench's result tables as Markdown.")
 @click.argument("run_dir", type=click.Path())
-@click.option("--markdown", "as_markdown", is_flag=True, help="Markdown (the default output; kept for scripts).")
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False), help="Also write the tables to this file.")
-def report(run_dir, as_markdown, out):
-    """Render the results tables of a run or bench directory from its result files (the tables
-    in README/docs are made with this command, never typed)."""
+def report(run_dir, out):
+    """Render the results tables of a run or bench directory from its result files, as Markdown
+    (the tables in README/docs are made with this command, never typed)."""
     from cmat.report import render_report
 
     text = render_report(run_dir)

@@ -8,16 +8,20 @@ import os
 import click
 
 from cmat.cli.common import launch_options, launcher_flags, overrides
+from cmat.cli.names import DEFAULT_BOUND, check_name, registry_option
 from cmat.errors import CmatError
 
+# transfer-study's default --jobs on a CPU: the cores, at most this many worker processes
+STUDY_JOBS_CAP = 8
 
-@click.command()
+
+@click.command(short_help="Per-sample critical ε: certified and attack bounds.")
 @click.argument("run_dir", type=click.Path())
 @click.option("--task", "task", default=0, show_default=True, type=int, help="Task index j.")
 @click.option("--n", "n", default=100, show_default=True, type=int, help="First N test images of the task.")
-@click.option("--bound", default="crown", show_default=True,
-              type=click.Choice(["ibp", "crown", "alpha-crown", "milp"]),
-              help="ibp, crown, alpha-crown (optimised slopes) or milp (exact, small networks, per-sample time limit).")
+@registry_option("--bound", registry="bound", default=DEFAULT_BOUND, show_default=True,
+                 help="Bound: {names} (alpha-crown: optimised slopes; milp: exact, small networks, "
+                      "per-sample time limit).")
 @click.option("--eps-max", default=None, type=float, help="Bisection range [0, eps-max] (default 4× the run's ε).")
 @click.option("--iters", default=12, show_default=True, type=int, help="Bisection steps.")
 @click.option("--max-neurons", default=512, show_default=True, type=int,
@@ -29,12 +33,13 @@ from cmat.errors import CmatError
               help="Only certify at the run's ε (one check per image, no bisection, no CSV): certified count, "
                    "seconds and (milp) unknown checks.")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Output folder (RUN_DIR/verify).")
-@click.option("--data-root", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--data-root", default=None, help="Dataset folder (default $CMAT_DATA or ./data).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def verify(run_dir, task, n, bound, eps_max, iters, max_neurons, time_limit, at_eps, out, data_root, as_json):
     """Per-sample critical ε: certified lower end (IBP/CROWN) and PGD upper end; CSV + ECDF."""
     from cmat.verify import certify_at_eps, verify_run
 
+    check_name("bound", bound, "--bound")
     if n < 1:
         raise CmatError(f"--n must be ≥ 1, got {n}")
     if time_limit <= 0:
@@ -53,23 +58,26 @@ def verify(run_dir, task, n, bound, eps_max, iters, max_neurons, time_limit, at_
         click.echo(f"{k}: {v}")
 
 
-@click.command()
+@click.command(short_help="Adapt a robust source to one target task.")
 @click.option("--source", "source", required=True, type=click.Path(), help="Run directory of the robust source.")
-@click.option("--source-task", default=0, show_default=True, type=int)
-@click.option("--tasks", "target", required=True, help="Target task sequence.")
+@click.option("--source-task", default=0, show_default=True, type=int, help="Source task index.")
+@registry_option("--tasks", "target", registry="tasks", required=True, help="Target task sequence: {names}.")
 @click.option("--task", "target_task", default=0, show_default=True, type=int, help="Target task index.")
-@click.option("--strategies", default="linear,tl-1,finetune,lwf,scratch", show_default=True)
-@click.option("--objectives", default="standard,pgd", show_default=True,
-              help="Target training objectives (any of cmat's; ibp/crown-ibp use the preset's certified recipe).")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False))
-@click.option("--epochs", default=None, type=int)
-@click.option("--eval-samples", default=None, type=int)
-@click.option("--attacks", default="clean,pgd10,pgd40", show_default=True)
-@click.option("--data-root", default=None)
-@click.option("--download", is_flag=True)
-@click.option("--device", default=None)
-@click.option("--set", "set_", multiple=True, help="e.g. --set method_options.lwf_lambda=0.5")
-@click.option("--no-progress", is_flag=True)
+@registry_option("--strategies", registry="strategy", default="linear,tl-1,finetune,lwf,scratch", show_default=True,
+                 help="Comma-separated transfer strategies: {names} (tl-K: the last K layers retrained).")
+@registry_option("--objectives", registry="objective", default="standard,pgd", show_default=True,
+                 help="Comma-separated target training objectives: {names} (ibp/crown-ibp use the preset's "
+                      "certified recipe).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--epochs", default=None, type=int, help="Epochs per target training (train.epochs).")
+@click.option("--eval-samples", default=None, type=int, help="Attack a fixed seeded subset of N test images.")
+@registry_option("--attacks", registry="attack", default="clean,pgd10,pgd40", show_default=True,
+                 help="Comma-separated evaluation attacks: {names}; N = steps, e.g. pgd10.")
+@click.option("--data-root", default=None, help="Dataset folder (default $CMAT_DATA or ./data).")
+@click.option("--download", is_flag=True, help="Download missing datasets (torchvision, md5-checked).")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--set", "set_", multiple=True, help="Override any config key, e.g. --set method_options.lwf_lambda=0.5")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
 def transfer(source, source_task, target, target_task, strategies, objectives, out, no_progress, **flags):
     """Adapt a robust source to a target task: linear, tl-K, finetune, lwf vs scratch."""
     from cmat.transfer import run_transfer
@@ -83,29 +91,33 @@ def transfer(source, source_task, target, target_task, strategies, objectives, o
     click.echo(f"wrote {out}/transfer.json, transfer.csv, transfer.md, transfer.png")
 
 
-@click.command("transfer-study")
-@click.option("--tasks", required=True, help="Sequence holding source and target task, e.g. digits-2split.")
+@click.command("transfer-study", short_help="The whole robustness-transfer study in one command.")
+@registry_option("--tasks", registry="tasks", required=True,
+                 help="Sequence holding source and target task, e.g. digits-2split; any of: {names}.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Study directory.")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML file over the preset.")
 @click.option("--source-task", default=0, show_default=True, type=int, help="Source task index.")
 @click.option("--target-task", default=1, show_default=True, type=int, help="Target task index.")
-@click.option("--strategies", default=None,
-              help="Comma-separated transfer strategies (default linear,tl-K,finetune,lwf; scratch is always run).")
-@click.option("--jobs", default=None, type=int, help="Worker processes (default: CPU cores on a CPU, 1 on a GPU).")
+@registry_option("--strategies", registry="strategy", default=None,
+                 help="Comma-separated transfer strategies: {names} (default linear,tl-K,finetune,lwf with the "
+                      "architecture's K; scratch is always run).")
+@click.option("--jobs", default=None, type=int,
+              help=f"Worker processes (default: the CPU cores, at most {STUDY_JOBS_CAP}, on a CPU; 1 on a GPU).")
 @click.option("--verify-samples", default=30, show_default=True, type=int,
               help="Correct test images per cell whose critical ε is bracketed (ECDF).")
-@click.option("--objective", default=None,
-              help="The robust objective of the robust source and robust targets (default: the preset's, pgd); "
-                   "ibp or crown-ibp make a certified study with the preset's certified recipe.")
-@click.option("--seed", default=None, type=int)
-@click.option("--epochs", default=None, type=int)
-@click.option("--eval-samples", default=None, type=int)
-@click.option("--attacks", default=None)
-@click.option("--data-root", default=None)
-@click.option("--download", is_flag=True)
-@click.option("--device", default=None)
-@click.option("--set", "set_", multiple=True, help="e.g. --set method_options.lwf_lambda=0.5")
-@click.option("--no-progress", is_flag=True)
+@registry_option("--objective", registry="objective", default=None,
+                 help="The robust objective of the robust source and robust targets: {names} (default: {default}); "
+                      "ibp or crown-ibp make a certified study with the preset's certified recipe.")
+@click.option("--seed", default=None, type=int, help="Seed (default: the preset's).")
+@click.option("--epochs", default=None, type=int, help="Epochs per training (train.epochs).")
+@click.option("--eval-samples", default=None, type=int, help="Attack a fixed seeded subset of N test images.")
+@registry_option("--attacks", registry="attack", default=None,
+                 help="Comma-separated evaluation attacks: {names}; N = steps, e.g. pgd10 (default: {default}).")
+@click.option("--data-root", default=None, help="Dataset folder (default $CMAT_DATA or ./data).")
+@click.option("--download", is_flag=True, help="Download missing datasets (torchvision, md5-checked).")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--set", "set_", multiple=True, help="Override any config key, e.g. --set method_options.lwf_lambda=0.5")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
 @launcher_flags
 def transfer_study(out, config_file, source_task, target_task, strategies, jobs, verify_samples, no_progress, **flags):
     """The robustness-transfer study in one command: a standard and a robust source (PGD, or
@@ -118,7 +130,7 @@ def transfer_study(out, config_file, source_task, target_task, strategies, jobs,
     launch_opts = launch_options(flags, config_file)
     cfg = config_mod.resolve(flags.get("tasks"), config_file, overrides(**flags))
     if jobs is None:
-        jobs = 1 if resolve_device(cfg.device).type == "cuda" else max(1, min(os.cpu_count() or 1, 8))
+        jobs = 1 if resolve_device(cfg.device).type == "cuda" else max(1, min(os.cpu_count() or 1, STUDY_JOBS_CAP))
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
     study = run_study(cfg, out, source_task, target_task, names, jobs, verify_samples, progress=not no_progress,
                       say=lambda m: click.echo(m, err=False), launch_opts=launch_opts)

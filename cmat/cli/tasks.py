@@ -49,7 +49,7 @@ def tasks_show(name, data_root, as_json):
         click.echo(f"{k}: {v}")
 
 
-@click.command()
+@click.command(short_help="List the methods, built-in and plugins.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def methods(as_json):
     """List the methods: built-in and plugins (entry point group cmat.methods), one line each."""

@@ -7,25 +7,31 @@ from pathlib import Path
 import click
 
 from cmat.cli.common import launch_flags, launch_options, overrides
+from cmat.cli.names import registry_option
 from cmat.errors import CmatError
 
 
-@click.command()
-@click.option("--tasks", default=None, help="Task sequence (see `cmat tasks`); default digits-5split.")
-@click.option("--method", default=None, help="Method: at-finetune, at-individual, ...")
-@click.option("--objective", default=None, help="standard, pgd, trades, fast or free.")
+@click.command(short_help="Train one method over a task sequence, evaluating each task.")
+@registry_option("--tasks", registry="tasks", default=None,
+                 help="Task sequence: {names} (default: {default}; `cmat tasks` describes each).")
+@registry_option("--method", registry="method", default=None,
+                 help="Method: {names} (default: {default}; `cmat methods` describes each).")
+@registry_option("--objective", registry="objective", default=None,
+                 help="Training objective: {names} (default: {default}).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Run directory.")
-@click.option("--seed", default=None, type=int)
+@click.option("--seed", default=None, type=int, help="Seed of the run (default: the preset's).")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML file over the preset.")
 @click.option("--epochs", default=None, type=int, help="Epochs per task (train.epochs).")
 @click.option("--max-tasks", default=None, type=int, help="Only the first N tasks of the sequence (rehearsals).")
 @click.option("--train-samples", default=None, type=int, help="Train on a seeded subset of N images per task.")
 @click.option("--eval-samples", default=None, type=int, help="Attack a fixed seeded subset of N test images per task.")
-@click.option("--attacks", default=None, help="Comma-separated: clean,fgsm,pgd10,pgd40,apgd-ce,apgd-t,...")
+@registry_option("--attacks", registry="attack", default=None,
+                 help="Comma-separated evaluation attacks: {names}; N = steps, e.g. pgd10; worst is always "
+                      "added (default: {default}).")
 @click.option("--eps", default=None, help="Threat ε in [0,1] pixel units (e.g. 8/255).")
 @click.option("--alpha", default=None, help="Attack step α in pixel units.")
-@click.option("--batch-size", default=None, type=int)
-@click.option("--arch", default=None, help="smallcnn, vgg16 or resnet18.")
+@click.option("--batch-size", default=None, type=int, help="Training minibatch size (train.batch_size).")
+@registry_option("--arch", registry="arch", default=None, help="Backbone: {names} (default: {default}).")
 @click.option("--data-root", default=None, help="Dataset folder (default $CMAT_DATA or ./data).")
 @click.option("--download", is_flag=True, help="Download missing datasets (torchvision, md5-checked).")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ...")
@@ -81,24 +87,27 @@ def run(out, config_file, resume, force, no_progress, estimate_only, **flags):
     click.echo(f"wrote {out}/results.json, store.h5, config.yaml, tb/")
 
 
-@click.command()
-@click.option("--tasks", default=None, help="Task sequence (default digits-5split).")
-@click.option("--methods", default="cmat,packnet,anp-vs,at-finetune,at-individual", show_default=True,
-              help="Comma-separated method names.")
+@click.command(short_help="Train several methods × seeds alike; tabulate and test them.")
+@registry_option("--tasks", registry="tasks", default=None, help="Task sequence: {names} (default: {default}).")
+@registry_option("--methods", registry="method", default="cmat,packnet,anp-vs,at-finetune,at-individual",
+                 show_default=True, help="Comma-separated methods, any of: {names}.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Bench directory.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
-@click.option("--objective", default=None)
-@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False))
-@click.option("--epochs", default=None, type=int)
+@registry_option("--objective", registry="objective", default=None,
+                 help="Training objective of every run: {names} (default: {default}).")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML file over the preset.")
+@click.option("--epochs", default=None, type=int, help="Epochs per task (train.epochs).")
 @click.option("--max-tasks", default=None, type=int, help="Only the first N tasks of the sequence.")
 @click.option("--train-samples", default=None, type=int, help="Train on a seeded subset of N images per task.")
-@click.option("--eval-samples", default=None, type=int)
-@click.option("--attacks", default=None)
-@click.option("--data-root", default=None)
-@click.option("--download", is_flag=True)
-@click.option("--device", default=None)
+@click.option("--eval-samples", default=None, type=int, help="Attack a fixed seeded subset of N test images per task.")
+@registry_option("--attacks", registry="attack", default=None,
+                 help="Comma-separated evaluation attacks: {names}; N = steps, e.g. pgd10; worst is always "
+                      "added (default: {default}).")
+@click.option("--data-root", default=None, help="Dataset folder (default $CMAT_DATA or ./data).")
+@click.option("--download", is_flag=True, help="Download missing datasets (torchvision, md5-checked).")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--set", "set_", multiple=True, help="Override any config key: --set train.lr=0.05")
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
 @launch_flags
 def bench(methods, out, seeds, config_file, no_progress, **flags):
     """Run several methods with one configuration, harness and seeds; tabulate them."""
