@@ -113,18 +113,21 @@ class HAT(Method):
         for g in self.net.gates():
             g.emb[str(t)].clamp_(-THRES_EMB, THRES_EMB)
 
-    def train_task(self, t, task, trainer):
-        wd = self.cfg.train.weight_decay
+    def param_groups(self, t: int) -> list:
+        """Task t's optimiser groups: shared weights (no weight decay), gate embeddings (plain
+        SGD, as HAT's reference code: its compensation and clamp assume no momentum), and the
+        task's own BN and head (the run's weight decay)."""
         shared = [p for layer, _, _ in self.net.weight_layers() for p in layer.parameters()]
         embs = [g.emb[str(t)] for g in self.net.gates()]
         ids = {id(p) for p in shared + embs}
         own = [p for name, p in self.net.named_parameters()
                if id(p) not in ids and (f"bns.{t + 1}." in name or name.startswith(f"heads.{t}."))]
-        # embeddings: plain SGD, as HAT's reference code (its compensation and clamp assume it;
-        # momentum carries a step past the clamp and over the annealing); the rest: the run's optimiser
-        groups = [{"params": shared, "weight_decay": 0.0},
-                  {"params": embs, "weight_decay": 0.0, "momentum": 0.0, "nesterov": False},
-                  {"params": own, "weight_decay": wd}]
+        return [{"params": shared, "weight_decay": 0.0},
+                {"params": embs, "weight_decay": 0.0, "momentum": 0.0, "nesterov": False},
+                {"params": own, "weight_decay": self.cfg.train.weight_decay}]
+
+    def train_task(self, t, task, trainer):
+        groups = self.param_groups(t)
         # loss_fn calls per epoch: batches × the objective's replays (free AT replays each batch)
         per_epoch = math.ceil(len(task.train) / self.cfg.train.batch_size) * trainer.objective.replays
         trainer.fit(self.net.task_view(t), None, task, t, snapshot=self.net, param_groups=groups,
