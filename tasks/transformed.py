@@ -3,7 +3,7 @@
 The protocol of GPM (Saha et al. 2021), DGP and SHIELD (Krukowski et al. 2025): MNIST images
 zero-padded by 2 pixels to 32×32 (1,024 inputs, what SHIELD's 1024-256-256 MLP takes), a
 validation set of 5,000 training images (``val_fraction`` = 1/12 of the 60,000, the presets'
-value; the same images in every task, chosen with the run seed, not stratified), the other 55,000
+value; the same images in every task, stratified by digit, chosen with the run seed), the other 55,000
 train, and each task tested on the whole 10,000-image test set under its transform.
 
 - ``pmnist-10``: task j permutes the 1,024 pixels of the padded image with
@@ -68,10 +68,17 @@ def rotation_source(degrees: float, side: int = SIDE) -> np.ndarray:
     return out.reshape(-1).round().to(torch.int64).numpy() - 1
 
 
-def validation_indices(n: int, val_fraction: float, seed: int) -> np.ndarray:
-    """``round(val_fraction·n)`` training indices (sorted), chosen with ``seed``."""
-    k = int(round(float(val_fraction) * n))
-    return np.sort(np.random.default_rng(int(seed)).choice(n, size=k, replace=False))
+def validation_indices(labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+    """Exactly ``round(val_fraction·N)`` training indices (sorted), stratified: each class gets its
+    proportional share (largest remainders round it to the exact total), chosen with ``seed``."""
+    k = int(round(float(val_fraction) * len(labels)))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = k * counts / len(labels)
+    share = np.floor(quota).astype(np.int64)
+    share[np.argsort(-(quota - share), kind="stable")[: k - int(share.sum())]] += 1
+    rng = np.random.default_rng(int(seed))
+    picked = [rng.choice(np.flatnonzero(labels == c), size=int(n), replace=False) for c, n in zip(classes, share)]
+    return np.sort(np.concatenate(picked))
 
 
 def _tasks(root: Path, download: bool, seed: int, val_fraction: float, prefix: str, source, same_stats: bool) -> list:
@@ -80,7 +87,7 @@ def _tasks(root: Path, download: bool, seed: int, val_fraction: float, prefix: s
     d = read_mnist(root, download)
     (tr_x, tr_y), (te_x, te_y) = d["train"], d["test"]
     tr_x, te_x = pad(tr_x), pad(te_x)
-    va = validation_indices(len(tr_y), val_fraction, seed)
+    va = validation_indices(tr_y, val_fraction, seed)
     keep = np.ones(len(tr_y), dtype=bool)
     keep[va] = False
     stats = channel_stats(tr_x[keep]) if same_stats else None

@@ -15,8 +15,8 @@ try:
 except ImportError:  # tests/ is not a package: pytest put it on sys.path
     import fakedata
 
-ALL_NAMES = ["cifar100-20split", "cifar100-10split", "cifar10-5split", "mnist-5split",
-             "emnist-balanced", "cifar10-cifar100", "mnist-emnist", "digits-5split", "digits-2split", "toy-2task"]
+ALL_NAMES = ["cifar100-20split", "cifar100-10split", "cifar10-5split", "mnist-5split", "fashion-5split", "pmnist-10",
+             "rmnist-10", "emnist-balanced", "cifar10-cifar100", "mnist-emnist", "digits-5split", "digits-2split", "toy-2task"]
 OFFLINE = ("digits-5split", "digits-2split", "toy-2task")
 FILE_BACKED = [n for n in ALL_NAMES if n not in OFFLINE]
 
@@ -234,6 +234,47 @@ def test_emnist_balanced_is_transposed_to_mnist_orientation(tmp_path):
     assert (len(task.train) + len(task.val), len(task.test)) == (47 * 4, 47)
 
 
+def test_fashion_5split_reads_fashion_mnist_class_pairs(tmp_path):
+    write_fake_fashion(tmp_path)
+    seq = tasks.get_tasks("fashion-5split", data_root=tmp_path)
+    assert seq.task_names == [f"fashion-{2 * j}-{2 * j + 1}" for j in range(5)]
+    assert [t.classes for t in seq][:2] == [["T-shirt/top", "Trouser"], ["Pullover", "Dress"]]
+    for j, task in enumerate(seq):
+        assert (task.train.images[:, 0, 0, 0] == 2 * j + task.train.labels).all()
+        check_task_contract(task, (1, 28, 28), None)
+    with pytest.raises(CmatError, match="FashionMNIST/raw/train-images-idx3-ubyte"):
+        tasks.get_tasks("fashion-5split", data_root=tmp_path / "empty")
+
+
+@pytest.mark.parametrize("name", ["pmnist-10", "rmnist-10"])
+def test_transformed_mnist_splits_follow_the_protocol(tmp_path, name):
+    """Every image of the fake MNIST, padded and transformed per task: the same validation images
+    in every task (round(val_fraction·N), seeded), the others train, every test image in every task."""
+    from cmat.tasks import transformed as T
+
+    fakedata.write_mnist(tmp_path)
+    seq = tasks.get_tasks(name, data_root=tmp_path, val_fraction=0.25, seed=3)
+    assert len(seq) == 10 and seq.task_names == [f"{name[:6]}-{j}" for j in range(10)]
+    val_labels = None
+    for j, task in enumerate(seq):
+        check_task_contract(task, (1, 32, 32), None)
+        assert (len(task.train), len(task.val), len(task.test)) == (150, 50, 50)
+        source = T.permutation(j) if name == "pmnist-10" else T.rotation_source(T.ROTATIONS[j])
+        if name == "pmnist-10":  # undo the permutation: the padded fake images, ids intact
+            inverse = np.argsort(source)
+            back = {s: T.permute(getattr(task, s).images.numpy(), inverse) for s in ("train", "val", "test")}
+            ids = {s: set(fakedata.decode_ids(b[:, :, 2:30, 2:30]).tolist()) for s, b in back.items()}
+            assert not ids["train"] & ids["val"] and len(ids["train"] | ids["val"]) == 200
+            assert min(ids["test"]) >= fakedata.TEST_ID_OFFSET and len(ids["test"]) == 50
+            assert (back["train"][:, :, :2] == 0).all() and (back["train"][:, :, :, 30:] == 0).all()  # the padding
+        val_labels = task.val.labels if val_labels is None else val_labels
+        assert torch.equal(task.val.labels, val_labels)
+    assert not torch.equal(seq[0].val.images, seq[1].val.images)  # different transforms
+    other = tasks.get_tasks(name, data_root=tmp_path, val_fraction=0.25, seed=4)
+    assert not torch.equal(other[0].val.labels, seq[0].val.labels) or not torch.equal(other[0].val.images,
+                                                                                       seq[0].val.images)
+
+
 # --- transfer pairs -------------------------------------------------------------------------
 
 def test_mnist_emnist_pair_source_then_target(tmp_path):
@@ -311,8 +352,16 @@ def test_malformed_files_are_one_line_errors_naming_the_file(tmp_path):
         tasks.get_tasks("cifar10-5split", data_root=tmp_path)
 
 
+def write_fake_fashion(root):
+    """Fake Fashion-MNIST: the fake MNIST files (same format) under ``FashionMNIST/raw``."""
+    fakedata.write_mnist(root / "fake-fashion", seed=1)
+    (root / "FashionMNIST").mkdir(exist_ok=True)
+    (root / "fake-fashion/MNIST/raw").rename(root / "FashionMNIST/raw")
+
+
 def test_registry_matches_built_sequences(tmp_path, cifar100_root, cifar10_root):
     fakedata.write_mnist(tmp_path)
+    write_fake_fashion(tmp_path)
     fakedata.write_emnist(tmp_path)
     both = tmp_path / "both"
     both.mkdir()
