@@ -1,5 +1,10 @@
-"""The HDF5 store: bit-exact round trips; corrupt, truncated, foreign, other-version files refused."""
+"""The HDF5 store: bit-exact round trips; corrupt, truncated, foreign, other-version files refused;
+version 3's few-datasets layout; version-2 stores still load."""
+import json
 import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import pytest
@@ -8,7 +13,13 @@ import torch
 import cmat
 from cmat.errors import CmatError
 from cmat.nn import MultiHeadNet
-from cmat.store import read_state, write_state
+from cmat.store import VERSION, read_state, save_run, write_state
+from cmat.store.arrays import COMPACT_BYTES
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import golden_digest  # noqa: E402
+import store_rehearsal  # noqa: E402
 
 
 def test_state_round_trip_bit_exact(tmp_path):
@@ -42,12 +53,18 @@ def _copy(run_dir, tmp_path):
     return dst
 
 
-def test_corrupted_chunk_detected(individual_run, tmp_path):
+@pytest.mark.parametrize("layout", ["chunked", "compact"])
+def test_corrupted_data_detected(individual_run, tmp_path, layout):
     run = _copy(individual_run[0], tmp_path)
     path = run / "store.h5"
     with h5py.File(path, "r") as f:
-        name = next(n for n, d in f["networks/0/state"].items() if d.size > 100)
-        off = f["networks/0/state"][name].id.get_chunk_info(0).byte_offset
+        state = f["networks/0/state"]
+        if layout == "chunked":
+            off = state["float32"].id.get_chunk_info(0).byte_offset
+        else:  # a compact dataset's bytes sit in its object header: find them in the file
+            assert state["int64"].chunks is None and state["int64"].nbytes <= COMPACT_BYTES
+            raw = state["int64"][()].tobytes()
+            off = path.read_bytes().index(raw) - 10
     data = bytearray(path.read_bytes())
     for i in range(off + 10, off + 40):
         data[i] ^= 0xFF
@@ -86,9 +103,73 @@ def test_foreign_and_version_mismatch_refused(tmp_path):
         cmat.load(tmp_path / "missing")
 
 
-def test_store_uses_checksums_and_compression(individual_run):
-    with h5py.File(individual_run[0] / "store.h5", "r") as f:
-        for ds in f["networks/0/state"].values():
-            if ds.size > 1:
-                assert ds.fletcher32 and ds.compression == "gzip"
+def test_store_has_a_few_datasets_per_network_and_little_metadata(individual_run):
+    """Version 3: one dataset per kind (the weights of each dtype, owners, piggyback masks), the
+    large ones compressed with a checksum of their own, the small ones compact; the bytes
+    outside the datasets' data (headers, index, configuration) a small share of the file."""
+    path = individual_run[0] / "store.h5"
+    with h5py.File(path, "r") as f:
+        assert f.attrs["version"] == VERSION == 3
+        stored = []
+        f.visititems(lambda n, o: stored.append(o) if isinstance(o, h5py.Dataset) else None)
+        for ds in stored:
+            assert ds.name.count("/") == 4 and ds.name.split("/")[3:] in (["state", "float32"], ["state", "int64"])  # state/<dtype>
+            if ds.chunks:
+                assert ds.fletcher32 and ds.compression == "gzip" and ds.nbytes > 4096
+            else:
+                assert ds.id.get_create_plist().get_layout() == h5py.h5d.COMPACT
+        data = sum(ds.id.get_storage_size() for ds in stored)
+    size = path.stat().st_size
+    assert len(stored) <= 2 * len(cmat.load(path).networks)
+    assert size - data < 20_000, f"{size - data} bytes of metadata"
     assert not any(p.name.endswith(".tmp") for p in individual_run[0].iterdir())
+
+
+class _Method:
+    decisions = {"fixture": True}
+
+    def __init__(self, run):
+        self.run = run
+
+    def networks(self):
+        return self.run.networks
+
+    def task_slots(self):
+        return self.run.slots
+
+
+def test_a_version_2_store_still_loads_and_round_trips(tmp_path):
+    """tests/fixtures/store_v2.h5 was written by the last version-2 writer (make_store_v2.py):
+    the current reader gives back every tensor it held (digests recorded by that writer), the
+    same logits, and re-saved as version 3 the same tensors again, in far fewer bytes."""
+    old = ROOT / "tests" / "fixtures" / "store_v2.h5"
+    expected = json.loads((ROOT / "tests" / "fixtures" / "store_v2.json").read_text())["tensors"]
+    with h5py.File(old, "r") as f:
+        assert f.attrs["version"] == 2 and isinstance(f["networks/0/owner"], h5py.Group)
+    assert golden_digest.store_tensors(old) == expected
+    run = cmat.load(old)
+    assert any(n.startswith("networks/1/") and ".gate" in n for n in expected)  # HAT's bool gates
+    assert any("/piggyback/" in n for n in expected)
+    new = save_run(tmp_path / "store.h5", _Method(run), cmat.get_tasks("digits-5split"), run.config)
+    with h5py.File(new, "r") as f:
+        assert f.attrs["version"] == 3 and isinstance(f["networks/0/owner"], h5py.Dataset)
+    assert golden_digest.store_tensors(new) == expected
+    again = cmat.load(new)
+    x = torch.rand(3, 1, 8, 8)
+    for j in range(len(run.task_names)):
+        assert torch.equal(run.model(j)(x), again.model(j)(x))
+    assert new.stat().st_size < old.stat().st_size / 3
+
+
+def test_small_vgg16_rehearsal_round_trips_and_costs_little_beyond_its_data(tmp_path):
+    """scripts/store_rehearsal.py on 3 tasks of a width-0.125 VGG16: every tensor back bit for bit
+    (the script exits otherwise), at most 1.1× the float32 weights (BN and heads included), and
+    the piggyback masks within 10% of the entropy of their bits."""
+    net = store_rehearsal.rehearsal_net(3, 0.125, 0.83, 0.8, seed=0)
+    res = store_rehearsal.measure(net, 3)
+    assert res["ratio"] <= 1.1, res
+    selectable = sum(int(((m.owner > 0) & (m.owner < t)).sum()) for m in net.masked_layers() for t in m.bits)
+    with h5py.File(store_rehearsal.write(net, 3, tmp_path / "s.h5"), "r") as f:
+        stored = f["networks/0/piggyback"].id.get_storage_size()
+    entropy_bytes = selectable * 0.7219 / 8  # h(0.8) bits per selectable position
+    assert stored <= 1.1 * entropy_bytes + 512, (stored, entropy_bytes)

@@ -1,24 +1,22 @@
 """The HDF5 store: everything inference needs, nothing executable (no pickle).
 
-Layout (format ``cmat-store``, version 2)::
+Layout (format ``cmat-store``, version 3; docs/store.md)::
 
     /                      attrs: format, version, method, objective, tasks, task_names (JSON),
-                           config (resolved YAML), decisions (JSON)
+                           config (resolved YAML), decisions (JSON), sha256 (cmat.h5safe)
     /networks/<k>          attrs: spec (JSON: architecture, heads, normalisation statistics)
-    /networks/<k>/state/<name>   one dataset per state-dict entry, flattened,
-                                 attrs: shape, dtype (bool entries, HAT's unit gates, bit-packed:
-                                 attrs packed, count, bool_shape)
-    /networks/<k>/owner/<i>      masked networks: owner ids of masked layer i, in the smallest
-                                 unsigned integer type that holds them (0 = free)
-    /networks/<k>/piggyback/<j>/<i>   task j's binary piggyback mask of layer i, bit-packed
-                                 (np.packbits) over only the positions it can select (weights
-                                 of earlier tasks inside j's slice), attrs: count
+    /networks/<k>/state/<dtype>   all state-dict entries of one dtype, concatenated (bool ones
+                                  bit-packed); attrs of ``state``: index (name, dtype, shape)
+    /networks/<k>/owner           masked networks: all layers' owner ids, concatenated
+    /networks/<k>/piggyback       all tasks' piggyback masks, bit-packed over the positions they
+                                  can select, concatenated; attrs: index (task, layer, count)
     /tasks/<j>             attrs: name, classes (JSON), num_classes, network, head
 
-Every dataset is gzip-compressed with a fletcher32 checksum, so corruption is detected on read.
-The file is written under a temporary name in the same folder and renamed, so a crash never
-leaves a half-written store behind. Per-task masks (owner, piggyback) slot in as further
-datasets under ``/networks/<k>`` and ``/tasks/<j>``.
+A few datasets per network (:mod:`cmat.store.tensors`), each compact when small and chunked,
+shuffled, gzip-compressed and fletcher32-checked when large (:mod:`cmat.store.arrays`); the
+root SHA-256 covers every byte a loader reads. Version-2 stores (one dataset per tensor) still
+load (:mod:`cmat.store.legacy`). The file is written under a temporary name in the same folder
+and renamed, so a crash never leaves a half-written store behind.
 """
 from __future__ import annotations
 
@@ -35,98 +33,16 @@ from cmat.config import from_dict, to_yaml
 from cmat.errors import CmatError
 from cmat.h5safe import sign, verify
 from cmat.nn import build_network
+from cmat.store.arrays import LIBVER, read_array, write_array
+from cmat.store.tensors import read_masks, read_state, write_masks, write_state
+
+__all__ = ["FORMAT", "VERSION", "READS", "LoadedRun", "load", "open_store", "save_run", "save_checkpoint",
+           "read_checkpoint", "read_array", "write_array", "read_state", "write_state", "read_masks",
+           "write_masks", "sign"]
 
 FORMAT = "cmat-store"
-VERSION = 2  # 2: root SHA-256 over everything (cmat.h5safe)
-
-
-def write_array(group: h5py.Group, name: str, array: np.ndarray) -> h5py.Dataset:
-    """Store ``array`` flattened (gzip + fletcher32), remembering its shape."""
-    flat = np.ascontiguousarray(array).reshape(-1)
-    kwargs = dict(compression="gzip", compression_opts=4, fletcher32=True) if flat.size else {}
-    ds = group.create_dataset(name, data=flat, **kwargs)
-    ds.attrs["shape"] = np.asarray(array.shape, dtype=np.int64)
-    return ds
-
-
-def read_array(ds: h5py.Dataset) -> np.ndarray:
-    shape = np.asarray(ds.attrs["shape"])
-    if shape.dtype.kind not in "iu" or shape.ndim != 1 or (shape < 0).any() or int(np.prod(shape)) != ds.size:
-        raise ValueError(f"dataset {ds.name} has {ds.size} elements but declares shape {shape.tolist()}")
-    return ds[()].reshape(tuple(int(s) for s in shape))
-
-
-def write_state(group: h5py.Group, state: dict) -> None:
-    """One dataset per entry; bool entries (HAT's gates) bit-packed (``np.packbits``, attrs
-    ``packed`` and ``count``)."""
-    for name, tensor in state.items():
-        arr = tensor.detach().cpu().numpy()
-        if arr.dtype == np.bool_:
-            ds = write_array(group, name, np.packbits(arr.reshape(-1)))
-            ds.attrs.update(packed=True, count=arr.size, bool_shape=np.asarray(arr.shape, dtype=np.int64))
-        else:
-            ds = write_array(group, name, arr)
-        ds.attrs["dtype"] = str(tensor.dtype).replace("torch.", "")
-
-
-def read_state(group: h5py.Group) -> dict:
-    out = {}
-    for name, ds in group.items():
-        arr = read_array(ds)
-        if ds.attrs.get("packed", False):
-            shape = tuple(int(s) for s in ds.attrs["bool_shape"])
-            arr = np.unpackbits(arr, count=int(ds.attrs["count"])).astype(bool).reshape(shape)
-        out[name] = torch.from_numpy(np.array(arr))
-    return out
-
-
-def _selectable(layer, tid: int) -> torch.Tensor:
-    """Positions task ``tid``'s piggyback mask can select: earlier tasks' weights in its slice."""
-    out, inp = layer.shapes[tid]
-    o = layer.owner[:out, :inp]
-    return (o > 0) & (o < tid)
-
-
-def write_masks(group: h5py.Group, net) -> None:
-    layers = net.masked_layers()
-    owners = group.create_group("owner")
-    for i, m in enumerate(layers):
-        o = m.owner.cpu().numpy()
-        write_array(owners, str(i), o.astype(np.min_scalar_type(max(int(o.max()), 0))))
-    piggy = group.create_group("piggyback")
-    tids = sorted({tid for m in layers for tid in m.bits})
-    for tid in tids:
-        tg = piggy.create_group(str(tid - 1))
-        for i, m in enumerate(layers):
-            if tid in m.bits:
-                out, inp = m.shapes[tid]
-                sel = m.mask_bits(tid)[:out, :inp][_selectable(m, tid)].cpu().numpy()
-                ds = write_array(tg, str(i), np.packbits(sel))
-                ds.attrs["count"] = int(sel.size)
-
-
-def read_masks(group: h5py.Group, net) -> None:
-    layers = net.masked_layers()
-    for i, m in enumerate(layers):
-        o = torch.from_numpy(read_array(group["owner"][str(i)]).astype(np.int16))
-        if o.shape != m.owner.shape:
-            raise ValueError(f"owner tensor {i} has shape {tuple(o.shape)}, expected {tuple(m.owner.shape)}")
-        m.owner = o.to(m.owner.device)
-        m._mask_version += 1
-    for j, tg in group["piggyback"].items():
-        tid = int(j) + 1
-        for i, ds in tg.items():
-            m = layers[int(i)]
-            count = int(ds.attrs["count"])
-            sel = _selectable(m, tid)
-            if int(sel.sum()) != count:
-                raise ValueError(f"piggyback mask of task {j}, layer {i} does not match the owner tensor")
-            bits = np.unpackbits(read_array(ds), count=count).astype(bool)
-            full = torch.zeros(m.weight.shape, dtype=torch.bool)
-            out, inp = m.shapes[tid]
-            view = full[:out, :inp]
-            view[sel] = torch.from_numpy(bits)
-            m.set_bits(tid, full)
+VERSION = 3  # 2: root SHA-256 over everything (cmat.h5safe); 3: a few datasets per network
+READS = (2, 3)  # versions this cmat loads
 
 
 def save_run(path, method, seq, cfg, extra=None) -> Path:
@@ -140,7 +56,7 @@ def _build_run(method, seq, cfg, slots, extra) -> memoryview:
     read-only file system is a clean ``OSError`` instead of a failure inside HDF5's own writes
     (which h5py reports while deallocating, and which crashed the process)."""
     buf = io.BytesIO()
-    with h5py.File(buf, "w") as f:
+    with h5py.File(buf, "w", libver=LIBVER) as f:
         f.attrs["format"] = FORMAT
         f.attrs["version"] = VERSION
         f.attrs["method"] = cfg.method
@@ -316,10 +232,10 @@ def open_store(path) -> h5py.File:
         f.close()
         raise CmatError(f"{path} is not a cmat store (format {fmt!r})")
     ver = f.attrs.get("version", -1)
-    if not isinstance(ver, (int, np.integer)) or int(ver) != VERSION:
+    if not isinstance(ver, (int, np.integer)) or int(ver) not in READS:
         f.close()
         shown = int(ver) if isinstance(ver, (int, np.integer)) else repr(ver)
-        raise CmatError(f"{path} has store version {shown}; this cmat reads version {VERSION}")
+        raise CmatError(f"{path} has store version {shown}; this cmat reads versions {', '.join(map(str, READS))}")
     try:
         verify(f, path)
     except BaseException:
