@@ -9,6 +9,7 @@ from cmat.attacks import sound_alpha
 from cmat.config import from_dict
 from cmat.errors import CmatError
 from cmat.evaluate import eps_sweep, eval_subset, steps_sweep
+from cmat.provenance import machine_line
 from cmat.plots import (
     accuracy_grid_figure,
     accuracy_matrix_figure,
@@ -276,7 +277,8 @@ def run_markdown(results: dict, source: str = "") -> str:
     if all("ci95" in results["summary"][a] for a in names):
         n = results["summary"][names[0]]["n"]
         lines.append(f"| 95% CI (pooled) | {n} | " + " | ".join(_interval(results["summary"][a]["ci95"]) for a in names) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", machine_line([results.get("provenance", {})])]) + "\n"
+
 
 
 def render_report(path) -> str:

@@ -2,6 +2,8 @@
 DESIGN.md) assembled from the accuracy matrices, and the accuracy-matrix figures."""
 from __future__ import annotations
 
+import torch
+
 from cmat.evaluate import attacks_as_run, build_attacks, evaluate_task, task_attacks
 from cmat.metrics import summarize, wilson_interval
 from cmat.provenance import provenance
@@ -59,7 +61,7 @@ def results_json(cfg, seq, method, columns: list, acc: dict, clean_full: list, l
         "decisions": method.decisions,
         "cost": cost,
         "seed": cfg.seed,
-        "provenance": dict(provenance()),
+        "provenance": {**provenance(), "threads": torch.get_num_threads()},  # threads: as trained
     }
 
 
