@@ -8,6 +8,7 @@ names the code that made it. ``commit`` is None when cmat does not run from a gi
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 import sys
@@ -34,6 +35,10 @@ def source_commit(root: Optional[Path] = None) -> tuple:
 
 # CPU features that decide which float kernels torch and oneDNN run (so their rounding).
 KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+# Variables that lower the kernels torch (ATen) and oneDNN pick; recorded when set. Measured: an AMD
+# EPYC Zen 4 with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 reproduces, bit for bit, toy runs
+# recorded on an AVX2-only machine, and without them it does not.
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
 def cpu_fingerprint() -> dict:
@@ -41,7 +46,7 @@ def cpu_fingerprint() -> dict:
     name and its family/model/stepping numbers (/proc/cpuinfo: a virtual machine may show only
     "AMD EPYC", and Zen 3 and Zen 4 both say so), the vector ISA torch dispatches its kernels to
     (``torch.backends.cpu.get_cpu_capability()``, which ``ATEN_CPU_CAPABILITY`` can lower) and
-    which of :data:`KERNEL_FLAGS` it has. Two runs of one config are bit-exact when their
+    which of :data:`KERNEL_FLAGS` it has, plus ``env``: any of :data:`KERNEL_ENV` that is set. Two runs of one config are bit-exact when their
     fingerprints (and threads, torch) are equal; a test comparing with a recording made
     elsewhere falls back to a statistical rule."""
     import torch
@@ -57,15 +62,18 @@ def cpu_fingerprint() -> dict:
         pass
     number = lambda key: int(info[key]) if info.get(key, "").isdigit() else None  # noqa: E731
     flags = set(info.get("flags", "").split())
-    return {"model": info.get("model name") or platform.processor() or platform.machine(),
-            "family": number("cpu family"), "model_id": number("model"), "stepping": number("stepping"),
-            "capability": torch.backends.cpu.get_cpu_capability(), "flags": [f for f in KERNEL_FLAGS if f in flags]}
+    fp = {"model": info.get("model name") or platform.processor() or platform.machine(),
+          "family": number("cpu family"), "model_id": number("model"), "stepping": number("stepping"),
+          "capability": torch.backends.cpu.get_cpu_capability(), "flags": [f for f in KERNEL_FLAGS if f in flags]}
+    lowered = {k: os.environ[k] for k in KERNEL_ENV if os.environ.get(k)}
+    return {**fp, "env": lowered} if lowered else fp
 
 
 def describe_cpu(fp: dict) -> str:
     """One line for a fingerprint: ``AMD EPYC family 25 model 17 (AVX512; avx2 fma avx512f …)``."""
     ids = f" family {fp['family']} model {fp['model_id']}" if fp.get("family") is not None else ""
-    return f"{fp.get('model')}{ids} ({fp.get('capability')}; {' '.join(fp.get('flags', [])) or 'no listed flags'})"
+    env = "".join(f", {k}={v}" for k, v in fp.get("env", {}).items())
+    return f"{fp.get('model')}{ids} ({fp.get('capability')}; {' '.join(fp.get('flags', [])) or 'no listed flags'}{env})"
 
 
 def machine_line(provenances: list) -> str:
