@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cmat.engine import Trainer
-from cmat.engine.trainer import majority_share, select_epoch, task_cost
+from cmat.engine.trainer import chance_floor, majority_share, select_epoch, task_cost
 from cmat.tasks import tasks_for_config
 from cmat.tblog import RunLogger
 from tests.conftest import quick_config
@@ -37,6 +37,30 @@ def test_degenerate_means_not_above_the_majority_share():
     assert select_epoch(rows, "robust", floor=0.52)[0] == 1  # at the floor: degenerate
     assert majority_share(torch.tensor([0, 1, 1, 2, 1])) == pytest.approx(0.6)
     assert majority_share(torch.tensor([], dtype=torch.long)) == 0.0
+
+
+def test_the_floor_is_the_last_count_not_significantly_above_a_constant_predictor():
+    """57 validation images, 29 of the majority class (digits' task sizes): 29 correct is the
+    majority share, and in float32 29/57 lies *above* 29/57 in float64, so a floor at the share
+    itself would count a constant predictor as classifying. P(X >= k) for X ~ Bin(57, 29/57):
+    36 correct is the first count below 0.05."""
+    from scipy.stats import binom
+
+    labels = torch.tensor([0] * 29 + [1] * 28)
+    floor = chance_floor(labels)
+
+    def acc(k):  # as Trainer.validate computes it
+        return float(torch.tensor([True] * k + [False] * (57 - k)).float().mean())
+
+    first = min(k for k in range(58) if binom.sf(k - 1, 57, 29 / 57) < 0.05)
+    assert acc(29) > 29 / 57 and acc(29) <= floor  # the constant predictor: degenerate
+    assert acc(first - 1) <= floor < acc(first)
+    assert 0.56 < floor < 0.65  # a 0.56 "classifier" (3 images over the share) is not one
+    # the old HAT run's task 2 (seed 0, before the fix): the metric alone keeps a one-class epoch;
+    # the floor at the share would keep epoch 2 (0.56 clean), the test keeps epoch 1 (0.98 clean)
+    rows = history((0.51, 0.46), (0.98, 0.49), (0.56, 0.49), (acc(29), 0.51))
+    assert select_epoch(rows, "robust", floor) == (1, 3)
+    assert select_epoch(rows, "robust", majority_share(labels))[0] == 3  # float32: "above" the share
 
 
 def test_without_degenerate_epochs_the_choice_is_the_metrics_latest_best():
@@ -88,7 +112,7 @@ def test_fit_restores_the_epoch_that_classifies_and_records_the_rule(tmp_path):
     before = (0.0, 0, 0.0, 0.0, 0, 0.0)
     out = trainer.fit(model, list(model.parameters()), task, 0, snapshot=model, after_step=constant_first_epoch)
     trainer.logger.close()
-    hist, floor = out["history"], majority_share(task.val.labels)
+    hist, floor = out["history"], chance_floor(task.val.labels)
     classify = [e for e, r in enumerate(hist) if r["val_clean"] > floor]
     assert hist[0]["val_clean"] <= floor and classify  # epoch 0 is one-class, a later one classifies
     assert hist[0]["val_robust"] > max(r["val_robust"] for r in hist[1:])  # ... and epoch 0 wins on the metric alone

@@ -87,15 +87,31 @@ def majority_share(labels: torch.Tensor) -> float:
     return float(torch.bincount(labels).max()) / len(labels) if len(labels) else 0.0
 
 
+def chance_floor(labels: torch.Tensor, alpha: float = 0.05) -> float:
+    """The clean validation accuracy at or below which an epoch counts as degenerate: its correct
+    count is not significantly above what the best constant predictor scores on ``labels`` (one-
+    sided exact binomial test against the majority share, level ``alpha``). Returned half an
+    image below the first significant count, so float32 accuracies compare safely (29/57 in
+    float32 is above 29/57 in float64)."""
+    from scipy.stats import binom
+
+    n, share = len(labels), majority_share(labels)
+    if n == 0:
+        return 0.0
+    k = next(k for k in range(n + 2) if k > n or binom.sf(k - 1, n, share) < alpha)  # P(X >= k) < alpha
+    return (k - 0.5) / n
+
+
 def select_epoch(history: list, metric: str, floor: float) -> tuple:
     """``(kept, by_metric_alone)``: the epoch model selection keeps from a validation ``history``
     (rows with ``val_clean`` and ``val_robust``) and the one the metric alone would keep.
 
     ``metric`` ``clean`` / ``robust``: the best ``val_<metric>``, the latest on ties, among the
-    epochs that classify -- an epoch whose clean validation accuracy is not above ``floor`` (the
-    majority-class share, what a constant predictor scores) is degenerate, and a one-class
-    network that scores the majority share under attack never displaces one that classifies
-    but is less robust; only when every epoch is degenerate are they all candidates. ``last``:
+    epochs that classify -- an epoch whose clean validation accuracy is not above ``floor``
+    (:func:`chance_floor`: not significantly above what a constant predictor scores) is
+    degenerate, and a one-class network that scores the majority share under attack never
+    displaces one that classifies but is less robust; only when every epoch is degenerate are
+    they all candidates. ``last``:
     the last epoch (a schedule that ends at its target), no rule."""
     if not history:
         raise ValueError("no epoch to select from")
@@ -196,7 +212,7 @@ class Trainer:
         accel.prepare_model(self.cfg.accel, model)
         train_model = self.dist.wrap(model, self.device) if self.dist is not None else model
         metric = self.selection_metric()
-        floor = majority_share(task.val.labels)  # a constant predictor's validation accuracy
+        floor = chance_floor(task.val.labels)  # at or below: no better than a constant predictor
         best_state, best_epoch, history = None, -1, []
         bar = tqdm(total=iters, desc=f"{self.task_label(t)} {tag}", leave=False, disable=not self.progress, unit="it")
         for epoch in range(epochs):
@@ -260,7 +276,7 @@ class Trainer:
         """Log (and keep for the task's ``cost`` record) a choice the degenerate-epoch rule changed."""
         alone = select_epoch(history, metric, floor)[1]
         if alone != kept:
-            rec = {"task": t, "tag": tag, "kept_epoch": kept, "by_metric_alone": alone, "majority_share": floor,
+            rec = {"task": t, "tag": tag, "kept_epoch": kept, "by_metric_alone": alone, "chance_floor": floor,
                    "degenerate_epochs": [e for e, r in enumerate(history) if r["val_clean"] <= floor]}
             self.logger.event(kind="selection_rule", **rec)
             self.selection_overrides.append(rec)
