@@ -15,7 +15,8 @@
    by critical-ε bisection (certified lower end, PGD upper end; VERONA's CSV columns) on the
    first ``verify_samples`` correctly classified evaluated images. Cost: training seconds and
    ``grad_evals`` = forward+backward passes per image spent on the target, attack steps
-   included. A finished cell (``cells/<name>/cell.json`` with the same key) is reused.
+   included. A finished cell (``cells/<name>/cell.json`` with the same key) is reused; one whose
+   ``cell.json`` is truncated, garbage or of another schema is named in one line and trains again.
 3. **Outputs.** ``study.csv`` (the columns in :data:`CSV_COLUMNS`), ``study.json`` (everything,
    with n, 95% intervals, ratios against scratch training with the robust objective, exact
    McNemar tests against it, and the source effect: robust vs standard source per strategy and
@@ -24,6 +25,8 @@
    front), ``bars.png`` (grouped per strategy) and ``ecdf.png`` (critical ε per strategy).
 
 Cells run in ``jobs`` worker processes (one CPU thread each on a CPU; cells are independent).
+The study holds the lock of ``OUT`` and, for its workers, of every source and cell directory
+(:mod:`cmat.rundir`); through SLURM each job holds its own.
 
 Modules: ``plan`` (cells, keys, reuse), ``cells`` (a source run and one cell, runnable in worker
 processes), ``study`` (the orchestration), ``analysis`` (summary, tables, plots).
