@@ -199,26 +199,32 @@ def fetch(root, datasets=("mnist", "fashion-mnist"), archives: Optional[dict] = 
     if unknown or not datasets:
         raise CmatError(f"unknown dataset {unknown[0] if unknown else None!r}; valid: {', '.join(MIRRORS)}")
     created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
     try:
-        with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp_name:
-            staged = {}
-            for name in datasets:
-                mirror = MIRRORS[name]
-                todo = [rel for rel in mirror.files if not plain_verified(root, rel)]
-                if not todo:
-                    log(f"{name}: already present and verified under {root}")
-                    continue
-                tmp = Path(tmp_name) / name
-                tmp.mkdir()
-                archive = Path(archives[name]) if archives and name in archives else download_archive(mirror, tmp)
-                staged.update({rel: f for rel, f in _stage(mirror, archive, tmp).items() if rel in todo})
-                log(f"{name}: {len(mirror.files)} files verified (md5) from {archive.name}")
-            for rel, path in staged.items():
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, root / rel)
-    except BaseException:
-        if created and not any(root.iterdir()):
+        root.mkdir(parents=True, exist_ok=True)
+        return _fetch_into(root, datasets, archives or {}, log)
+    except OSError as err:  # a file where ROOT should be, no permission, a full disk: one line
+        raise CmatError(one_line(f"cannot write under {root}: {err}")) from err
+    finally:
+        if created and root.is_dir() and not any(root.iterdir()):
             root.rmdir()
-        raise
+
+
+def _fetch_into(root: Path, datasets: tuple, archives: dict, log) -> list:
+    """:func:`fetch` on an existing ``root``: stage and verify every missing file, then move them in."""
+    with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp_name:
+        staged = {}
+        for name in datasets:
+            mirror = MIRRORS[name]
+            todo = [rel for rel in mirror.files if not plain_verified(root, rel)]
+            if not todo:
+                log(f"{name}: already present and verified under {root}")
+                continue
+            tmp = Path(tmp_name) / name
+            tmp.mkdir()
+            archive = Path(archives[name]) if name in archives else download_archive(mirror, tmp)
+            staged.update({rel: f for rel, f in _stage(mirror, archive, tmp).items() if rel in todo})
+            log(f"{name}: {len(mirror.files)} files verified (md5) from {archive.name}")
+        for rel, path in staged.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, root / rel)
     return [root / rel for name in datasets for rel in MIRRORS[name].files]
