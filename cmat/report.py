@@ -10,6 +10,7 @@ from cmat.config import from_dict
 from cmat.errors import CmatError
 from cmat.evaluate import eps_sweep, eval_subset, steps_sweep
 from cmat.provenance import machine_line
+from cmat.rundir import read_results
 from cmat.plots import (
     accuracy_grid_figure,
     accuracy_matrix_figure,
@@ -104,31 +105,10 @@ def inspect_store(run_dir) -> str:
 
 
 def _read_results(path: Path) -> dict:
-    """A results.json checked before anything is computed from it: task names, and for every
-    column a lower-triangular matrix with one row per task, fractions in [0, 1]."""
-    try:
-        results = json.loads(Path(path).read_text(encoding="utf-8"))
-        names = results["task_names"]
-        acc = results["acc"]
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise ValueError("task_names is not a non-empty list of names")
-        if not isinstance(acc, dict) or not acc:
-            raise ValueError("acc holds no accuracy matrix")
-        for col, rows in acc.items():
-            ok = isinstance(rows, list) and len(rows) == len(names) and all(
-                isinstance(r, list) and len(r) == i + 1 and all(
-                    isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a <= 1 for a in r)
-                for i, r in enumerate(rows))
-            if not ok:
-                raise ValueError(f"acc[{col!r}] is not a lower-triangular matrix of {len(names)} rows of fractions")
-        for key in ("method", "objective", "tasks"):
-            if not isinstance(results.get(key), str):
-                raise ValueError(f"{key!r} is missing")
-        return results
-    except FileNotFoundError:
-        raise CmatError(f"no results file at {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise CmatError(f"{path} is not a valid cmat results file: {err}") from None
+    """A results.json checked before anything is computed from it (:func:`cmat.rundir.read_results`:
+    task names, every column a lower-triangular matrix of fractions, the summary, F1 and cost a
+    table reads); else one line naming the file."""
+    return read_results(path)
 
 
 # Sweeps (ε and PGD steps): attack-image budget and the step-size rule.

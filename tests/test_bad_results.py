@@ -74,6 +74,19 @@ def test_a_bad_eval_h5_or_slurm_record_is_a_rerun_or_one_line(bench):
     (out / "slurm_jobs.json").unlink()
 
 
+def test_cmat_report_on_a_bench_with_a_bad_results_json_is_one_line(tmp_path, bench):
+    import shutil
+
+    out = tmp_path / "B"
+    shutil.copytree(bench[0], out)
+    for spoil in (truncated, garbage, wrong_schema_results):
+        shutil.copy(bench[0] / "at-finetune-s1" / "results.json", out / "at-finetune-s1" / "results.json")
+        spoil(out / "at-finetune-s1" / "results.json")
+        res = CliRunner().invoke(main, ["report", str(out)])
+        assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+        assert "at-finetune-s1/results.json is not a valid cmat results file" in res.output
+
+
 def test_read_results_names_what_is_wrong(tmp_path, bench):
     out, _ = bench
     good = json.loads((out / "at-finetune-s2" / "results.json").read_text())
