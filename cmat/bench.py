@@ -7,7 +7,8 @@ second time; a finished CMAT run is reused only while the at-individual run it r
 :func:`cmat.cpg.goals_current`), then ``bench.csv`` (one row per method), ``bench.md`` (mean ± sample std
 over seeds, the run budget, and paired tests of every method against the reference method —
 ``cmat`` when it is in the list — on the per-image ``worst`` outcomes, the test image as the
-unit: a sign test and a bootstrap CI over images, and exact McNemar tests per seed) and ``bench.json`` are written and the table is returned for
+unit and seeds as repeated measures: one crossed bootstrap over images and seeds gives the p-value
+and the 95% CI, with exact McNemar tests per seed beside it) and ``bench.json`` are written and the table is returned for
 printing. Every method name is checked before anything trains.
 """
 from __future__ import annotations
@@ -192,8 +193,9 @@ def aggregate(method: str, runs: list, columns) -> dict:
 
 def paired_tests(out: Path, methods, seeds, reference: str, column: str = "worst") -> dict:
     """Each method against ``reference`` on the per-image ``column`` outcomes, the test image as
-    the unit (:func:`cmat.metrics.paired_image_test`: a sign test over distinct images of their
-    fraction of seeds correct, and a bootstrap CI of the accuracy difference), plus the exact
+    the unit and seeds as repeated measures (:func:`cmat.metrics.paired_image_test`: a crossed
+    bootstrap over images and seeds, p-value and CI of the accuracy difference from the same
+    resamples), plus the exact
     McNemar test of every seed on its own. Within a seed both runs must have evaluated the same
     images (else an error); across seeds an image is counted once."""
     def bits(m, seed):
@@ -216,9 +218,26 @@ def paired_tests(out: Path, methods, seeds, reference: str, column: str = "worst
             per_seed[str(s)] = mcnemar_exact(np.concatenate(a), np.concatenate(b))
             for task, (images, a_t, b_t) in enumerate(zip(idx, a, b)):
                 for image, x, y in zip(np.asarray(images).tolist(), a_t, b_t):
-                    pairs.setdefault((task, image), []).append((bool(x), bool(y)))
+                    pairs.setdefault((task, image), {})[s] = (bool(x), bool(y))
         results[m] = {"column": column, "images": paired_image_test(pairs), "per_seed": per_seed}
     return results
+
+
+def _verdict(p: dict, per_seed: dict, reference: str) -> str:
+    """The `significant` cell: the primary test's verdict (its p and its interval agree by
+    construction, :func:`cmat.metrics.paired_image_test`; should they not, the cell says so), and
+    a word when single seeds' McNemar tests point the other way."""
+    lo, hi = p["ci95_diff"]
+    significant = p["p"] < ALPHA
+    if significant == (lo <= 0 <= hi):
+        return f"p {p['p']:.3g} but the 95% CI [{lo:+.4f}, {hi:+.4f}] {'contains' if significant else 'excludes'} 0: undecided"
+    text = (f"yes ({reference} better)" if p["mean_diff"] > 0 else "yes (method better)") if significant else "no"
+    odd = [s for s, v in per_seed.items() if (v["p"] < ALPHA) != significant]
+    if odd and len(per_seed) > 1:
+        which = ", ".join(f"s{s}" for s in odd)
+        text += (f"; seed {which} alone {'is' if not significant else 'is not'} significant by McNemar: the seeds "
+                 "disagree, and the primary test weighs that spread")
+    return text
 
 
 def run_budget(cfg, results: dict, seeds, methods=()) -> dict:
@@ -284,21 +303,29 @@ def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, t
     if tests:
         n_seeds = len(seeds)
         text += (f"\n## Paired comparison against {reference} on `worst`, the test image as the unit\n\n"
-                 f"Test: {IMAGE_TEST}. Each distinct image counts once, whatever the number of seeds "
-                 f"({n_seeds} here); `{reference} better` counts images {reference} keeps (correct under every "
-                 f"attack) in more seeds than the method, `method better` the reverse. The difference is "
-                 f"{reference} minus the method, in accuracy. Per seed: the exact McNemar test on that seed's "
-                 f"images. Significant means p < {ALPHA} (two-sided, no correction for multiple comparisons).\n\n"
-                 f"| method | images | seeds | {reference} better | method better | p (sign test) | significant "
-                 f"| difference [95% CI] | McNemar p per seed |\n"
+                 f"Primary test (`p (crossed bootstrap)`, `difference [95% CI]`): {IMAGE_TEST}. Each distinct "
+                 f"image is one unit and its {n_seeds} seeds are repeated measures of it, so the interval "
+                 f"holds both the image-to-image and the seed-to-seed variation. It ignores: with {n_seeds} seeds "
+                 f"the seed draw has only {n_seeds ** n_seeds} outcomes, so the seed part of the spread is coarse "
+                 f"(and a bootstrap's is about {n_seeds - 1}/{n_seeds} of the true one); the crossed bootstrap "
+                 f"counts the image × seed interaction twice (mildly conservative); no correction for "
+                 if n_seeds > 1 else
+                 "image is one unit. One seed: the interval holds the image-to-image variation only, not the "
+                 "seed-to-seed one (training randomness). It ignores: no correction for "
+                 f"comparing {len(tests)} methods against one reference. The difference is {reference} minus the "
+                 f"method, in accuracy. `{reference} better` / `method better` count images kept (correct under "
+                 f"every attack) in more seeds by one than the other (descriptive). Secondary: the exact McNemar "
+                 f"test of each seed on its own. Significant means p < {ALPHA} (two-sided).\n\n"
+                 f"| method | images | seeds | {reference} better | method better | p (crossed bootstrap) | "
+                 f"significant | difference [95% CI] | McNemar p per seed (secondary) |\n"
                  "|---|---|---|---|---|---|---|---|---|\n")
         for m, t in tests.items():
             p = t["images"]
-            verdict = (f"yes ({reference} better)" if p["a_better"] > p["b_better"] else "yes (method better)") \
-                if p["p"] < ALPHA else "no"
+            verdict = _verdict(p, t["per_seed"], reference)
             seeds_p = ", ".join(f"s{s}: {v['p']:.3g}" for s, v in t["per_seed"].items())
             lo, hi = p["ci95_diff"]
-            text += (f"| {m} | {p['n_images']} | {p['n_seeds']} | {p['a_better']} | {p['b_better']} | {p['p']:.3g} "
+            p_text = f"< {1 / p['bootstrap']:.0e}" if p["p"] == 0 else f"{p['p']:.3g}"  # none of B resamples crossed 0
+            text += (f"| {m} | {p['n_images']} | {p['n_seeds']} | {p['a_better']} | {p['b_better']} | {p_text} "
                      f"| {verdict} | {p['mean_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {seeds_p} |\n")
     text += "\n## Run budget\n\n"
     text += (f"- tasks `{budget['tasks']}`, arch `{budget['arch']}`, objective `{budget['objective']}` "

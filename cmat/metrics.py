@@ -96,36 +96,72 @@ def mcnemar_exact(a_correct, b_correct, alternative: str = "two-sided") -> dict:
     return {"n": int(a.size), "a_only": only_a, "b_only": only_b, "p": p}
 
 
-IMAGE_TEST = ("exact sign test over distinct test images of each image's fraction of seeds correct "
-              "(reference minus method; ties dropped); 95% CI of the mean difference by a bootstrap over images")
+IMAGE_TEST = ("crossed bootstrap over test images and seeds (each resample draws the distinct images and, "
+              "independently, the seeds with replacement; statistic: mean over the drawn image × seed cells of "
+              "reference minus method, correct = 1); two-sided p = 2·min(P*[Δ* ≤ 0], P*[Δ* ≥ 0]) and the 95% "
+              "percentile interval from the same resamples, so p < 0.05 exactly when the interval excludes 0")
+
+
+def _seed_cells(pairs: dict) -> tuple:
+    """(d, present): images × seeds arrays of a − b and of "this seed evaluated this image"."""
+    rows = [dict(enumerate(o)) if isinstance(o, (list, tuple)) else dict(o) for o in pairs.values()]
+    seeds = sorted({s for r in rows for s in r}, key=str)
+    col = {s: j for j, s in enumerate(seeds)}
+    d = np.zeros((len(rows), len(seeds)))
+    present = np.zeros_like(d)
+    for i, r in enumerate(rows):
+        for s, (a, b) in r.items():
+            d[i, col[s]], present[i, col[s]] = float(a) - float(b), 1.0
+    return d, present
+
+
+def _two_sided(boot: np.ndarray, alpha: float = 0.05) -> tuple:
+    """(p, lo, hi) from one bootstrap sample of Δ*: p = 2·min(#(Δ* ≤ 0), #(Δ* ≥ 0))/B (at most 1);
+    lo = the smallest v with #(Δ* ≤ v) ≥ B·α/2, hi = the largest v with #(Δ* ≥ v) ≥ B·α/2. Then
+    lo > 0 ⇔ #(Δ* ≤ 0) < B·α/2 and hi < 0 ⇔ #(Δ* ≥ 0) < B·α/2: p < α exactly when 0 ∉ [lo, hi]."""
+    b = np.sort(boot)
+    n = len(b)
+    k = int(np.ceil(n * alpha / 2))  # order statistics k and n − k + 1 (1-based)
+    lo, hi = b[k - 1], b[n - k]
+    p = min(1.0, 2 * min(int((b <= 0).sum()), int((b >= 0).sum())) / n)
+    return p, float(lo), float(hi)
 
 
 def paired_image_test(pairs: dict, n_boot: int = 10000, seed: int = 0) -> dict:
-    """Paired comparison of two methods whose unit is the test image, for any number of seeds.
+    """Paired comparison of two methods: the test image is the unit and seeds are repeated
+    measures of it, by a crossed (two-way) bootstrap (Owen 2007, "The pigeonhole bootstrap").
 
-    ``pairs`` maps an image key (e.g. ``(task, index)``) to the list of ``(a_correct,
-    b_correct)`` outcomes of that image, one per seed that evaluated it. Per image,
-    d = mean over its seeds of (a − b) ∈ [−1, 1]. The exact two-sided sign test counts images
-    with d > 0 (``a_better``) and d < 0 (``b_better``): p = min(1, 2·P[X ≤ min]) with
-    X ~ Binomial(a_better + b_better, 1/2). With one seed this is exactly :func:`mcnemar_exact`;
-    repeating a seed changes nothing (an image is counted once, however many seeds saw it).
-    ``mean_diff`` = mean of d over images (the accuracy difference a − b) with a percentile
-    bootstrap 95% interval (``n_boot`` resamples of images, both seeds of an image together)."""
-    from scipy.stats import binom
+    ``pairs`` maps an image key (e.g. ``(task, index)``) to its outcomes per seed: a dict
+    ``{seed: (a_correct, b_correct)}``, or a list (position = seed). The statistic is the accuracy
+    difference Δ = mean over the evaluated (image, seed) cells of a − b. Each of ``n_boot``
+    resamples draws the n distinct images with replacement and, independently, the k seeds with
+    replacement, and recomputes Δ* over the cells drawn (an image drawn twice and a seed drawn
+    twice count their cell four times; cells a seed did not evaluate are left out). The two-sided
+    p-value and the 95% percentile interval come from the same Δ* (:func:`_two_sided`), so they
+    never disagree. Resampling seeds adds the seed-to-seed variation (training randomness) to the
+    image-to-image one; an image is never counted as several independent units.
 
+    What it ignores: with k seeds the seed draw has only k^k outcomes (3 seeds: 27), so the
+    seed part of the spread is coarse and, like any bootstrap, about (k − 1)/k of the true one;
+    the crossed bootstrap counts the image × seed interaction twice, which makes it mildly
+    conservative; no correction for comparing several methods against one reference. With one
+    seed it is the bootstrap over images of the paired difference. ``a_better``/``b_better``
+    count images a keeps in more of its seeds than b and the reverse (descriptive, not the test)."""
     if not pairs:
         raise ValueError("paired_image_test needs at least one image")
-    d = np.array([np.mean([float(a) - float(b) for a, b in outcomes]) for outcomes in pairs.values()])
-    seeds = max(len(outcomes) for outcomes in pairs.values())
-    a_better, b_better = int((d > 0).sum()), int((d < 0).sum())
-    m = a_better + b_better
-    p = 1.0 if m == 0 else float(min(1.0, 2 * binom.cdf(min(a_better, b_better), m, 0.5)))
+    d, present = _seed_cells(pairs)
+    n, k = d.shape
+    per_image = (d * present).sum(1) / np.maximum(present.sum(1), 1)
     rng = np.random.default_rng(seed)
-    boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"test": IMAGE_TEST, "n_images": int(len(d)), "n_seeds": int(seeds), "a_better": a_better,
-            "b_better": b_better, "ties": int(len(d) - m), "p": p, "mean_diff": float(d.mean()),
-            "ci95_diff": [float(lo), float(hi)], "bootstrap": int(n_boot)}
+    ci = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)  # image counts per resample
+    cs = rng.multinomial(k, np.full(k, 1.0 / k), size=n_boot).astype(float)  # seed counts per resample
+    num = np.einsum("bi,is,bs->b", ci, d * present, cs)
+    den = np.einsum("bi,is,bs->b", ci, present, cs)
+    boot = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    p, lo, hi = _two_sided(boot)
+    return {"test": IMAGE_TEST, "n_images": int(n), "n_seeds": int(k), "a_better": int((per_image > 0).sum()),
+            "b_better": int((per_image < 0).sum()), "ties": int((per_image == 0).sum()), "p": p,
+            "mean_diff": float((d * present).sum() / present.sum()), "ci95_diff": [lo, hi], "bootstrap": int(n_boot)}
 
 
 def seed_spread(values) -> dict:

@@ -48,36 +48,7 @@ def test_macro_f1_against_sklearn():
     assert macro_f1(p, y, 5) == pytest.approx(sk.f1_score(y, p, average="macro", labels=range(5), zero_division=0))
 
 
-def test_image_level_test_counts_an_image_once_whatever_the_seeds():
-    """Two identical seeds are not two samples: the image-level test gives the one-seed result,
-    where the old pooled McNemar (concatenating seeds) halved the p-value's exponent."""
-    from cmat.metrics import mcnemar_exact, paired_image_test
-
-    rng = np.random.default_rng(0)
-    a, b = rng.random(300) < 0.9, rng.random(300) < 0.8
-    one = paired_image_test({i: [(a[i], b[i])] for i in range(300)})
-    two = paired_image_test({i: [(a[i], b[i])] * 2 for i in range(300)})
-    mc = mcnemar_exact(a, b)
-    assert (one["a_better"], one["b_better"], one["n_images"]) == (mc["a_only"], mc["b_only"], 300)
-    assert one["p"] == pytest.approx(mc["p"]) and two["p"] == one["p"] and two["n_images"] == 300
-    assert two["n_seeds"] == 2
-    pooled = mcnemar_exact(np.concatenate([a, a]), np.concatenate([b, b]))
-    assert pooled["p"] < one["p"] / 2  # the seed-pooled test overstated significance (0.039 vs 0.16 here)
-    lo, hi = one["ci95_diff"]
-    assert one["mean_diff"] == pytest.approx(a.mean() - b.mean()) and lo < one["mean_diff"] < hi
-
-
-def test_image_level_sign_test_value_and_split_seeds():
-    from cmat.metrics import paired_image_test
-
-    pairs = {i: [(True, False)] for i in range(8)} | {i: [(False, True)] for i in range(8, 10)}
-    pairs |= {i: [(True, True)] for i in range(10, 20)}
-    t = paired_image_test(pairs)
-    assert (t["a_better"], t["b_better"], t["ties"]) == (8, 2, 10)
-    assert t["p"] == pytest.approx(2 * (1 + 10 + 45) / 1024)
-    # an image right in one seed and wrong in the other for a, right twice for b: b is better on it
-    split = paired_image_test({0: [(True, True), (False, True)], 1: [(True, False), (True, True)]})
-    assert (split["a_better"], split["b_better"], split["mean_diff"]) == (1, 1, 0.0)
+# the paired image test (crossed bootstrap over images and seeds): tests/test_stats.py
 
 
 def test_seed_spread_is_the_sample_standard_deviation():
