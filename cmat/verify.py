@@ -1,7 +1,8 @@
 """Per-sample critical ε: the certified lower end and the attack upper end (``cmat verify``).
 
 The critical ε of a correctly classified sample is bracketed by the largest ε a bound certifies
-(:mod:`cmat.bounds`; bisection, certified when the lower bound of every margin is > 0) and the
+(:mod:`cmat.bounds`; bisection, certified when the lower bound of every margin exceeds the
+rounding tolerance of :mod:`cmat.bounds.tolerance`) and the
 smallest ε at which a PGD attack finds a counterexample (bisection, batched over samples; for
 ``milp`` also the solver's own minimisers that the model misclassifies). Results follow
 VERONA's CSV columns, with ECDF plots.
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cmat.attacks import eval_mode
-from cmat.bounds import BOUNDS, margin_lower_bound, network_ops
+from cmat.bounds import BOUNDS, network_ops, proven
 from cmat.errors import CmatError
 from cmat.plots import ecdf_figure, plt
 from cmat.store import load as load_run
@@ -91,8 +92,7 @@ def critical_eps(model, x, y, eps_max: float, bound: str = "crown", iters: int =
     t0 = time.time()
     stats: dict = {}
     with torch.no_grad():
-        certified = bisect(lambda e: margin_lower_bound(ops, x, y, e, bound, time_limit, stats, max_neurons,
-                                                                node_limit) > 0,
+        certified = bisect(lambda e: proven(ops, x, y, e, bound, time_limit, stats, max_neurons, node_limit),
                            len(x), eps_max, iters, False)
     t1 = time.time()
     gen = torch.Generator().manual_seed(seed)
@@ -174,9 +174,9 @@ def certify_at_eps(run_dir, task: int, n: int, bound: str = "crown", time_limit:
     stats: dict = {}
     t0 = time.time()
     with torch.no_grad():
-        proven = margin_lower_bound(ops, x[ids], y[ids], eps, bound, time_limit, stats, max_neurons) > 0
+        ok = proven(ops, x[ids], y[ids], eps, bound, time_limit, stats, max_neurons)
     seconds = time.time() - t0
     return {"task": task, "bound": bound, "eps": float(cfg.threat.eps), "samples": int(len(x)),
-            "correct": int(len(ids)), "certified": int(proven.sum()),
-            "certified_accuracy": float(proven.sum()) / max(len(x), 1), "seconds": seconds,
+            "correct": int(len(ids)), "certified": int(ok.sum()),
+            "certified_accuracy": float(ok.sum()) / max(len(x), 1), "seconds": seconds,
             **({"milp_time_limit": time_limit, "milp_unknown_checks": stats.get("unknown", 0)} if bound == "milp" else {})}

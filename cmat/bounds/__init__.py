@@ -10,7 +10,8 @@ over the box B(x, ε) = [max(x − ε, 0), min(x + ε, 1)] by
 
 The public API (:mod:`cmat.bounds.margins`): ``network_ops(model)``, then
 ``margin_lower_bound(ops, x, y, eps, method)`` — per sample the lower bound of
-min_k (f_y − f_k) over the ball, > 0 meaning certified — used by ``cmat verify`` and the
+min_k (f_y − f_k) over the ball, certified only above the rounding tolerance of
+:mod:`cmat.bounds.tolerance` (``proven``) — used by ``cmat verify`` and the
 harness (``certified_mask``, ``CertifiedCheck``); ``training_margin_lower_bound`` is the
 differentiable IBP/CROWN-IBP bound of certified training (:mod:`cmat.objectives.certified`).
 """
@@ -21,6 +22,7 @@ from cmat.bounds.margins import (  # noqa: F401
                                  certified_mask,
                                  margin_lower_bound,
                                  margin_spec,
+                                 proven,
                                  training_margin_lower_bound,
 )
 from cmat.bounds.ops import network_ops, run_ops  # noqa: F401

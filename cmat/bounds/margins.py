@@ -1,8 +1,10 @@
 """The public API of the bounds: lower bounds of a network's classification margins
 min_k (f_y − f_k) over the L∞ ball B(x, ε) ∩ [0, 1]ⁿ, given the network's operations
 (:func:`cmat.bounds.ops.network_ops`), by ``ibp``, ``crown``, ``alpha-crown`` or ``milp``
-(:func:`margin_lower_bound`); the training bound of certified objectives
-(:func:`training_margin_lower_bound`); and the harness entry ``certified``.
+(:func:`margin_lower_bound`); whether they certify (:func:`proven`: the bound exceeds the
+rounding tolerance of :mod:`cmat.bounds.tolerance`, the one definition of a certified image);
+the training bound of certified objectives (:func:`training_margin_lower_bound`); and the
+harness entry ``certified``.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from cmat.bounds.crown import backward_lower, crown, segment_start
 from cmat.bounds.ibp import concretize, ibp, input_box
 from cmat.bounds.milp import milp_lower_bound
 from cmat.bounds.ops import network_ops, run_ops
+from cmat.bounds.tolerance import certification_tolerance, certified
 from cmat.errors import CmatError
 
 BOUNDS = ("ibp", "crown", "alpha-crown", "milp")
@@ -32,7 +35,8 @@ def margin_spec(y: torch.Tensor, n_classes: int) -> torch.Tensor:
 def margin_lower_bound(ops, x, y, eps, method: str = "crown", time_limit: Optional[float] = 10.0,
                        stats: Optional[dict] = None, max_neurons: Optional[int] = None,
                        node_limit: Optional[int] = None) -> torch.Tensor:
-    """Per sample, the lower bound of min_k (f_y − f_k) over B(x, ε); > 0 means certified."""
+    """Per sample, the lower bound of min_k (f_y − f_k) over B(x, ε); it certifies only above
+    the rounding tolerance (:func:`proven`)."""
     lo, hi = input_box(x, eps)
     n_classes = run_ops(ops, x[:1]).shape[1]
     spec = margin_spec(y, n_classes).to(x.dtype)
@@ -48,6 +52,15 @@ def margin_lower_bound(ops, x, y, eps, method: str = "crown", time_limit: Option
     else:
         raise CmatError(f"unknown bound {method!r} (valid: {', '.join(BOUNDS)})")
     return lower.min(1).values
+
+
+def proven(ops, x, y, eps, method: str = "crown", time_limit: Optional[float] = 10.0,
+           stats: Optional[dict] = None, max_neurons: Optional[int] = None,
+           node_limit: Optional[int] = None) -> torch.Tensor:
+    """Per sample, the certified bit: :func:`margin_lower_bound` > the rounding tolerance
+    (:func:`cmat.bounds.tolerance.certification_tolerance`), never merely > 0."""
+    lower = margin_lower_bound(ops, x, y, eps, method, time_limit, stats, max_neurons, node_limit)
+    return certified(lower, certification_tolerance(ops, x, eps))
 
 
 # The harness and the transfer study run CROWN after every task on every image: layers with more
@@ -86,9 +99,9 @@ def certified_mask(model, x, y, eps: float, bound: str = "crown", batch_size: in
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            lower = margin_lower_bound(ops, xb, yb, torch.full((len(xb),), float(eps), dtype=xb.dtype), bound,
-                                       max_neurons=max_neurons)
-            out[i:i + batch_size] = (lower > 0).cpu()
+            ok = proven(ops, xb, yb, torch.full((len(xb),), float(eps), dtype=xb.dtype), bound,
+                        max_neurons=max_neurons)
+            out[i:i + batch_size] = ok.cpu()
     return out
 
 

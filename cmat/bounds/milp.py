@@ -32,7 +32,8 @@ What is verified is the float64 network, up to HiGHS's own tolerances (feasibili
 the LPs, 10⁻⁶ for integrality); a solver's minimiser with margin ≤ 0 is only a candidate counterexample, which
 :func:`cmat.verify.milp_counterexamples` checks on the model itself.
 
-A sample is certified at ε when the proven lower bound of every row is > 0. Each sample gets
+A sample is certified at ε when the proven lower bound of every row exceeds the rounding
+tolerance τ of :mod:`cmat.bounds.tolerance` (the model certified runs in float32). Each sample gets
 ``time_limit`` seconds in all; a sample whose MILPs are not all decided is *unknown* and
 counted as not certified (its lower bound is −∞), never as certified. Networks with MaxPool are
 refused (use ``crown`` or ``alpha-crown`` there); the composed matrices are dense, so this is
@@ -53,6 +54,7 @@ import torch
 from cmat.bounds.crown import crown_bounds
 from cmat.bounds.ibp import input_box
 from cmat.bounds.ops import MaxPool, ReLU, run_ops
+from cmat.bounds.tolerance import certification_tolerance
 from cmat.errors import CmatError
 
 
@@ -165,7 +167,7 @@ def native_stdout_silenced():
 
 
 def min_margin(problem: dict, c: np.ndarray, time_limit: Optional[float],
-               node_limit: Optional[int] = None) -> tuple:
+               node_limit: Optional[int] = None, threshold: float = 0.0) -> tuple:
     """(proven lower bound of c·f over the region, or None if undecided; seconds; the solver's
     best input or None): one MILP, stopped after ``time_limit`` seconds (None: no clock) or
     ``node_limit`` branch-and-bound nodes (None: no limit; a node budget makes the verdict
@@ -174,8 +176,8 @@ def min_margin(problem: dict, c: np.ndarray, time_limit: Optional[float],
     them), and the bound is s·(d − SOLVER_TOL·max(1, |d|)) with d HiGHS's dual bound plus the
     constant term (the LP optimum when there is no binary variable), never its primal value.
     When the solve finished, d is within the gap (absolute 10⁻⁶, relative 10⁻⁴) below the exact
-    minimum; when the time ran out it is still a bound, returned only if the result is > 0
-    (certified), else None (unknown). The input is the incumbent's: a candidate counterexample
+    minimum; when the time ran out it is still a bound, returned only if the result is >
+    ``threshold`` (certified: the rounding tolerance), else None (unknown). The input is the incumbent's: a candidate counterexample
     when the bound is ≤ 0, to be checked on the model."""
     from scipy.optimize import milp
 
@@ -195,7 +197,7 @@ def min_margin(problem: dict, c: np.ndarray, time_limit: Optional[float],
         return None, spent, None
     d = float(dual + c @ problem["b_out"] / scale)
     value = scale * (d - SOLVER_TOL * max(1.0, abs(d)))
-    if res.status != 0 and value <= 0:  # out of time and not proven either way
+    if res.status != 0 and value <= threshold:  # out of time and not proven either way
         return None, spent, None
     point = None if res.x is None else res.x[:problem["n_inputs"]]
     return value, spent, point
@@ -215,27 +217,28 @@ def milp_lower_bound(ops: list, x: torch.Tensor, y: torch.Tensor, eps: torch.Ten
                      node_limit: Optional[int] = None) -> torch.Tensor:
     """Per sample the proven lower bound (:func:`min_margin`; the exact minimum up to the
     solver's gap) over the rows of ``spec`` (N×K×C) of spec·f over B(x, ε), or −∞ when a row's
-    bound is ≤ 0 (not certified; the remaining rows are skipped) or the sample's ``time_limit``
+    bound is ≤ the rounding tolerance (not certified; the remaining rows are skipped) or the sample's ``time_limit``
     ran out undecided (unknown; ``time_limit`` None: no clock, ``node_limit`` nodes per MILP
     instead). ``stats`` counts solved/unknown samples and collects
-    ``points``: (sample, ε, the solver's input) of rows whose bound is ≤ 0."""
+    ``points``: (sample, ε, the solver's input) of rows whose bound is ≤ the tolerance."""
     out = torch.full((len(x),), -float("inf"), dtype=torch.float64)
+    tol = certification_tolerance(ops, x, eps).double()  # the certified bit: bound > tol
     for n in range(len(x)):
         problem = encode(ops, x[n], float(eps[n]), float64_bounds(ops, x[n], float(eps[n])))
         left = None if time_limit is None else float(time_limit)
         best, finished = float("inf"), True
         for k in range(spec.shape[1]):
-            value, spent, point = min_margin(problem, spec[n, k].double().numpy(), left, node_limit)
+            value, spent, point = min_margin(problem, spec[n, k].double().numpy(), left, node_limit, float(tol[n]))
             left = None if left is None else left - spent
             if value is None:
                 finished = False
                 break
             best = min(best, value)
-            if best <= 0:
+            if best <= tol[n]:
                 if stats is not None and point is not None:  # a candidate counterexample (checked on the model)
                     stats.setdefault("points", []).append((n, float(eps[n]), point))
                 break
-        if finished and best > 0:
+        if finished and best > tol[n]:
             out[n] = best
         if stats is not None:
             key = "solved" if finished else "unknown"

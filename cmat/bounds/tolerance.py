@@ -1,0 +1,62 @@
+"""When a margin bound certifies: the one definition every bound uses.
+
+An image is certified at ε when the lower bound L of its margins min_k (f_y − f_k) over the
+ball B(x, ε) exceeds a tolerance τ that covers floating-point rounding (:func:`certified`), not
+merely 0: the network as it runs is evaluated in floating point, and so is the bound, so an
+exactly attained bound (true minimum 0, or a tiny positive number) can be off by a few ulps
+either way — a fuzz found float32 margins 3·10⁻⁸ below a bound that said 0.
+
+The tolerance (:func:`certification_tolerance`), per image:
+
+    τ = K · u · (1 + M),     K = 2¹² = 4096,     u = the unit roundoff of x's dtype
+                                                  (finfo.eps / 2: 5.96·10⁻⁸ for float32),
+    M = max_k max(|lo_k|, |hi_k|), [lo, hi] the logits' interval over B(x, ε) by IBP.
+
+Why this form:
+
+- Rounding is relative: a computed sum is within a few ulps *of the magnitude of what it sums*.
+  The magnitude that matters is not the logits at x but what the bound adds up over the ball,
+  which the IBP box of the logits measures (one interval pass; for a certifiably trained
+  network it is close to the logits, for a loose bound it is as large as the bound's terms).
+  The 1 is an absolute floor, for logits near 0 (whose intermediate sums need not be).
+- K is calibrated, with headroom, on measured rounding: the same bound computed in float32 and
+  in float64 on the same network (toy smallcnn with BatchNorm, a ReLU MLP, cnn-ibp at 28×28,
+  ε 0.001 and 0.01) differs by at most 121·u·(1 + M) (IBP on cnn-ibp, where BatchNorm's scale
+  and shift cancel) and 1·u·(1 + M) for CROWN; the float32 logits differ from the float64 ones
+  by < 1·u·(1 + M). K = 4096 leaves ≥ 30× over the worst of these
+  (tests/test_cert_tolerance.py re-measures it).
+- Not the worst-case bound: Higham's a-priori bound (γ_n per dot product, propagated through
+  |W|) is rigorous but, over a few convolution layers, 10³–10⁶ times the measured rounding —
+  it would certify nothing (on the toy smallcnn it exceeds the logits themselves).
+
+What τ ignores: it is a calibrated margin, not a proof about rounding — a network whose sums
+cancel far more than these (huge weights with tiny outputs) could exceed it; and rounding in
+the data pipeline before the network. MILP verifies the float64 network, so its own rounding is
+covered by the solver's tolerance (:mod:`cmat.bounds.milp`); the model that is certified runs
+in x's dtype, so the same τ applies on top.
+"""
+from __future__ import annotations
+
+import torch
+
+from cmat.bounds.ibp import ibp, input_box
+
+K_ULPS = 4096  # calibrated: ≥ 30× the largest measured float32 rounding of a bound (module docstring)
+
+
+def certification_tolerance(ops: list, x: torch.Tensor, eps) -> torch.Tensor:
+    """Per image, τ = K·u·(1 + M) over B(x, ε) (module docstring), in x's dtype; ``eps`` is a
+    number or one radius per image."""
+    eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+    if eps.dim() == 0:
+        eps = eps.expand(len(x))
+    with torch.no_grad():
+        lo, hi = ibp(ops, *input_box(x, eps))
+    scale = torch.maximum(lo.abs(), hi.abs()).flatten(1).amax(1)
+    u = torch.finfo(x.dtype).eps / 2  # unit roundoff (round to nearest)
+    return K_ULPS * u * (1 + scale)
+
+
+def certified(lower: torch.Tensor, tolerance: torch.Tensor) -> torch.Tensor:
+    """The certified bit: the margin lower bound exceeds the rounding tolerance (L > τ)."""
+    return lower > tolerance.to(lower.dtype)
