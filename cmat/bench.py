@@ -26,6 +26,7 @@ from cmat.atomic import atomic_write_text
 from cmat.catalog import method_class
 from cmat.cpg import goals_current
 from cmat.launch import Job, LaunchOptions, launch, refuse_live_slurm_jobs
+from cmat.provenance import machine_line
 from cmat.errors import CmatError
 from cmat.metrics import IMAGE_TEST, mcnemar_exact, paired_image_test, seed_spread
 from cmat.outcomes import read_outcomes
@@ -124,7 +125,8 @@ def write_bench(out: Path, base_cfg, methods, seeds, per_method: dict) -> dict:
     rows = [aggregate(m, runs, columns) for m, runs in per_method.items()]
     reference = "cmat" if "cmat" in methods else methods[0]
     tests = paired_tests(out, methods, seeds, reference)
-    budget = run_budget(base_cfg, per_method[methods[0]][0], seeds, methods)
+    budget = run_budget(base_cfg, per_method[methods[0]][0], seeds, methods,
+                        runs=[r for runs in per_method.values() for r in runs])
     md = to_markdown(rows, columns, base_cfg, seeds, budget, reference, tests)
     atomic_write_text(out / "bench.csv", to_csv(rows, columns))
     atomic_write_text(out / "bench.md", md)
@@ -240,15 +242,17 @@ def _verdict(p: dict, per_seed: dict, reference: str) -> str:
     return text
 
 
-def run_budget(cfg, results: dict, seeds, methods=()) -> dict:
-    """What the numbers were bought with, so a reduced-budget table cannot pass for a full one."""
+def run_budget(cfg, results: dict, seeds, methods=(), runs=()) -> dict:
+    """What the numbers were bought with, so a reduced-budget table cannot pass for a full one,
+    and on which machines (``runs``' provenance: bit-exact reruns need the same CPU kind)."""
     ev = results.get("eval", {})
     return {"tasks": cfg.tasks, "objective": cfg.objective.name, "objective_steps": cfg.objective.steps,
             "epochs": cfg.train.epochs, "eval_samples": cfg.eval.samples, "images_per_task": ev.get("n"),
             "test_images_per_task": ev.get("n_test"), "attacks": results["attacks"], "seeds": list(seeds),
             "threat": {"eps": cfg.threat.eps, "alpha": cfg.threat.alpha}, "arch": cfg.model.arch,
             "method_options": cfg.method_options,
-            "cmat_goals_from_individual": "cmat" in methods and "at-individual" in methods and _goal_from_individual(cfg)}
+            "cmat_goals_from_individual": "cmat" in methods and "at-individual" in methods and _goal_from_individual(cfg),
+            "machines": machine_line([r.get("provenance", {}) for r in runs]) if runs else None}
 
 
 def to_csv(rows: list, columns) -> str:
@@ -336,6 +340,8 @@ def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, t
              f"- attacks: " + "; ".join(t for t in (_attack_text(n, p) for n, p in budget["attacks"].items()) if t) + "\n"
              f"- seeds: {', '.join(map(str, budget['seeds']))}\n"
              f"- method options: {json.dumps(budget['method_options']) if budget['method_options'] else 'defaults'}\n")
+    if budget.get("machines"):
+        text += f"- {budget['machines']}\n"
     if budget.get("cmat_goals_from_individual"):
         text += ("- cmat's goals (the individual model's robust validation accuracy per task) are read from the "
                  "at-individual run of the same seed (`method_options.individual_run`), not trained a second time; "

@@ -280,7 +280,8 @@ def render_report(path) -> str:
         rows = [bench_mod.aggregate(m, rs, columns) for m, rs in per_method.items()]
         reference = "cmat" if "cmat" in methods else methods[0]
         tests = bench_mod.paired_tests(p, methods, seeds, reference)
-        budget = bench_mod.run_budget(cfg, per_method[methods[0]][0], seeds)
+        budget = bench_mod.run_budget(cfg, per_method[methods[0]][0], seeds,
+                                      runs=[r for runs in per_method.values() for r in runs])
         return bench_mod.to_markdown(rows, columns, cfg, seeds, budget, reference, tests)
     if (p / "study.json").exists():
         try:

@@ -33,3 +33,29 @@ def test_source_commit_sees_uncommitted_changes_of_tracked_files(tmp_path):
     assert source_commit(tmp_path) == (head, False)
     (tmp_path / "a.py").write_text("x = 2\n")
     assert source_commit(tmp_path) == (head, True)
+
+
+def test_a_run_records_its_cpu_and_threads_and_its_table_names_them(finetune_run):
+    from cmat.provenance import cpu_fingerprint, describe_cpu
+    from cmat.report import run_markdown
+
+    _, res = finetune_run
+    prov = res["provenance"]
+    assert prov["cpu"] == cpu_fingerprint()  # the fixture ran on this machine, in this environment
+    assert prov["cpu"]["capability"] and prov["threads"] == 1  # the toy preset's one thread
+    assert f"Made on {describe_cpu(prov['cpu'])}, torch {prov['torch']}, 1 thread(s)" in run_markdown(res)
+
+
+def test_lowering_torchs_kernels_changes_the_fingerprint():
+    """The fingerprint is what the bit-exact comparisons key on: a lowered ISA must not match."""
+    code = "import json; from cmat.provenance import cpu_fingerprint as f; print(json.dumps(f()))"
+    import json
+    import os
+    import sys
+
+    here = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    low = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                    env=env).stdout)
+    assert low["capability"] == "DEFAULT" and low["env"] == {"ATEN_CPU_CAPABILITY": "default"}
+    assert low != here
