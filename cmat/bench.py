@@ -306,20 +306,20 @@ def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, t
                                                        for c in columns) + " |\n"
     if tests:
         n_seeds = len(seeds)
+        spread = (f"Each distinct image is one unit and its {n_seeds} seeds are repeated measures of it, so the "
+                  f"interval holds both the image-to-image and the seed-to-seed variation. It ignores: with "
+                  f"{n_seeds} seeds the seed draw has only {n_seeds ** n_seeds} outcomes, so the seed part of the "
+                  f"spread is coarse (and a bootstrap's is about {n_seeds - 1}/{n_seeds} of the true one); the "
+                  "crossed bootstrap counts the image × seed interaction twice (mildly conservative); "
+                  if n_seeds > 1 else
+                  "Each image is one unit. One seed: the interval holds the image-to-image variation only, not "
+                  "the seed-to-seed one (training randomness). It ignores: ")
         text += (f"\n## Paired comparison against {reference} on `worst`, the test image as the unit\n\n"
-                 f"Primary test (`p (crossed bootstrap)`, `difference [95% CI]`): {IMAGE_TEST}. Each distinct "
-                 f"image is one unit and its {n_seeds} seeds are repeated measures of it, so the interval "
-                 f"holds both the image-to-image and the seed-to-seed variation. It ignores: with {n_seeds} seeds "
-                 f"the seed draw has only {n_seeds ** n_seeds} outcomes, so the seed part of the spread is coarse "
-                 f"(and a bootstrap's is about {n_seeds - 1}/{n_seeds} of the true one); the crossed bootstrap "
-                 f"counts the image × seed interaction twice (mildly conservative); no correction for "
-                 if n_seeds > 1 else
-                 "image is one unit. One seed: the interval holds the image-to-image variation only, not the "
-                 "seed-to-seed one (training randomness). It ignores: no correction for "
-                 f"comparing {len(tests)} methods against one reference. The difference is {reference} minus the "
-                 f"method, in accuracy. `{reference} better` / `method better` count images kept (correct under "
-                 f"every attack) in more seeds by one than the other (descriptive). Secondary: the exact McNemar "
-                 f"test of each seed on its own. Significant means p < {ALPHA} (two-sided).\n\n"
+                 f"Primary test (`p (crossed bootstrap)`, `difference [95% CI]`): {IMAGE_TEST}. " + spread +
+                 f"no correction for comparing {len(tests)} methods against one reference. The difference is "
+                 f"{reference} minus the method, in accuracy. `{reference} better` / `method better` count images "
+                 f"kept (correct under every attack) in more seeds by one than the other (descriptive). Secondary: "
+                 f"the exact McNemar test of each seed on its own. Significant means p < {ALPHA} (two-sided).\n\n"
                  f"| method | images | seeds | {reference} better | method better | p (crossed bootstrap) | "
                  f"significant | difference [95% CI] | McNemar p per seed (secondary) |\n"
                  "|---|---|---|---|---|---|---|---|---|\n")

@@ -34,6 +34,9 @@ def test_bench_table_has_every_method(bench_dir):
         assert (out / f"{m}-s0" / "results.json").exists()
     # the paired tests and the budget are in the table a reader sees
     assert "McNemar" in md and "## Run budget" in md and "1 epoch per task" in md and "eval samples: 50" in md
+    # the paired section is whole: its description, then its own header row (a lost header once
+    # glued the first row to the description)
+    assert "no correction for comparing" in md and "\n\n| method | images | seeds |" in md
     bench = json.loads((out / "bench.json").read_text())
     tests = bench["paired_tests"]
     assert tests["test"] == IMAGE_TEST and tests["column"] == "worst" and tests["seeds"] == 1

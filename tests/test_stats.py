@@ -73,3 +73,15 @@ def test_the_verdict_cell_names_disagreement():
                     {"0": {"p": 0.01}, "1": {"p": 0.02}}, "cmat") == "yes (cmat better)"
     broken = _verdict({"p": 0.08, "mean_diff": -0.016, "ci95_diff": [-0.031, -0.001]}, per_seed, "cmat")
     assert "undecided" in broken  # the old ANP-VS row (sign test p 0.08, CI excluding 0) cannot pass silently
+
+
+def test_the_committed_three_seed_bench_renders_a_whole_paired_table():
+    """With several seeds the description and the header row both appear (a conditional once
+    swallowed the header and glued the first row to the description)."""
+    from pathlib import Path
+
+    from cmat.report import render_report
+
+    md = render_report(Path(__file__).resolve().parents[1] / "docs" / "results" / "digits-5split")
+    assert "no correction for comparing 7 methods" in md
+    assert "reference.\nThe difference" not in md and "\n\n| method | images | seeds |" in md
