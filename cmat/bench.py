@@ -274,6 +274,36 @@ def _attack_text(name: str, p: dict) -> str:
     return f"{name}: ε {p['eps']:.4g}, α {alpha}, {p['steps']} steps"
 
 
+def paired_markdown(tests: dict, reference: str, n_seeds: int) -> str:
+    """The paired section: what the primary test is and ignores, then one row per method."""
+    spread = (f"Each distinct image is one unit and its {n_seeds} seeds are repeated measures of it, so the "
+              f"interval holds both the image-to-image and the seed-to-seed variation. It ignores: with "
+              f"{n_seeds} seeds the seed draw has only {n_seeds ** n_seeds} outcomes, so the seed part of the "
+              f"spread is coarse (and a bootstrap's is about {n_seeds - 1}/{n_seeds} of the true one); the "
+              "crossed bootstrap counts the image × seed interaction twice (mildly conservative); "
+              if n_seeds > 1 else
+              "Each image is one unit. One seed: the interval holds the image-to-image variation only, not "
+              "the seed-to-seed one (training randomness). It ignores: ")
+    text = (f"\n## Paired comparison against {reference} on `worst`, the test image as the unit\n\n"
+            f"Primary test (`p (crossed bootstrap)`, `difference [95% CI]`): {IMAGE_TEST}. " + spread +
+            f"no correction for comparing {len(tests)} methods against one reference. The difference is "
+            f"{reference} minus the method, in accuracy. `{reference} better` / `method better` count images "
+            f"kept (correct under every attack) in more seeds by one than the other (descriptive). Secondary: "
+            f"the exact McNemar test of each seed on its own. Significant means p < {ALPHA} (two-sided).\n\n"
+            f"| method | images | seeds | {reference} better | method better | p (crossed bootstrap) | "
+            f"significant | difference [95% CI] | McNemar p per seed (secondary) |\n"
+            "|---|---|---|---|---|---|---|---|---|\n")
+    for m, t in tests.items():
+        p = t["images"]
+        verdict = _verdict(p, t["per_seed"], reference)
+        seeds_p = ", ".join(f"s{s}: {v['p']:.3g}" for s, v in t["per_seed"].items())
+        lo, hi = p["ci95_diff"]
+        p_text = f"< {1 / p['bootstrap']:.0e}" if p["p"] == 0 else f"{p['p']:.3g}"  # none of B resamples crossed 0
+        text += (f"| {m} | {p['n_images']} | {p['n_seeds']} | {p['a_better']} | {p['b_better']} | {p_text} "
+                 f"| {verdict} | {p['mean_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {seeds_p} |\n")
+    return text
+
+
 def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, tests: dict) -> str:
     n_img = budget.get("images_per_task") or []
     scope = (f"a seeded subset of {cfg.eval.samples} test images per task" if cfg.eval.samples is not None
@@ -305,32 +335,7 @@ def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, t
             text += f"| {r['method']} | " + " | ".join(f"[{r[c + '_ci95'][0]:.3f}, {r[c + '_ci95'][1]:.3f}]"
                                                        for c in columns) + " |\n"
     if tests:
-        n_seeds = len(seeds)
-        spread = (f"Each distinct image is one unit and its {n_seeds} seeds are repeated measures of it, so the "
-                  f"interval holds both the image-to-image and the seed-to-seed variation. It ignores: with "
-                  f"{n_seeds} seeds the seed draw has only {n_seeds ** n_seeds} outcomes, so the seed part of the "
-                  f"spread is coarse (and a bootstrap's is about {n_seeds - 1}/{n_seeds} of the true one); the "
-                  "crossed bootstrap counts the image × seed interaction twice (mildly conservative); "
-                  if n_seeds > 1 else
-                  "Each image is one unit. One seed: the interval holds the image-to-image variation only, not "
-                  "the seed-to-seed one (training randomness). It ignores: ")
-        text += (f"\n## Paired comparison against {reference} on `worst`, the test image as the unit\n\n"
-                 f"Primary test (`p (crossed bootstrap)`, `difference [95% CI]`): {IMAGE_TEST}. " + spread +
-                 f"no correction for comparing {len(tests)} methods against one reference. The difference is "
-                 f"{reference} minus the method, in accuracy. `{reference} better` / `method better` count images "
-                 f"kept (correct under every attack) in more seeds by one than the other (descriptive). Secondary: "
-                 f"the exact McNemar test of each seed on its own. Significant means p < {ALPHA} (two-sided).\n\n"
-                 f"| method | images | seeds | {reference} better | method better | p (crossed bootstrap) | "
-                 f"significant | difference [95% CI] | McNemar p per seed (secondary) |\n"
-                 "|---|---|---|---|---|---|---|---|---|\n")
-        for m, t in tests.items():
-            p = t["images"]
-            verdict = _verdict(p, t["per_seed"], reference)
-            seeds_p = ", ".join(f"s{s}: {v['p']:.3g}" for s, v in t["per_seed"].items())
-            lo, hi = p["ci95_diff"]
-            p_text = f"< {1 / p['bootstrap']:.0e}" if p["p"] == 0 else f"{p['p']:.3g}"  # none of B resamples crossed 0
-            text += (f"| {m} | {p['n_images']} | {p['n_seeds']} | {p['a_better']} | {p['b_better']} | {p_text} "
-                     f"| {verdict} | {p['mean_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {seeds_p} |\n")
+        text += paired_markdown(tests, reference, len(seeds))
     text += "\n## Run budget\n\n"
     text += (f"- tasks `{budget['tasks']}`, arch `{budget['arch']}`, objective `{budget['objective']}` "
              f"({budget['objective_steps']} attack steps), {budget['epochs']} epoch{'s' if budget['epochs'] != 1 else ''} per task and phase\n"
