@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from cmat.attacks import PGD  # noqa: E402
 from cmat.nn import MultiHeadNet  # noqa: E402
+from cmat.nn.backbones import ARCHS  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -153,10 +154,19 @@ def bench_masked(args) -> dict:
             "masked_pgd_vs_plain": med["plain_pgd"] / med["masked_pgd"]}
 
 
-def _cmat_at_step(args, device, accel_cfg=None):
-    """A closure doing one masked CMAT PGD-K training step on task 2 of a two-task masked
-    network (attack with cmat's PGD, piggyback mask + Adam, owned-weight decay, SGD), the way
-    ``Trainer.fit`` does it, optionally under ``accel_cfg`` (bf16 / channels_last)."""
+def _geometry(args):
+    """(channels, image size) of the synthetic batches: ``--channels``/``--size`` when given,
+    else CIFAR's 3×32×32 for the big nets and 3×16×16 for the small ones."""
+    size = args.size or (32 if args.arch in ("vgg16", "resnet18") else 16)
+    return args.channels, size
+
+
+def _cmat_at_parts(args, device, accel_cfg=None):
+    """The pieces of one masked CMAT PGD-K training step on task 2 of a two-task masked network,
+    the way ``Trainer.fit`` does it, optionally under ``accel_cfg`` (bf16 / channels_last):
+    ``(step, fwd_bwd)`` closures. ``step``: attack with cmat's PGD, then the loss, backward,
+    piggyback-mask Adam, owned-weight decay and SGD. ``fwd_bwd``: one training-mode forward and
+    backward of the same view, batch and dtype -- the unit the step's limit is counted in."""
     import torch.nn.functional as F
 
     from cmat import accel
@@ -165,10 +175,10 @@ def _cmat_at_step(args, device, accel_cfg=None):
     from cmat.nn.masked import MaskedMultiHeadNet
 
     accel_cfg = accel_cfg or AccelConfig()
-    size = 32 if args.arch in ("vgg16", "resnet18") else 16
+    channels, size = _geometry(args)
     torch.manual_seed(args.seed)
-    mean, std = [0.5] * 3, [0.25] * 3
-    masked = MaskedMultiHeadNet(args.arch, 3, size, width=args.width)
+    mean, std = [0.5] * channels, [0.25] * channels
+    masked = MaskedMultiHeadNet(args.arch, channels, size, width=args.width)
     masked.add_task(0, 10, mean, std, 1.0)
     masked.prune_owned(0, 0.5)
     masked.add_task(1, 10, mean, std, 1.0)
@@ -176,7 +186,7 @@ def _cmat_at_step(args, device, accel_cfg=None):
         m.start_piggyback(2)
     masked.to(device)
     accel.prepare_model(accel_cfg, masked)
-    x = accel.prepare_batch(accel_cfg, torch.rand(args.batch, 3, size, size, device=device))
+    x = accel.prepare_batch(accel_cfg, torch.rand(args.batch, channels, size, size, device=device))
     y = torch.randint(0, 10, (args.batch,), device=device)
     view = masked.task_view(1)
     sgd = torch.optim.SGD(masked.param_groups(1, 4e-5), lr=0.01, momentum=0.9, nesterov=True, fused=True)
@@ -196,7 +206,18 @@ def _cmat_at_step(args, device, accel_cfg=None):
         optimizer_step(sgd)
         optimizer_step(adam)
 
-    return step
+    def fwd_bwd():
+        view.train()
+        with accel.autocast(accel_cfg, device):
+            loss = F.cross_entropy(view(x), y)
+        loss.backward()
+
+    return step, fwd_bwd
+
+
+def _cmat_at_step(args, device, accel_cfg=None):
+    """One masked CMAT PGD-K training step (:func:`_cmat_at_parts`) as a closure."""
+    return _cmat_at_parts(args, device, accel_cfg)[0]
 
 
 def bench_at_step(args) -> dict:
@@ -207,11 +228,12 @@ def bench_at_step(args) -> dict:
     import torch.nn.functional as F
 
     device = torch.device(args.device)
-    size = 32 if args.arch in ("vgg16", "resnet18") else 16
+    channels, size = _geometry(args)
     ours = _cmat_at_step(args, device)
     torch.manual_seed(args.seed)
-    plain = MultiHeadNet(args.arch, 3, size, [10], [[0.5] * 3], [[0.25] * 3], width=args.width).to(device)
-    x = torch.rand(args.batch, 3, size, size, device=device)
+    plain = MultiHeadNet(args.arch, channels, size, [10], [[0.5] * channels], [[0.25] * channels],
+                         width=args.width).to(device)
+    x = torch.rand(args.batch, channels, size, size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
     eps, alpha, steps = 8 / 255, 2 / 255, args.steps
     pview = plain.task_view(0)
@@ -250,6 +272,29 @@ def bench_accel(args) -> dict:
     return {"accel_device": str(device), **{f"accel_{k}_s": v for k, v in med.items()},
             "accel_bf16_speedup": med["fp32"] / med["bf16"],
             "accel_channels_last_speedup": med["fp32"] / med["channels_last"]}
+
+
+def bench_limit(args) -> dict:
+    """The masked CMAT PGD-K training step against its limit, (K+1) × one forward+backward of the
+    same network, batch and dtype (K attack gradients and the training gradient), in float32 and
+    under bf16 autocast. ``limit_ratio_<dtype>`` = step time / limit (1.0: the step costs nothing
+    beyond its passes); ``limit_bf16_speedup`` = float32 step time / bf16 step time."""
+    from cmat.config import AccelConfig
+
+    device = torch.device(args.device)
+    variants = {}
+    for dtype, cfg in (("fp32", None), ("bf16", AccelConfig(bf16="on"))):
+        step, fwd_bwd = _cmat_at_parts(args, device, cfg)
+        variants[f"step_{dtype}"], variants[f"fwdbwd_{dtype}"] = step, fwd_bwd
+    times = time_variants(variants, args.repeats, device, args.clock)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = {"limit_arch": args.arch, "limit_geometry": "x".join(map(str, _geometry(args))), "limit_steps": args.steps}
+    for dtype in ("fp32", "bf16"):
+        limit = (args.steps + 1) * med[f"fwdbwd_{dtype}"]
+        out.update({f"limit_step_{dtype}_s": med[f"step_{dtype}"], f"limit_{dtype}_s": limit,
+                    f"limit_ratio_{dtype}": med[f"step_{dtype}"] / limit})
+    out["limit_bf16_speedup"] = med["step_fp32"] / med["step_bf16"]
+    return out
 
 
 def bench_store(args) -> dict:
@@ -306,14 +351,17 @@ def bench_bounds(args) -> dict:
     return {f"bounds_{k}_samples_per_s": 32 / statistics.median(v) for k, v in times.items()}
 
 
-BENCHMARKS = {"pgd": bench_pgd, "masked": bench_masked, "at_step": bench_at_step, "accel": bench_accel, "store": bench_store,
+BENCHMARKS = {"pgd": bench_pgd, "masked": bench_masked, "at_step": bench_at_step, "accel": bench_accel, "limit": bench_limit,
+              "store": bench_store,
               "bounds": bench_bounds}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=sorted(BENCHMARKS), help="run one benchmark")
-    p.add_argument("--arch", default="vgg16", choices=["vgg16", "resnet18", "smallcnn"])
+    p.add_argument("--arch", default="vgg16", choices=sorted(ARCHS))
+    p.add_argument("--channels", type=int, default=3, help="input channels of the synthetic batches (MNIST: 1)")
+    p.add_argument("--size", type=int, default=None, help="image side (default: 32 for vgg16/resnet18, else 16)")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier of the network")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=10, help="attack steps (PGD-K)")

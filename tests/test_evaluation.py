@@ -28,9 +28,9 @@ def test_evaluation_pgd_steps_can_cross_the_ball():
 
 
 def test_training_attack_that_cannot_reach_the_boundary_is_refused():
-    with pytest.raises(CmatError, match="objective.steps ≥ 30"):
-        resolve("mnist-5split", overrides={"objective": {"steps": 10}})
-    resolve("mnist-5split", overrides={"objective": {"steps": 30}})  # 30 × 0.01 = ε: allowed
+    with pytest.raises(CmatError, match="objective.steps ≥ 8"):
+        resolve("mnist-5split", overrides={"objective": {"steps": 7}})  # 7 × 0.04 = 0.28 < ε = 0.3
+    resolve("mnist-5split", overrides={"objective": {"steps": 8}})  # 8 × 0.04 = 0.32 ≥ ε: allowed
     with pytest.raises(CmatError, match="eval.alphas"):
         resolve("toy-2task", overrides={"eval": {"alphas": {"fgsm": 0.1}}})
 
