@@ -70,6 +70,9 @@ class ObjectiveConfig:
     trades_beta: float = 6.0
     free_replays: int = 4
     fast_alpha: float = 1.25
+    # pgd, trades, fast: the training attack's ε (and α) grow linearly from 0 over this fraction
+    # of a phase's iterations (0: off); warm phases (growth, compaction, retraining) start at ε
+    eps_ramp: float = 0.0
     bn: str = "eval"
     # certified training (ibp, crown-ibp): fractions of a phase's iterations, final κ and β
     cert_warmup: float = 0.1
@@ -333,6 +336,10 @@ def validate(cfg: RunConfig) -> None:
     _in_range("objective.trades_beta", oc.trades_beta, 0, 1e4)
     _in_range("objective.free_replays", oc.free_replays, 1, 10 ** 3)
     _in_range("objective.fast_alpha", oc.fast_alpha, 0, 10, lo_open=True)
+    _in_range("objective.eps_ramp", oc.eps_ramp, 0, 1)
+    if oc.eps_ramp and oc.name not in ("pgd", "trades", "fast") + CERTIFIED_OBJECTIVES + ("standard",):
+        raise CmatError(f"objective.eps_ramp applies to the pgd, trades and fast objectives, not {oc.name!r} "
+                        f"(set objective.eps_ramp=0)")
     _in_range("objective.cert_warmup", oc.cert_warmup, 0, 1)
     _in_range("objective.cert_ramp", oc.cert_ramp, 0, 1)
     if oc.cert_warmup + oc.cert_ramp > 1:

@@ -30,12 +30,18 @@ class MadryPGD(Objective):
         self.attack = PGD(eps=self.eps, alpha=self.alpha, steps=cfg.steps, random_start=True)
 
     def loss(self, model, x, y, generator):
-        x_adv = self.attack(self.attack_view(model), x, y, generator=generator)
+        r = self.ramp()
+        if r < 1:  # ε ramp: the same attack on a smaller ball (r = 0: the clean batch)
+            attack = PGD(eps=r * self.eps, alpha=r * self.alpha, steps=self.cfg.steps, random_start=True) if r > 0 else None
+        else:
+            attack = self.attack
+        x_adv = attack(self.attack_view(model), x, y, generator=generator) if attack is not None else x
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
 
     def describe(self):
-        return {**super().describe(), "steps": self.cfg.steps}
+        ramp = {"eps_ramp": self.cfg.eps_ramp} if self.cfg.eps_ramp else {}
+        return {**super().describe(), "steps": self.cfg.steps, **ramp}
 
 
 @register_objective
@@ -46,6 +52,10 @@ class Trades(Objective):
         super().__init__(cfg, threat)
         self.passes = cfg.steps + 2  # K attack steps, then f(x) and f(x_adv) in the loss
     def _adversary(self, model, x, generator):
+        r = self.ramp()
+        if r <= 0:
+            return x
+        eps, alpha = r * self.eps, r * self.alpha
         view = self.attack_view(model)
         was_training = [m.training for m in model.modules()]
         model.eval()
@@ -58,8 +68,8 @@ class Trades(Objective):
                 x_adv.requires_grad_(True)
                 kl = F.kl_div(F.log_softmax(view(x_adv), dim=1), p_clean, reduction="sum")
                 (grad,) = torch.autograd.grad(kl, x_adv)
-                x_adv = x_adv.detach() + self.alpha * grad.sign()
-                x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp_(0, 1)
+                x_adv = x_adv.detach() + alpha * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
         finally:
             for m, mode in zip(model.modules(), was_training):
                 m.training = mode
@@ -72,7 +82,8 @@ class Trades(Objective):
         return F.cross_entropy(logits, y) + self.cfg.trades_beta * robust, logits
 
     def describe(self):
-        return {**super().describe(), "steps": self.cfg.steps, "beta": self.cfg.trades_beta}
+        ramp = {"eps_ramp": self.cfg.eps_ramp} if self.cfg.eps_ramp else {}
+        return {**super().describe(), "steps": self.cfg.steps, "beta": self.cfg.trades_beta, **ramp}
 
 
 @register_objective
@@ -85,12 +96,16 @@ class FastFGSM(Objective):
         self.attack = FGSM(eps=self.eps, random_start=True, alpha=cfg.fast_alpha * self.eps)
 
     def loss(self, model, x, y, generator):
-        x_adv = self.attack(self.attack_view(model), x, y, generator=generator)
+        r = self.ramp()
+        attack = self.attack if r >= 1 else (FGSM(eps=r * self.eps, random_start=True, alpha=self.cfg.fast_alpha * r * self.eps)
+                                             if r > 0 else None)
+        x_adv = attack(self.attack_view(model), x, y, generator=generator) if attack is not None else x
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
 
     def describe(self):
-        return {**super().describe(), "alpha": self.cfg.fast_alpha * self.eps}
+        ramp = {"eps_ramp": self.cfg.eps_ramp} if self.cfg.eps_ramp else {}
+        return {**super().describe(), "alpha": self.cfg.fast_alpha * self.eps, **ramp}
 
 
 @register_objective

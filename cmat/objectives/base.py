@@ -20,6 +20,10 @@ This module: the contract, the :class:`Objective` base class and the registry. O
 - ``free`` (Shafahi et al. 2019): each minibatch replayed m times; one backward gives both the
   parameter gradient and the input gradient; δ ← Π_ε(δ + ε·sign(∇_δ)) is carried across replays
   and minibatches. The engine divides the epochs by m.
+``objective.eps_ramp`` (pgd, trades, fast; 0 = off): the training attack's ε and α are scaled by
+r = min(1, step / (eps_ramp · phase iterations)), so the first iteration trains on the clean batch
+and the ball reaches ε after that share of a fresh phase (warm phases start at ε); an mlp trained
+with the full ball from the first step can stay at chance (the MNIST presets, measured).
 Training attacks never update BN running statistics: they are generated in eval mode
 (``bn="eval"``, the default) or with batch statistics and running-stat updates suppressed
 (``bn="batch"``).
@@ -102,6 +106,18 @@ class Objective(ABC):
         self.cfg = cfg
         self.eps = float(threat.eps)
         self.alpha = float(threat.alpha)
+        self.total_iters = 1  # iterations of the current phase (set by the trainer)
+        self.step = 0  # iterations of the current phase so far
+        self.warm = False
+
+    def ramp(self) -> float:
+        """r ∈ [0, 1], the share of ε (and α) the training attack uses at this iteration:
+        r = step / (eps_ramp · total_iters), capped at 1; 1 when ``eps_ramp`` is 0 or the
+        phase is warm. Advances the iteration count."""
+        frac = float(getattr(self.cfg, "eps_ramp", 0.0) or 0.0)
+        r = 1.0 if self.warm or frac <= 0 else min(self.step / (frac * max(self.total_iters, 1)), 1.0)
+        self.step += 1
+        return r
 
     def attack_view(self, model: nn.Module) -> nn.Module:
         """The module attacks run on: the plain module (never a DDP wrapper: input gradients
@@ -121,6 +137,8 @@ class Objective(ABC):
         ``warm``: the phase continues a model already trained on this task (growth,
         compaction, PackNet's retraining), so schedules that ramp up from scratch start at
         their final values."""
+        self.step = 0
+        self.warm = warm
 
     def describe(self) -> dict:
         return {"name": self.name, "eps": self.eps, "alpha": self.alpha}
