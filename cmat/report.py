@@ -9,6 +9,7 @@ from cmat.attacks import sound_alpha
 from cmat.config import from_dict
 from cmat.errors import CmatError
 from cmat.evaluate import eps_sweep, eval_subset, steps_sweep
+from cmat.metrics import wilson_interval
 from cmat.provenance import machine_line
 from cmat.rundir import read_results
 from cmat.plots import (
@@ -261,6 +262,43 @@ def run_markdown(results: dict, source: str = "") -> str:
 
 
 
+def subset_markdown(bench: Path, methods, seeds) -> str:
+    """The bench's second table, when runs hold a saved subset evaluation (``cmat eval --save``,
+    :mod:`cmat.reeval`): per method, on the seeded subset, every column of that evaluation, the
+    run's own whole-set ``worst`` on the same images and the per-image worst over both; pooled
+    over the seeds that have one (n = images × those seeds)."""
+    rows = []
+    for m in methods:
+        tables = [json.loads(f.read_text()) for s in seeds for f in sorted((bench / f"{m}-s{s}").glob("eval-s*.json"))]
+        if tables:
+            rows.append((m, tables))
+    if not rows:
+        return ""
+    cols = list(rows[0][1][0]["mean"])
+    lines = ["", f"**On a seeded subset of {rows[0][1][0]['samples']} test images per task** (`cmat eval RUN --save`; "
+             f"every column on those images; `run worst` = the run's whole-set worst there, `all` = correct under every "
+             f"attack of both; `broken` = images the run counted robust that this evaluation breaks; 95% Wilson intervals "
+             f"pooled over the images × seeds listed)", "",
+             "| method | seeds | n | " + " | ".join(cols) + " | run worst | all | broken |", "|---|---|---|" + "---|" * (len(cols) + 3)]
+    for m, tables in rows:
+        n = sum(t["pooled"]["clean"][1] for t in tables)
+        cell = [_interval_acc(sum(t["pooled"][c][0] for t in tables), n) for c in cols]
+        checks = [t.get("check") for t in tables]
+        if all(checks):
+            cell += [_interval_acc(sum(c["run_robust"] for c in checks), n), _interval_acc(sum(c["combined_robust"] for c in checks), n),
+                     str(sum(c["added"] for c in checks))]
+        else:
+            cell += ["–", "–", "–"]
+        seeds_done = ",".join(str(t.get("seed", "?")) for t in tables)
+        lines.append(f"| {m} | {seeds_done} | {n} | " + " | ".join(cell) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _interval_acc(k: int, n: int) -> str:
+    lo, hi = wilson_interval(k, n)
+    return f"{k / n:.3f} [{lo:.3f}, {hi:.3f}]" if n else "–"
+
+
 def render_report(path) -> str:
     """Markdown tables rendered from result files: a run directory (results.json), a bench
     directory (bench.json + its run directories: mean ± std, McNemar, budget — recomputed) or a
@@ -282,7 +320,7 @@ def render_report(path) -> str:
         tests = bench_mod.paired_tests(p, methods, seeds, reference)
         budget = bench_mod.run_budget(cfg, per_method[methods[0]][0], seeds,
                                       runs=[r for runs in per_method.values() for r in runs])
-        return bench_mod.to_markdown(rows, columns, cfg, seeds, budget, reference, tests)
+        return bench_mod.to_markdown(rows, columns, cfg, seeds, budget, reference, tests) + subset_markdown(p, methods, seeds)
     if (p / "study.json").exists():
         try:
             study = json.loads((p / "study.json").read_text())

@@ -19,54 +19,39 @@ from cmat.cli.names import registry_option
 @click.option("--data-root", default=None, help="Dataset folder (default $CMAT_DATA or ./data).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def eval_cmd(run_dir, attacks, samples, data_root, device, as_json):
+@click.option("--save", is_flag=True,
+              help="Write RUN/eval-s<N>.h5 (per-image outcomes) and .json (the table, and which images the run "
+                   "counted robust that these attacks break).")
+def eval_cmd(run_dir, attacks, samples, data_root, device, as_json, save):
     """Evaluate a trained run's tasks under attacks (reads store.h5)."""
+    from cmat import reeval
     from cmat.engine import resolve_device
-    from cmat.evaluate import WORST, attacks_as_run, check_names, evaluate_task, task_attacks
-    from cmat.metrics import wilson_interval
-    from cmat.store import load as load_run
-    from cmat.tasks import tasks_for_config
 
-    loaded = load_run(run_dir)
-    cfg = loaded.config
-    requested = [a.strip() for a in attacks.split(",")] if attacks else list(cfg.eval.attacks)
-    check_names(requested)  # names first, before any data is loaded
-    seq = tasks_for_config(cfg, data_root, download=False)
-    # every task's attacks sized to its head, before anything is evaluated (apgd-t, aa)
-    built = task_attacks(requested, cfg.threat.eps, cfg.threat.alpha,
-                         [seq[j].num_classes for j in range(len(loaded.task_names))], alphas=cfg.eval.alphas,
-                         task_names=loaded.task_names)
-    names = list(built[0])
-    dev = resolve_device(device)
-    samples = samples if samples is not None else cfg.eval.samples
-    per_task = []
-    for j, atks in enumerate(built):
-        model = loaded.model(j).to(dev)
-        res = evaluate_task(model, seq[j].test, atks, seq[j].num_classes, cfg.seed, j, samples,
-                            cfg.eval.batch_size, dev)
-        columns = [n for n in res if n in names or n == WORST]
-        per_task.append({"task": j, "name": loaded.task_names[j],
-                         **{n: {k: res[n][k] for k in ("acc", "f1", "n")} for n in columns}})
-    columns = [n for n in per_task[0] if n not in ("task", "name")]
-    pooled = {n: (sum(round(r[n]["acc"] * r[n]["n"]) for r in per_task), sum(r[n]["n"] for r in per_task))
-              for n in columns}
-    report = {"run": str(run_dir), "samples": samples,
-              "attacks": attacks_as_run(built),
-              "tasks": per_task,
-              "mean": {n: sum(r[n]["acc"] for r in per_task) / len(per_task) for n in columns},
-              "ci95": {n: list(wilson_interval(*pooled[n])) for n in columns}}
+    requested = [a.strip() for a in attacks.split(",")] if attacks else None
+    ev = reeval.evaluate_run(run_dir, requested, samples, data_root, resolve_device(device))
+    report = reeval.summarise(ev)
+    if save:
+        path = reeval.save(ev, run_dir)
+        report = json.loads(path.read_text())
     if as_json:
         click.echo(json.dumps(report, indent=1))
         return
+    columns, samples = list(report["mean"]), report["samples"]
     click.echo(f"every column on the same {'seeded subset of ' + str(samples) if samples else 'whole test set of'} "
                f"images per task; worst = correct clean and under every attack")
-    header = f"{'task':<24}{'n':>6}" + "".join(f"{n:>16}" for n in columns)
-    click.echo(header)
-    for r in per_task:
+    click.echo(f"{'task':<24}{'n':>6}" + "".join(f"{n:>16}" for n in columns))
+    for r in report["tasks"]:
         click.echo(f"{r['name'][:24]:<24}{r['clean']['n']:>6}" + "".join(f"{r[n]['acc']:>16.4f}" for n in columns))
     click.echo(f"{'mean':<24}{'':>6}" + "".join(f"{report['mean'][n]:>16.4f}" for n in columns))
-    click.echo(f"{'pooled 95% CI':<24}{pooled['clean'][1]:>6}"
+    click.echo(f"{'pooled 95% CI':<24}{report['pooled']['clean'][1]:>6}"
                + "".join(f"{'[%.3f, %.3f]' % tuple(report['ci95'][n]):>16}" for n in columns))
+    check = report.get("check")
+    if check:
+        click.echo(f"on these images the run's own worst (eval.h5) counted {check['run_robust']} robust; "
+                   f"{check['added']} of them are broken here; robust to every attack of both: "
+                   f"{check['combined_robust']}/{check['n']}")
+    if save:
+        click.echo(f"wrote {path} and {path.with_suffix('.h5')}")
 
 
 @click.command(short_help="Summarise a run's store: tasks, networks, bytes.")
