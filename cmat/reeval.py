@@ -29,7 +29,7 @@ from cmat.outcomes import read_outcomes, write_outcomes
 
 
 def evaluate_run(run_dir, attacks: Optional[list] = None, samples: Optional[int] = None, data_root=None,
-                 device="cpu") -> dict:
+                 device="cpu", batch_size: Optional[int] = None) -> dict:
     """``{"run", "samples", "attacks", "tasks": [per task: evaluate_task's result], "task_names"}``
     for the stored run in ``run_dir``: each task's model under ``attacks`` (default: the run's)
     on ``samples`` seeded images per task (default: the run's ``eval.samples``)."""
@@ -47,7 +47,7 @@ def evaluate_run(run_dir, attacks: Optional[list] = None, samples: Optional[int]
                          task_names=loaded.task_names)
     samples = samples if samples is not None else cfg.eval.samples
     per_task = [evaluate_task(loaded.model(j).to(device), seq[j].test, atks, seq[j].num_classes, cfg.seed, j,
-                              samples, cfg.eval.batch_size, device) for j, atks in enumerate(built)]
+                              samples, batch_size or cfg.eval.batch_size, device) for j, atks in enumerate(built)]
     return {"run": str(run_dir), "samples": samples, "attacks": attacks_as_run(built), "tasks": per_task,
             "task_names": list(loaded.task_names), "columns": list(built[0]) + [WORST], "seed": cfg.seed}
 

@@ -19,16 +19,19 @@ from cmat.cli.names import registry_option
 @click.option("--data-root", default=None, help="Dataset folder (default $CMAT_DATA or ./data).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--batch-size", default=None, type=int,
+              help="Images per attack batch (default: the run's eval.batch_size); AutoAttack's Square "
+                   "costs per batch, so larger is faster on CPU.")
 @click.option("--save", is_flag=True,
               help="Write RUN/eval-s<N>.h5 (per-image outcomes) and .json (the table, and which images the run "
                    "counted robust that these attacks break).")
-def eval_cmd(run_dir, attacks, samples, data_root, device, as_json, save):
+def eval_cmd(run_dir, attacks, samples, data_root, device, as_json, batch_size, save):
     """Evaluate a trained run's tasks under attacks (reads store.h5)."""
     from cmat import reeval
     from cmat.engine import resolve_device
 
     requested = [a.strip() for a in attacks.split(",")] if attacks else None
-    ev = reeval.evaluate_run(run_dir, requested, samples, data_root, resolve_device(device))
+    ev = reeval.evaluate_run(run_dir, requested, samples, data_root, resolve_device(device), batch_size)
     report = reeval.summarise(ev)
     if save:
         path = reeval.save(ev, run_dir)
