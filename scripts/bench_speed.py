@@ -288,7 +288,7 @@ def bench_limit(args) -> dict:
         variants[f"step_{dtype}"], variants[f"fwdbwd_{dtype}"] = step, fwd_bwd
     times = time_variants(variants, args.repeats, device, args.clock)
     med = {k: statistics.median(v) for k, v in times.items()}
-    out = {"limit_arch": args.arch, "limit_geometry": "x".join(map(str, _geometry(args))), "limit_steps": args.steps}
+    out = {"limit_arch": args.arch, "limit_geometry": "{}×{s}×{s}".format(*_geometry(args)[:1], s=_geometry(args)[1]), "limit_steps": args.steps}
     for dtype in ("fp32", "bf16"):
         limit = (args.steps + 1) * med[f"fwdbwd_{dtype}"]
         out.update({f"limit_step_{dtype}_s": med[f"step_{dtype}"], f"limit_{dtype}_s": limit,
@@ -374,15 +374,44 @@ def parse_args(argv=None):
     p.add_argument("--store-tasks", type=int, default=20, help="tasks in the synthetic store benchmark")
     p.add_argument("--quick", action="store_true", help="tiny smoke run: width 0.125, batch 8, 2 steps, 1 repeat")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--limit-md", type=Path, default=None,
+                   help="with --only limit: run it for each of --limit-archs and write a Markdown table here")
+    p.add_argument("--limit-archs", default="mlp,cnn-ibp,smallcnn", help="networks of the --limit-md table")
     args = p.parse_args(argv)
     if args.quick:
         args.width, args.batch, args.steps, args.repeats = 0.125, 8, 2, 1
     return args
 
 
+def limit_markdown(args, base: dict) -> str:
+    """The limit benchmark for each network of ``--limit-archs``, as one Markdown table."""
+    rows = []
+    for arch in args.limit_archs.split(","):
+        args.arch = arch
+        r = bench_limit(args)
+        rows.append(f"| {arch} | {r['limit_geometry']} | {r['limit_step_fp32_s'] * 1e3:.1f} | {r['limit_ratio_fp32']:.2f} | "
+                    f"{r['limit_step_bf16_s'] * 1e3:.1f} | {r['limit_ratio_bf16']:.2f} | {r['limit_bf16_speedup']:.2f} |")
+    head = (f"Masked CMAT PGD-{args.steps} training step, batch {args.batch}, {args.channels} channel(s), "
+            f"{base['threads']} thread(s), {base['clock']} clock, median of {args.repeats}; limit = "
+            f"({args.steps}+1) × one training forward+backward of the same net, batch and dtype; "
+            f"torch {base['torch']}; {base['machine']} "
+            f"(`python scripts/bench_speed.py --only limit --channels {args.channels} --size {args.size} "
+            f"--batch {args.batch} --threads {base['threads']} --clock {base['clock']} --limit-md FILE`)")
+    return "\n".join([head, "", "| network | input | step fp32 (ms) | step / limit fp32 | step bf16 (ms) | "
+                       "step / limit bf16 | bf16 speedup |", "|---|---|---|---|---|---|---|", *rows]) + "\n"
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.limit_md:
+        from cmat.provenance import describe_cpu, cpu_fingerprint
+        base = {"torch": torch.__version__, "threads": torch.get_num_threads(), "clock": args.clock,
+                "machine": describe_cpu(cpu_fingerprint())}
+        args.limit_md.parent.mkdir(parents=True, exist_ok=True)
+        args.limit_md.write_text(limit_markdown(args, base))
+        print(args.limit_md.read_text())
+        return base
     results = {"torch": torch.__version__, "device": args.device, "threads": torch.get_num_threads(), "clock": args.clock,
                "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     for name, fn in BENCHMARKS.items():
