@@ -44,6 +44,9 @@ def attack_passes(name: str, n_classes: int) -> float:
         return int(m[1]) + 1.0
     if name in ("apgd-ce", "apgd-t"):
         return 101.0 * (min(9, n_classes - 1) if name == "apgd-t" else 1)
+    m = re.fullmatch(r"apgd-ce-r(\d+)", name)
+    if m:
+        return 101.0 * int(m[1])
     if name == "aa":
         targets = min(9, n_classes - 1)
         return 101.0 + (101.0 * targets if n_classes >= 4 else 0) + 101.0 * targets + 5000 * VAL_CLEAN_PASS

@@ -230,3 +230,15 @@ def test_certified_column_is_a_proof_below_worst_per_image(individual_run):
     plain = evaluate_task(model, task.test, build_attacks(["clean", "pgd10", "pgd40"], 5e-5, 1.25e-5),
                           task.num_classes, seed=0, task=1, samples=24)
     assert np.array_equal(plain["worst"]["correct"], worst)
+
+
+def test_apgd_ce_with_restarts_is_an_attack_name_and_costs_its_restarts():
+    from cmat.attacks.factory import check_attack_name, make_attack
+    from cmat.estimate import attack_passes
+
+    atk = make_attack("apgd-ce-r5", 0.3, 0.04, n_classes=2)
+    assert atk.restarts == 5 and atk.loss == "ce"
+    assert attack_passes("apgd-ce-r5", 2) == 5 * attack_passes("apgd-ce", 2)
+    for bad in ("apgd-ce-r0", "apgd-ce-r", "apgd-ce-r5x"):
+        with pytest.raises(CmatError, match="apgd-ce-rR"):
+            check_attack_name(bad)

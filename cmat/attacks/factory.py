@@ -10,8 +10,10 @@ from cmat.attacks.pgd import FGSM, PGD
 from cmat.bounds import CertifiedCheck
 from cmat.errors import CmatError
 
-ATTACK_FORMS = "clean, fgsm, pgdN, pgdN-cw, apgd-ce, apgd-t, aa, certified (N = steps, e.g. pgd10)"
+ATTACK_FORMS = ("clean, fgsm, pgdN, pgdN-cw, apgd-ce, apgd-ce-rR, apgd-t, aa, certified "
+                "(N = steps, e.g. pgd10; R = random restarts, e.g. apgd-ce-r5)")
 PGD_NAME = re.compile(r"pgd(\d+)(-cw)?")
+APGD_RESTARTS = re.compile(r"apgd-ce-r([1-9]\d*)")
 FIXED_NAMES = ("clean", "fgsm", "apgd-ce", "apgd-t", "aa", "certified")
 
 
@@ -20,7 +22,7 @@ def check_attack_name(name: str) -> str:
     :class:`CmatError` line listing the valid forms. Builds nothing: for checks made before the
     head sizes are known (``apgd-t`` and ``aa`` are sized per task by :func:`make_attack`)."""
     key = str(name).strip().lower()
-    if key in FIXED_NAMES or PGD_NAME.fullmatch(key):
+    if key in FIXED_NAMES or PGD_NAME.fullmatch(key) or APGD_RESTARTS.fullmatch(key):
         return name
     raise CmatError(f"unknown attack {name!r}; valid forms: {ATTACK_FORMS}")
 
@@ -30,7 +32,7 @@ def make_attack(name: str, eps: float, alpha: float, n_classes: Optional[int] = 
     """The attack for an evaluation name: ``clean`` → None, ``fgsm`` (one step of ε, no random
     start), ``pgdN`` / ``pgdN-cw`` (N steps, random start, CE / CW loss, step
     ``alphas[name]`` if the user set one, else :func:`sound_alpha` (ε, α, N)), ``apgd-ce``
-    (100 steps), ``apgd-t`` (100 steps, targeted DLR over ``n_classes − 1`` targets), ``aa``
+    (100 steps), ``apgd-ce-rR`` (the same with R random restarts), ``apgd-t`` (100 steps, targeted DLR over ``n_classes − 1`` targets), ``aa``
     (:class:`AutoAttack` for a head of ``n_classes``)."""
     key = str(name).strip().lower()
     alphas = alphas or {}
@@ -48,6 +50,9 @@ def make_attack(name: str, eps: float, alpha: float, n_classes: Optional[int] = 
         return AutoAttack(eps, n_classes=n_classes if n_classes is not None else 10)
     if key == "apgd-ce":
         return AutoPGD(eps, loss="ce")
+    match = APGD_RESTARTS.fullmatch(key)
+    if match:  # APGD-CE with R random restarts: an image is broken if any restart breaks it
+        return AutoPGD(eps, loss="ce", restarts=int(match[1]))
     if key == "apgd-t":
         return AutoPGD(eps, loss="dlr-targeted", n_classes=n_classes)
     if key == "certified":

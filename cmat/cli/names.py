@@ -43,7 +43,7 @@ def attack_names() -> list:
     """The evaluation attack names: the fixed ones and the PGD forms (N = steps)."""
     from cmat.attacks.factory import FIXED_NAMES
 
-    return [*FIXED_NAMES, "pgdN", "pgdN-cw"]
+    return [*FIXED_NAMES, "pgdN", "pgdN-cw", "apgd-ce-rR"]
 
 
 def bound_names() -> list:
