@@ -1,6 +1,7 @@
 """Attack a finished run's saved models with an independent tool and compare with its `worst`.
 
     python scripts/crosscheck_worst.py RUN_DIR [--steps 100] [--restarts 1] [--seed 12345] [--json]
+        [--with eval-all.h5]
 
 For every task, torchattacks' APGD-CE (``--steps`` steps, its own seed, through the unfolded
 model loaded from ``store.h5``) attacks exactly the images the run evaluated (``eval.h5``), and
@@ -8,7 +9,9 @@ the script counts the images the run reported robust (``worst``) that APGD-CE br
 the run evaluated ``certified``, the images counted certified that it breaks (must be none). A sound
 `worst` column leaves at most a handful of such images (an independent random restart can
 always find one the run's attacks missed); the acceptance rule of the evaluation issue is at
-most one image per task.
+most one image per task. ``--with FILE`` also counts as broken what a later ``cmat eval RUN
+--save`` (``FILE`` in the run, e.g. ``eval-all.h5``) broke on the same images: the per-image worst
+over both evaluations.
 """
 from __future__ import annotations
 
@@ -28,12 +31,24 @@ from cmat.outcomes import read_outcomes  # noqa: E402
 from cmat.tasks import tasks_for_config  # noqa: E402
 
 
-def crosscheck(run_dir: Path, steps: int, restarts: int, seed: int) -> dict:
+def combined_worst(run_dir: Path, outcomes: dict, extra) -> list:
+    """Per task, the run's ``worst`` AND (on the same images) the ``worst`` of ``extra`` outcome files."""
+    worst = [np.asarray(w, dtype=bool).copy() for w in outcomes["correct"]["worst"]]
+    for name in extra:
+        more = read_outcomes(run_dir / name)
+        for j, w in enumerate(worst):
+            pos = {int(i): k for k, i in enumerate(more["indices"][j])}
+            w &= np.asarray(more["correct"]["worst"][j], dtype=bool)[[pos[int(i)] for i in outcomes["indices"][j]]]
+    return worst
+
+
+def crosscheck(run_dir: Path, steps: int, restarts: int, seed: int, extra=()) -> dict:
     import torchattacks
 
     run = cmat.load(run_dir)
     cfg = run.config
     outcomes = read_outcomes(run_dir / "eval.h5")
+    worsts = combined_worst(run_dir, outcomes, extra)
     seq = tasks_for_config(cfg, download=False)
     rows = []
     for j, name in enumerate(run.task_names):
@@ -46,7 +61,7 @@ def crosscheck(run_dir: Path, steps: int, restarts: int, seed: int) -> dict:
             x_adv = atk(x, y)
         with torch.no_grad():
             survived = ((model(x_adv).argmax(1) == y) & (model(x).argmax(1) == y)).numpy()
-        worst = outcomes["correct"]["worst"][j]
+        worst = worsts[j]
         missed = int((worst & ~survived).sum())
         row = {"task": name, "n": int(len(y)), "worst": int(worst.sum()), "apgd_ce": int(survived.sum()),
                "robust_in_worst_broken_by_apgd": missed}
@@ -55,6 +70,7 @@ def crosscheck(run_dir: Path, steps: int, restarts: int, seed: int) -> dict:
             row.update(certified=int(cert.sum()), certified_broken_by_apgd=int((cert & ~survived).sum()))
         rows.append(row)
     return {"run": str(run_dir), "eps": cfg.threat.eps, "steps": steps, "restarts": restarts, "seed": seed,
+            "with": list(extra),
             "tasks": rows, "max_missed_per_task": max(r["robust_in_worst_broken_by_apgd"] for r in rows),
             "certified_broken": sum(r.get("certified_broken_by_apgd", 0) for r in rows),
             "worst_acc": float(np.mean([r["worst"] / r["n"] for r in rows])),
@@ -68,9 +84,11 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=1)
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--with", dest="extra", action="append", default=[],
+                        help="another saved evaluation in the run (e.g. eval-all.h5) whose worst also counts")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    report = crosscheck(args.run_dir, args.steps, args.restarts, args.seed)
+    report = crosscheck(args.run_dir, args.steps, args.restarts, args.seed, args.extra)
     if args.json:
         print(json.dumps(report, indent=1))
         return
