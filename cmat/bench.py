@@ -29,7 +29,7 @@ from cmat.launch import Job, LaunchOptions, launch, refuse_live_slurm_jobs
 from cmat.provenance import machine_line
 from cmat.errors import CmatError
 from cmat.metrics import IMAGE_TEST, mcnemar_exact, paired_image_test, seed_spread
-from cmat.outcomes import read_outcomes
+from cmat.outcomes import read_outcomes, worst_over
 from cmat.rundir import RunLock, lock_runs, read_results
 from cmat.tasks import tasks_for_config
 
@@ -193,18 +193,16 @@ def aggregate(method: str, runs: list, columns) -> dict:
     return row
 
 
-def paired_tests(out: Path, methods, seeds, reference: str, column: str = "worst") -> dict:
+def paired_tests(out: Path, methods, seeds, reference: str, column: str = "worst", files=("eval.h5",)) -> dict:
     """Each method against ``reference`` on the per-image ``column`` outcomes, the test image as
     the unit and seeds as repeated measures (:func:`cmat.metrics.paired_image_test`: a crossed
     bootstrap over images and seeds, p-value and CI of the accuracy difference from the same
     resamples), plus the exact
     McNemar test of every seed on its own. Within a seed both runs must have evaluated the same
-    images (else an error); across seeds an image is counted once."""
+    images (else an error); across seeds an image is counted once. With several ``files`` (e.g.
+    ``("eval.h5", "eval-all.h5")``) an image counts as correct when it is in every one of them."""
     def bits(m, seed):
-        o = read_outcomes(out / f"{m}-s{seed}" / "eval.h5")
-        if column not in o["correct"]:
-            raise CmatError(f"{out / f'{m}-s{seed}'} has no per-image '{column}' outcomes")
-        return o["indices"], o["correct"][column]
+        return worst_over(out / f"{m}-s{seed}", files, column)
 
     results = {}
     ref = {s: bits(reference, s) for s in seeds}
@@ -274,7 +272,7 @@ def _attack_text(name: str, p: dict) -> str:
     return f"{name}: ε {p['eps']:.4g}, α {alpha}, {p['steps']} steps"
 
 
-def paired_markdown(tests: dict, reference: str, n_seeds: int) -> str:
+def paired_markdown(tests: dict, reference: str, n_seeds: int, what: str = "`worst`") -> str:
     """The paired section: what the primary test is and ignores, then one row per method."""
     spread = (f"Each distinct image is one unit and its {n_seeds} seeds are repeated measures of it, so the "
               f"interval holds both the image-to-image and the seed-to-seed variation. It ignores: with "
@@ -284,7 +282,7 @@ def paired_markdown(tests: dict, reference: str, n_seeds: int) -> str:
               if n_seeds > 1 else
               "Each image is one unit. One seed: the interval holds the image-to-image variation only, not "
               "the seed-to-seed one (training randomness). It ignores: ")
-    text = (f"\n## Paired comparison against {reference} on `worst`, the test image as the unit\n\n"
+    text = (f"\n## Paired comparison against {reference} on {what}, the test image as the unit\n\n"
             f"Primary test (`p (crossed bootstrap)`, `difference [95% CI]`): {IMAGE_TEST}. " + spread +
             f"no correction for comparing {len(tests)} methods against one reference. The difference is "
             f"{reference} minus the method, in accuracy. `{reference} better` / `method better` count images "

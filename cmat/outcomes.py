@@ -75,3 +75,29 @@ def read_outcomes(path) -> dict:
             return out
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise CmatError(f"{path} is unreadable or corrupt: {err}") from None
+
+
+def worst_over(run_dir, files=("eval.h5",), column: str = "worst") -> tuple:
+    """``(indices, correct)``: the images of ``files[0]`` and, per task, ``column`` of every file
+    AND'ed on those images -- the per-image worst over a run's own evaluation and later ones of
+    the same models (``cmat eval RUN --save``: ``eval-all.h5``). An image a later file lacks, or a
+    file without ``column``, is a one-line :class:`CmatError`."""
+    run_dir = Path(run_dir)
+    first = read_outcomes(run_dir / files[0])
+    indices = first["indices"]
+    correct = None
+    for name in files:
+        o = first if name == files[0] else read_outcomes(run_dir / name)
+        if column not in o["correct"]:
+            raise CmatError(f"{run_dir / name} has no per-image '{column}' outcomes")
+        if len(o["indices"]) != len(indices):
+            raise CmatError(f"{run_dir / name} has {len(o['indices'])} tasks, {files[0]} has {len(indices)}")
+        here = []
+        for j, idx in enumerate(indices):
+            pos = {int(i): k for k, i in enumerate(o["indices"][j])}
+            missing = [int(i) for i in idx if int(i) not in pos]
+            if missing:
+                raise CmatError(f"{run_dir / name} did not evaluate image {missing[0]} of task {j}; cannot combine")
+            here.append(o["correct"][column][j][[pos[int(i)] for i in idx]])
+        correct = here if correct is None else [a & b for a, b in zip(correct, here)]
+    return indices, correct

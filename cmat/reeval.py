@@ -8,7 +8,10 @@ that second table is on the same images:
     cmat eval RUN --attacks clean,fgsm,pgd10,pgd40,apgd-ce,aa --samples 1000 --save
 
 ``--save`` writes ``RUN/eval-s<samples>.h5`` (per-image outcomes, :mod:`cmat.outcomes`) and
-``RUN/eval-s<samples>.json`` (the table). :func:`subset_check` compares the subset's ``worst``
+``RUN/eval-s<samples>.json`` (the table); on the images the run itself evaluated (no
+``--samples``: the whole test set for the MNIST presets) they are ``RUN/eval-all.*``, and the
+bench report adds a re-evaluation section whose ``all`` column is the per-image worst over the
+run's attacks and these (:func:`cmat.report.reeval_markdown`). :func:`subset_check` compares the subset's ``worst``
 with the run's own whole-set ``worst`` (eval.h5) on the same images: ``added`` counts the images
 the run counted robust that the subset's attacks (AutoAttack) break -- how much the whole-set
 number overstates robustness.
@@ -48,7 +51,8 @@ def evaluate_run(run_dir, attacks: Optional[list] = None, samples: Optional[int]
     samples = samples if samples is not None else cfg.eval.samples
     per_task = [evaluate_task(loaded.model(j).to(device), seq[j].test, atks, seq[j].num_classes, cfg.seed, j,
                               samples, batch_size or cfg.eval.batch_size, device) for j, atks in enumerate(built)]
-    return {"run": str(run_dir), "samples": samples, "attacks": attacks_as_run(built), "tasks": per_task,
+    return {"run": str(run_dir), "samples": samples, "run_samples": cfg.eval.samples,
+            "attacks": attacks_as_run(built), "tasks": per_task,
             "task_names": list(loaded.task_names), "columns": list(built[0]) + [WORST], "seed": cfg.seed}
 
 
@@ -68,14 +72,15 @@ def summarise(ev: dict) -> dict:
             "ci95": {c: list(wilson_interval(*pooled[c])) for c in columns}, "pooled": pooled}
 
 
-def save_name(samples: Optional[int]) -> str:
-    return f"eval-s{samples}" if samples else "eval-all"
+def save_name(samples: Optional[int], run_samples: Optional[int] = None) -> str:
+    """``eval-all`` on the images the run itself evaluated, ``eval-s<N>`` on another seeded subset."""
+    return "eval-all" if samples == run_samples else f"eval-s{samples}"
 
 
 def save(ev: dict, run_dir) -> Path:
     """Write ``eval-s<samples>.h5`` (outcomes) and ``.json`` (table + subset check) into the run."""
     run_dir = Path(run_dir)
-    name = save_name(ev["samples"])
+    name = save_name(ev["samples"], ev.get("run_samples"))
     write_outcomes(run_dir / f"{name}.h5", ev["task_names"], ev["tasks"])
     table = {**summarise(ev), "check": subset_check(run_dir, ev)}
     return atomic_write_text(run_dir / f"{name}.json", json.dumps(table, indent=1))

@@ -262,24 +262,39 @@ def run_markdown(results: dict, source: str = "") -> str:
 
 
 
-def subset_markdown(bench: Path, methods, seeds) -> str:
-    """The bench's second table, when runs hold a saved subset evaluation (``cmat eval --save``,
-    :mod:`cmat.reeval`): per method, on the seeded subset, every column of that evaluation, the
-    run's own whole-set ``worst`` on the same images and the per-image worst over both; pooled
-    over the seeds that have one (n = images × those seeds)."""
+SUBSET_TITLE = ("**On a seeded subset of {samples} test images per task** (`cmat eval RUN --save`; every column on "
+                "those images; `run worst` = the run's whole-set worst there, `all` = correct under every attack of "
+                "both; `broken` = images the run counted robust that this evaluation breaks; 95% Wilson intervals "
+                "pooled over the images × seeds listed)")
+WHOLE_TITLE = ("## Re-evaluated under stronger attacks, on the whole test set\n\n"
+               "The same stored models after the last task, attacked again on every test image the run evaluated "
+               "(`cmat eval RUN --attacks {attacks} --save`, written to `eval-all.json`/`.h5` in each run): "
+               "`run worst` = the run's own worst above, `all` = correct clean and under every attack of both "
+               "evaluations (the per-image worst over all of them: the number to quote), `broken` = images the run "
+               "counted robust that the re-evaluation breaks. Pooled over tasks and the seeds listed, with 95% Wilson "
+               "intervals over those images × seeds; BWT is not re-evaluated (it needs the models after each task).")
+
+
+def subset_markdown(bench: Path, methods, seeds, whole: bool = False) -> str:
+    """A table of the saved evaluations of a bench's runs (``cmat eval --save``, :mod:`cmat.reeval`):
+    the seeded subset ones (``eval-s<N>.json``) or, with ``whole``, the whole-set re-evaluations
+    (``eval-all.json``). Per method, every column of that evaluation, the run's own ``worst`` on
+    the same images and the per-image worst over both; pooled over the seeds that have one
+    (n = images × those seeds)."""
+    pattern = "eval-all.json" if whole else "eval-s*.json"
     rows = []
     for m in methods:
-        tables = [json.loads(f.read_text()) for s in seeds for f in sorted((bench / f"{m}-s{s}").glob("eval-s*.json"))]
+        tables = [json.loads(f.read_text()) for s in seeds for f in sorted((bench / f"{m}-s{s}").glob(pattern))]
         if tables:
             rows.append((m, tables))
     if not rows:
         return ""
-    cols = list(rows[0][1][0]["mean"])
-    lines = ["", f"**On a seeded subset of {rows[0][1][0]['samples']} test images per task** (`cmat eval RUN --save`; "
-             f"every column on those images; `run worst` = the run's whole-set worst there, `all` = correct under every "
-             f"attack of both; `broken` = images the run counted robust that this evaluation breaks; 95% Wilson intervals "
-             f"pooled over the images × seeds listed)", "",
-             "| method | seeds | n | " + " | ".join(cols) + " | run worst | all | broken |", "|---|---|---|" + "---|" * (len(cols) + 3)]
+    first = rows[0][1][0]
+    cols = list(first["mean"])
+    title = (WHOLE_TITLE.format(attacks=",".join(first["attacks"])) if whole
+             else SUBSET_TITLE.format(samples=first["samples"]))
+    lines = ["", title, "", "| method | seeds | n | " + " | ".join(cols) + " | run worst | all | broken |",
+             "|---|---|---|" + "---|" * (len(cols) + 3)]
     for m, tables in rows:
         n = sum(t["pooled"]["clean"][1] for t in tables)
         cell = [_interval_acc(sum(t["pooled"][c][0] for t in tables), n) for c in cols]
@@ -292,6 +307,16 @@ def subset_markdown(bench: Path, methods, seeds) -> str:
         seeds_done = ",".join(str(t.get("seed", "?")) for t in tables)
         lines.append(f"| {m} | {seeds_done} | {n} | " + " | ".join(cell) + " |")
     return "\n".join(lines) + "\n"
+
+
+def reeval_markdown(bench: Path, methods, seeds, reference: str) -> str:
+    """The whole-set re-evaluation table and, when every run has one, the paired tests against
+    ``reference`` on the per-image worst over both evaluations."""
+    table = subset_markdown(bench, methods, seeds, whole=True)
+    if not table or not all((bench / f"{m}-s{s}" / "eval-all.h5").exists() for m in methods for s in seeds):
+        return table
+    tests = bench_mod.paired_tests(bench, methods, seeds, reference, files=("eval.h5", "eval-all.h5"))
+    return table + bench_mod.paired_markdown(tests, reference, len(seeds), "`all` (re-evaluated)")
 
 
 def _interval_acc(k: int, n: int) -> str:
@@ -320,7 +345,8 @@ def render_report(path) -> str:
         tests = bench_mod.paired_tests(p, methods, seeds, reference)
         budget = bench_mod.run_budget(cfg, per_method[methods[0]][0], seeds,
                                       runs=[r for runs in per_method.values() for r in runs])
-        return bench_mod.to_markdown(rows, columns, cfg, seeds, budget, reference, tests) + subset_markdown(p, methods, seeds)
+        return (bench_mod.to_markdown(rows, columns, cfg, seeds, budget, reference, tests)
+                + subset_markdown(p, methods, seeds) + reeval_markdown(p, methods, seeds, reference))
     if (p / "study.json").exists():
         try:
             study = json.loads((p / "study.json").read_text())

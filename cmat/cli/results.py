@@ -23,8 +23,9 @@ from cmat.cli.names import registry_option
               help="Images per attack batch (default: the run's eval.batch_size); AutoAttack's Square "
                    "costs per batch, so larger is faster on CPU.")
 @click.option("--save", is_flag=True,
-              help="Write RUN/eval-s<N>.h5 (per-image outcomes) and .json (the table, and which images the run "
-                   "counted robust that these attacks break).")
+              help="Write RUN/eval-all.h5 (per-image outcomes on the run's own images; eval-s<N>.h5 on a "
+                   "subset of N) and .json (the table, and which images the run counted robust that these "
+                   "attacks break); a bench report then adds the per-image worst over both.")
 def eval_cmd(run_dir, attacks, samples, data_root, device, as_json, batch_size, save):
     """Evaluate a trained run's tasks under attacks (reads store.h5)."""
     from cmat import reeval
