@@ -23,6 +23,7 @@ import numpy as np
 
 from cmat import config as config_mod
 from cmat.atomic import atomic_write_text
+from cmat.attacks.factory import attack_label, check_attack_name, column_rank
 from cmat.catalog import method_class
 from cmat.cpg import goals_current
 from cmat.launch import Job, LaunchOptions, launch, refuse_live_slurm_jobs
@@ -33,9 +34,22 @@ from cmat.outcomes import read_outcomes, worst_over
 from cmat.rundir import RunLock, lock_runs, read_results
 from cmat.tasks import tasks_for_config
 
-ORDER = ("clean", "fgsm", "pgd10", "pgd40", "apgd-ce", "apgd-t", "aa", "worst", "certified")
-LABELS = {"clean": "clean", "fgsm": "FGSM", "pgd10": "PGD-10", "pgd40": "PGD-40", "apgd-ce": "APGD-CE",
-          "apgd-t": "APGD-T", "aa": "AA", "worst": "worst", "certified": "certified"}
+
+
+def table_columns(runs) -> list:
+    """The columns every run's summary has that are evaluation names (or ``worst``), in table
+    order (:func:`cmat.attacks.factory.column_rank`)."""
+    common = set.intersection(*(set(r["summary"]) for r in runs)) if runs else set()
+    return sorted((c for c in common if c == "worst" or _is_attack(c)), key=column_rank)
+
+
+def _is_attack(name: str) -> bool:
+    try:
+        check_attack_name(name)
+        return True
+    except CmatError:
+        return False
+
 ALPHA = 0.05  # significance level of the paired tests
 
 
@@ -121,7 +135,7 @@ def bench_jobs(base_cfg, methods, seeds, out: Path, say=None) -> tuple:
 
 def write_bench(out: Path, base_cfg, methods, seeds, per_method: dict) -> dict:
     """bench.csv, bench.md and bench.json from the finished runs' results."""
-    columns = [c for c in ORDER if all(c in r["summary"] for runs in per_method.values() for r in runs)]
+    columns = table_columns([r for runs in per_method.values() for r in runs])
     rows = [aggregate(m, runs, columns) for m, runs in per_method.items()]
     reference = "cmat" if "cmat" in methods else methods[0]
     tests = paired_tests(out, methods, seeds, reference)
@@ -313,7 +327,7 @@ def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, t
             f"Average accuracy over tasks after the last task ({spread_text}), every column on {scope}; "
             "`worst` = correct clean and under every attack run (per image). F1 = macro-F1 (clean); "
             f"BWT and forgetting on clean and on `{rows[0]['robust_column']}` accuracy.\n\n")
-    cols = ["method"] + [LABELS.get(c, c) for c in columns] + ["F1", "BWT", "forgetting",
+    cols = ["method"] + [attack_label(c) for c in columns] + ["F1", "BWT", "forgetting",
                                                                f"BWT ({rows[0]['robust_column']})", "params",
                                                                "store MB", "train s", "train passes"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -328,7 +342,7 @@ def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, t
     if rows and all(f"{c}_ci95" in rows[0] for c in columns):
         text += (f"\nOne seed: 95% Wilson intervals pooled over the {rows[0]['n_images']} evaluated images "
                  "(a seed's spread is not in them):\n\n")
-        text += "| method | " + " | ".join(LABELS.get(c, c) for c in columns) + " |\n|" + "---|" * (len(columns) + 1) + "\n"
+        text += "| method | " + " | ".join(attack_label(c) for c in columns) + " |\n|" + "---|" * (len(columns) + 1) + "\n"
         for r in rows:
             text += f"| {r['method']} | " + " | ".join(f"[{r[c + '_ci95'][0]:.3f}, {r[c + '_ci95'][1]:.3f}]"
                                                        for c in columns) + " |\n"

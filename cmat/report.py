@@ -293,7 +293,8 @@ def subset_markdown(bench: Path, methods, seeds, whole: bool = False) -> str:
     cols = list(first["mean"])
     title = (WHOLE_TITLE.format(attacks=",".join(first["attacks"])) if whole
              else SUBSET_TITLE.format(samples=first["samples"]))
-    lines = ["", title, "", "| method | seeds | n | " + " | ".join(cols) + " | run worst | all | broken |",
+    lines = ["", title, "", "| method | seeds | n | " + " | ".join(bench_mod.attack_label(c) for c in cols)
+             + " | run worst | all | broken |",
              "|---|---|---|" + "---|" * (len(cols) + 3)]
     for m, tables in rows:
         n = sum(t["pooled"]["clean"][1] for t in tables)
@@ -339,7 +340,7 @@ def render_report(path) -> str:
             raise CmatError(f"{p / 'bench.json'} is not a cmat bench file: {err}") from None
         per_method = {m: [_read_results(p / f"{m}-s{s}" / "results.json") for s in seeds] for m in methods}
         cfg = from_dict(yaml.safe_load((p / f"{methods[0]}-s{seeds[0]}" / "config.yaml").read_text()))
-        columns = [c for c in bench_mod.ORDER if all(c in r["summary"] for rs in per_method.values() for r in rs)]
+        columns = bench_mod.table_columns([r for rs in per_method.values() for r in rs])
         rows = [bench_mod.aggregate(m, rs, columns) for m, rs in per_method.items()]
         reference = "cmat" if "cmat" in methods else methods[0]
         tests = bench_mod.paired_tests(p, methods, seeds, reference)

@@ -27,19 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import cmat  # noqa: E402
-from cmat.outcomes import read_outcomes  # noqa: E402
+from cmat.outcomes import read_outcomes, worst_over  # noqa: E402
 from cmat.tasks import tasks_for_config  # noqa: E402
-
-
-def combined_worst(run_dir: Path, outcomes: dict, extra) -> list:
-    """Per task, the run's ``worst`` AND (on the same images) the ``worst`` of ``extra`` outcome files."""
-    worst = [np.asarray(w, dtype=bool).copy() for w in outcomes["correct"]["worst"]]
-    for name in extra:
-        more = read_outcomes(run_dir / name)
-        for j, w in enumerate(worst):
-            pos = {int(i): k for k, i in enumerate(more["indices"][j])}
-            w &= np.asarray(more["correct"]["worst"][j], dtype=bool)[[pos[int(i)] for i in outcomes["indices"][j]]]
-    return worst
 
 
 def crosscheck(run_dir: Path, steps: int, restarts: int, seed: int, extra=()) -> dict:
@@ -48,7 +37,7 @@ def crosscheck(run_dir: Path, steps: int, restarts: int, seed: int, extra=()) ->
     run = cmat.load(run_dir)
     cfg = run.config
     outcomes = read_outcomes(run_dir / "eval.h5")
-    worsts = combined_worst(run_dir, outcomes, extra)
+    _, worsts = worst_over(run_dir, ("eval.h5", *extra))  # the per-image worst over every saved evaluation
     seq = tasks_for_config(cfg, download=False)
     rows = []
     for j, name in enumerate(run.task_names):

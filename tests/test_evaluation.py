@@ -242,3 +242,15 @@ def test_apgd_ce_with_restarts_is_an_attack_name_and_costs_its_restarts():
     for bad in ("apgd-ce-r0", "apgd-ce-r", "apgd-ce-r5x"):
         with pytest.raises(CmatError, match="apgd-ce-rR"):
             check_attack_name(bad)
+
+
+def test_every_attack_name_is_a_bench_column_in_table_order_with_its_label():
+    from cmat.attacks.factory import attack_label
+    from cmat.bench import table_columns
+
+    names = ["worst", "apgd-ce-r5", "pgd40-cw", "clean", "aa", "pgd10", "fgsm", "pgd40", "apgd-ce", "certified"]
+    runs = [{"summary": {n: {} for n in names + ["not-an-attack"]}}, {"summary": {n: {} for n in names if n != "aa"}}]
+    assert table_columns(runs) == ["clean", "fgsm", "pgd10", "pgd40", "pgd40-cw", "apgd-ce", "apgd-ce-r5",
+                                   "worst", "certified"]  # only the columns every run has
+    assert [attack_label(n) for n in ("pgd40-cw", "apgd-ce-r5", "pgd10", "apgd-t", "worst")] == [
+        "PGD-40 (CW)", "APGD-CE ×5", "PGD-10", "APGD-T", "worst"]

@@ -27,6 +27,32 @@ def check_attack_name(name: str) -> str:
     raise CmatError(f"unknown attack {name!r}; valid forms: {ATTACK_FORMS}")
 
 
+def attack_label(name: str) -> str:
+    """A table's column label for an evaluation name: ``pgd40-cw`` → ``PGD-40 (CW)``, ``apgd-ce-r5``
+    → ``APGD-CE ×5`` (five restarts); ``worst`` and unknown names are returned as they are."""
+    key = str(name).strip().lower()
+    fixed = {"clean": "clean", "fgsm": "FGSM", "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "aa": "AA"}
+    if key in fixed:
+        return fixed[key]
+    if match := PGD_NAME.fullmatch(key):
+        return f"PGD-{match[1]}" + (" (CW)" if match[2] else "")
+    if match := APGD_RESTARTS.fullmatch(key):
+        return f"APGD-CE ×{match[1]}"
+    return name
+
+
+def column_rank(name: str) -> tuple:
+    """Sort key of a table's columns: clean, FGSM, PGD by steps (CE before CW), APGD-CE (by
+    restarts), APGD-T, AA, then ``worst`` and ``certified`` last; unknown names before ``worst``."""
+    key = str(name).strip().lower()
+    if match := PGD_NAME.fullmatch(key):
+        return (2, int(match[1]), bool(match[2]))
+    if match := APGD_RESTARTS.fullmatch(key):
+        return (3, int(match[1]), False)
+    rank = {"clean": 0, "fgsm": 1, "apgd-ce": 3, "apgd-t": 4, "aa": 5, "worst": 8, "certified": 9}
+    return (rank.get(key, 7), 1 if key == "apgd-ce" else 0, False)
+
+
 def make_attack(name: str, eps: float, alpha: float, n_classes: Optional[int] = None,
                 alphas: Optional[dict] = None) -> Optional[Attack]:
     """The attack for an evaluation name: ``clean`` → None, ``fgsm`` (one step of ε, no random
