@@ -2,7 +2,9 @@
 
     python scripts/readme_tables.py [README.md ...]
 
-Every block between ``<!-- cmat-report DIR -->`` and ``<!-- /cmat-report -->`` is replaced by
+Every block between ``<!-- cmat-summary DIR -->`` and ``<!-- /cmat-summary -->`` is replaced by a
+bench's one-line-per-method summary (:mod:`cmat.summary`), every block between
+``<!-- cmat-report DIR -->`` and ``<!-- /cmat-report -->`` is replaced by
 ``cmat report DIR`` (a run or bench directory, relative to the repository root), and every
 block between ``<!-- cmat-presets -->`` and ``<!-- /cmat-presets -->`` by the table of the
 hyper-parameters each preset sets, and every block between ``<!-- cmat-file PATH -->`` and
@@ -24,10 +26,12 @@ sys.path.insert(0, str(ROOT))
 from cmat.cli.names import cli_table  # noqa: E402
 from cmat.config import preset_names, resolve  # noqa: E402
 from cmat.report import render_report  # noqa: E402
+from cmat.summary import summary_markdown  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- cmat-report (?P<dir>\S+) -->\n)(?P<body>.*?)(<!-- /cmat-report -->)", re.S)
 FILE = re.compile(r"(<!-- cmat-file (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /cmat-file -->)", re.S)
 PRESETS = re.compile(r"(<!-- cmat-presets -->\n)(?P<body>.*?)(<!-- /cmat-presets -->)", re.S)
+SUMMARY = re.compile(r"(<!-- cmat-summary (?P<dir>\S+) -->\n)(?P<body>.*?)(<!-- /cmat-summary -->)", re.S)
 CLI = re.compile(r"(<!-- cmat-cli (?P<table>\S+) -->\n)(?P<body>.*?)(<!-- /cmat-cli -->)", re.S)
 
 
@@ -47,6 +51,7 @@ def presets_table() -> str:
 
 def render(text: str) -> str:
     text = BLOCK.sub(lambda m: m.group(1) + render_report(ROOT / m.group("dir")) + m.group(4), text)
+    text = SUMMARY.sub(lambda m: m.group(1) + summary_markdown(ROOT / m.group("dir")) + m.group(4), text)
     text = FILE.sub(lambda m: m.group(1) + (ROOT / m.group("path")).read_text(encoding="utf-8") + m.group(4), text)
     text = CLI.sub(lambda m: m.group(1) + cli_table(m.group("table")) + m.group(4), text)
     return PRESETS.sub(lambda m: m.group(1) + presets_table() + m.group(3), text)

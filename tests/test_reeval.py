@@ -50,6 +50,7 @@ def test_a_bench_report_adds_the_whole_set_re_evaluation_and_pairs_on_the_worst_
     from cmat.errors import CmatError
     from cmat.outcomes import worst_over
     from cmat.report import render_report
+    from cmat.summary import summary_markdown
 
     bench = tmp_path / "bench"
     for method, (src, _) in (("at-individual", individual_run), ("at-finetune", finetune_run)):
@@ -57,6 +58,7 @@ def test_a_bench_report_adds_the_whole_set_re_evaluation_and_pairs_on_the_worst_
     (bench / "bench.json").write_text(json.dumps({"seeds": [0], "rows": [{"method": "at-individual"},
                                                                          {"method": "at-finetune"}]}))
     assert "Re-evaluated" not in render_report(bench)
+    assert "| all |" not in summary_markdown(bench)  # the front-page line: `all` only once every run has one
     for method in ("at-individual", "at-finetune"):
         out = invoke("eval", str(bench / f"{method}-s0"), "--attacks", "clean,pgd40-cw,apgd-ce-r2", "--save")
         assert out.exit_code == 0, out.output
@@ -71,6 +73,9 @@ def test_a_bench_report_adds_the_whole_set_re_evaluation_and_pairs_on_the_worst_
         assert sum(int(c.sum()) for c in combined) == both
         row = next(line for line in md.split("## Re-evaluated")[1].splitlines() if line.startswith(f"| {method} |"))
         assert f"{both / n:.3f} [" in row.split("|")[-3]
+        per_task = [int((a & b).sum()) / len(a) for a, b in zip(own["correct"]["worst"], new["correct"]["worst"])]
+        line = next(x for x in summary_markdown(bench).splitlines() if x.startswith(f"| {method} |"))
+        assert line.split("|")[5].strip() == f"{np.mean(per_task):.3f}"  # one seed: the task average, no ±
     partial = tmp_path / "partial"  # an evaluation of other images cannot be combined: one line
     shutil.copytree(bench / "at-individual-s0", partial)
     assert invoke("eval", str(partial), "--samples", "60", "--save").exit_code == 0
