@@ -36,6 +36,11 @@ from cmat.tasks import tasks_for_config
 
 
 
+def reference_method(methods) -> str:
+    """The method every other is compared with: CMAT when the bench has it, else the first."""
+    return "cmat" if "cmat" in methods else methods[0]
+
+
 def table_columns(runs) -> list:
     """The columns every run's summary has that are evaluation names (or ``worst``), in table
     order (:func:`cmat.attacks.factory.column_rank`)."""
@@ -137,7 +142,7 @@ def write_bench(out: Path, base_cfg, methods, seeds, per_method: dict) -> dict:
     """bench.csv, bench.md and bench.json from the finished runs' results."""
     columns = table_columns([r for runs in per_method.values() for r in runs])
     rows = [aggregate(m, runs, columns) for m, runs in per_method.items()]
-    reference = "cmat" if "cmat" in methods else methods[0]
+    reference = reference_method(methods)
     tests = paired_tests(out, methods, seeds, reference)
     budget = run_budget(base_cfg, per_method[methods[0]][0], seeds, methods,
                         runs=[r for runs in per_method.values() for r in runs])

@@ -325,6 +325,15 @@ def _interval_acc(k: int, n: int) -> str:
     return f"{k / n:.3f} [{lo:.3f}, {hi:.3f}]" if n else "–"
 
 
+def read_bench(p: Path) -> tuple:
+    """``(bench.json, methods, seeds)`` of a bench directory; a foreign file is one line."""
+    try:
+        bench = json.loads((p / "bench.json").read_text())
+        return bench, [r["method"] for r in bench["rows"]], bench["seeds"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CmatError(f"{p / 'bench.json'} is not a cmat bench file: {err}") from None
+
+
 def render_report(path) -> str:
     """Markdown tables rendered from result files: a run directory (results.json), a bench
     directory (bench.json + its run directories: mean ± std, McNemar, budget — recomputed) or a
@@ -333,16 +342,12 @@ def render_report(path) -> str:
 
     p = Path(path)
     if (p / "bench.json").exists():
-        try:
-            bench = json.loads((p / "bench.json").read_text())
-            methods, seeds = [r["method"] for r in bench["rows"]], bench["seeds"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise CmatError(f"{p / 'bench.json'} is not a cmat bench file: {err}") from None
+        _, methods, seeds = read_bench(p)
         per_method = {m: [_read_results(p / f"{m}-s{s}" / "results.json") for s in seeds] for m in methods}
         cfg = from_dict(yaml.safe_load((p / f"{methods[0]}-s{seeds[0]}" / "config.yaml").read_text()))
         columns = bench_mod.table_columns([r for rs in per_method.values() for r in rs])
         rows = [bench_mod.aggregate(m, rs, columns) for m, rs in per_method.items()]
-        reference = "cmat" if "cmat" in methods else methods[0]
+        reference = bench_mod.reference_method(methods)
         tests = bench_mod.paired_tests(p, methods, seeds, reference)
         budget = bench_mod.run_budget(cfg, per_method[methods[0]][0], seeds,
                                       runs=[r for runs in per_method.values() for r in runs])

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from cmat import bench as bench_mod
-from cmat.errors import CmatError
 from cmat.metrics import seed_spread
 from cmat.provenance import machine_line
-from cmat.report import _read_results
+from cmat.report import _read_results, read_bench
 
 
 def _all_accuracy(run_dir: Path):
@@ -37,15 +36,11 @@ def _cell(values) -> str:
 
 def summary_markdown(bench: Path) -> str:
     bench = Path(bench)
-    try:
-        meta = json.loads((bench / "bench.json").read_text())
-        methods, seeds = [r["method"] for r in meta["rows"]], meta["seeds"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CmatError(f"{bench / 'bench.json'} is not a cmat bench file: {err}") from None
+    meta, methods, seeds = read_bench(bench)
     runs = {m: [_read_results(bench / f"{m}-s{s}" / "results.json") for s in seeds] for m in methods}
     alls = {m: [_all_accuracy(bench / f"{m}-s{s}") for s in seeds] for m in methods}
     reeval = all(a is not None for v in alls.values() for a in v)
-    reference = "cmat" if "cmat" in methods else methods[0]
+    reference = bench_mod.reference_method(methods)
     files = ("eval.h5", "eval-all.h5") if reeval else ("eval.h5",)
     tests = bench_mod.paired_tests(bench, methods, seeds, reference, files=files)
     col = "all" if reeval else "worst"
