@@ -105,13 +105,6 @@ def inspect_store(run_dir) -> str:
     return "\n".join(lines)
 
 
-def _read_results(path: Path) -> dict:
-    """A results.json checked before anything is computed from it (:func:`cmat.rundir.read_results`:
-    task names, every column a lower-triangular matrix of fractions, the summary, F1 and cost a
-    table reads); else one line naming the file."""
-    return read_results(path)
-
-
 # Sweeps (ε and PGD steps): attack-image budget and the step-size rule.
 EPS_FACTORS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 SWEEP_STEPS = (1, 2, 5, 10, 20, 40)
@@ -197,7 +190,7 @@ def plot_run(run_dir, samples=None, data_root=None, progress: bool = True) -> li
     Returns the PNG paths."""
     p = Path(run_dir)
     run_dirs = _run_dirs(p)
-    results = {m: _read_results(d / "results.json") for m, d in run_dirs.items()}
+    results = {m: read_results(d / "results.json") for m, d in run_dirs.items()}
     label = {m: (m or r.get("method", "run")) for m, r in results.items()}
     out = p / "plots"
     out.mkdir(exist_ok=True)
@@ -343,7 +336,7 @@ def render_report(path) -> str:
     p = Path(path)
     if (p / "bench.json").exists():
         _, methods, seeds = read_bench(p)
-        per_method = {m: [_read_results(p / f"{m}-s{s}" / "results.json") for s in seeds] for m in methods}
+        per_method = {m: [read_results(p / f"{m}-s{s}" / "results.json") for s in seeds] for m in methods}
         cfg = from_dict(yaml.safe_load((p / f"{methods[0]}-s{seeds[0]}" / "config.yaml").read_text()))
         columns = bench_mod.table_columns([r for rs in per_method.values() for r in rs])
         rows = [bench_mod.aggregate(m, rs, columns) for m, rs in per_method.items()]
@@ -362,5 +355,5 @@ def render_report(path) -> str:
         except (json.JSONDecodeError, KeyError, TypeError, IndexError) as err:
             raise CmatError(f"{p / 'study.json'} is not a cmat transfer-study file: {err}") from None
     if (p / "results.json").exists():
-        return run_markdown(_read_results(p / "results.json"))
+        return run_markdown(read_results(p / "results.json"))
     raise CmatError(f"no results.json, bench.json or study.json in {p} (is it a finished run, bench or study?)")

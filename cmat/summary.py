@@ -17,7 +17,8 @@ import numpy as np
 from cmat import bench as bench_mod
 from cmat.metrics import seed_spread
 from cmat.provenance import machine_line
-from cmat.report import _read_results, read_bench
+from cmat.report import read_bench
+from cmat.rundir import read_results
 
 
 def _all_accuracy(run_dir: Path):
@@ -37,7 +38,7 @@ def _cell(values) -> str:
 def summary_markdown(bench: Path) -> str:
     bench = Path(bench)
     meta, methods, seeds = read_bench(bench)
-    runs = {m: [_read_results(bench / f"{m}-s{s}" / "results.json") for s in seeds] for m in methods}
+    runs = {m: [read_results(bench / f"{m}-s{s}" / "results.json") for s in seeds] for m in methods}
     alls = {m: [_all_accuracy(bench / f"{m}-s{s}") for s in seeds] for m in methods}
     reeval = all(a is not None for v in alls.values() for a in v)
     reference = bench_mod.reference_method(methods)
