@@ -180,3 +180,22 @@ def certify_at_eps(run_dir, task: int, n: int, bound: str = "crown", time_limit:
             "correct": int(len(ids)), "certified": int(ok.sum()),
             "certified_accuracy": float(ok.sum()) / max(len(x), 1), "seconds": seconds,
             **({"milp_time_limit": time_limit, "milp_unknown_checks": stats.get("unknown", 0)} if bound == "milp" else {})}
+
+
+def criteria_run(run_dir, n: int, eps: Optional[float] = None, data_root=None) -> dict:
+    """``cmat verify --criteria``: on the first ``n`` test images of every task, at ``eps``
+    (default the run's ε), how many images each "verified" criterion counts
+    (:mod:`cmat.bounds.criteria`: SHIELD's unsound one next to the sound interval and margin
+    tests), and how many SHIELD counts that CROWN's margin does not prove."""
+    from cmat.bounds.criteria import CRITERIA, criteria_counts
+
+    run = load_run(run_dir)
+    eps = float(eps if eps is not None else run.config.threat.eps)
+    seq = tasks_for_config(run.config, data_root, download=False)
+    rows = []
+    for j, name in enumerate(run.task_names):
+        x, y = seq[j].test.tensors(torch.arange(min(n, len(seq[j].test))))
+        rows.append({"task": j, "name": name, **criteria_counts(run.model(j), x, y, eps)})
+    keys = ("n", "correct", *CRITERIA, "shield_not_sound")
+    return {"run": str(run_dir), "eps": eps, "criteria": list(CRITERIA), "tasks": rows,
+            "total": {k: sum(r[k] for r in rows) for k in keys}}

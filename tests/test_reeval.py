@@ -85,3 +85,31 @@ def test_a_bench_report_adds_the_whole_set_re_evaluation_and_pairs_on_the_worst_
         raise AssertionError("combined a subset as if it covered the run's images")
     except CmatError as err:
         assert "did not evaluate image" in str(err)
+
+
+def test_re_evaluation_at_another_eps_is_saved_apart_and_never_merged_into_the_runs_worst(individual_run, tmp_path):
+    import yaml
+
+    from cmat.report import render_report
+
+    src, _ = individual_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    threat = yaml.safe_load((run / "config.yaml").read_text())["threat"]
+    eps, alpha = float(threat["eps"]), float(threat["alpha"])
+    out = invoke("eval", str(run), "--attacks", "clean,pgd10", "--eps", repr(4 * eps), "--save", "--json")
+    assert out.exit_code == 0, out.output
+    big = json.loads((run / f"eval-eps{4 * eps:.6g}-all.json").read_text())
+    assert not (run / "eval-all.json").exists()  # the run's own ε keeps its name free
+    assert big["eps"] == 4 * eps and big["check"] is None  # another ε: no check against the run's worst
+    params = big["attacks"]["pgd10"]
+    assert params["eps"] == 4 * eps and params["alpha"] == max(4 * alpha, 2.5 * 4 * eps / 10)
+    own = read_outcomes(run / "eval.h5")
+    assert [t["clean"]["n"] for t in big["tasks"]] == [len(i) for i in own["indices"]]
+    # a 4× larger ball: PGD-10 keeps no more images than the run's own PGD-10 at ε (strength ordering)
+    small = json.loads(invoke("eval", str(run), "--attacks", "clean,pgd10", "--json").output)
+    assert big["mean"]["pgd10"] <= small["mean"]["pgd10"] and big["mean"]["pgd10"] < big["mean"]["clean"]
+    assert "Re-evaluated" not in render_report(run)
+    bad = invoke("eval", str(run), "--eps", "20/x")
+    assert bad.exit_code != 0 and "20/255" in bad.output and "Traceback" not in bad.output
+    assert len([ln for ln in bad.output.splitlines() if ln.strip()]) == 1

@@ -7,6 +7,18 @@ from pathlib import Path
 import click
 
 from cmat.cli.names import registry_option
+from cmat.errors import CmatError
+
+
+def parse_radius(text):
+    """``--eps``: None, a number, or a fraction ``a/b`` (``20/255``) → float; else one line."""
+    if text is None:
+        return None
+    try:
+        num, _, den = str(text).partition("/")
+        return float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise CmatError(f"--eps must be a number or a fraction such as 20/255, got {text!r}") from None
 
 
 @click.command("eval", short_help="Re-evaluate a trained run's tasks under attacks.")
@@ -26,13 +38,16 @@ from cmat.cli.names import registry_option
               help="Write RUN/eval-all.h5 (per-image outcomes on the run's own images; eval-s<N>.h5 on a "
                    "subset of N) and .json (the table, and which images the run counted robust that these "
                    "attacks break); a bench report then adds the per-image worst over both.")
-def eval_cmd(run_dir, attacks, samples, data_root, device, as_json, batch_size, save):
+@click.option("--eps", default=None, callback=lambda ctx, param, v: parse_radius(v),
+              help="Attack radius, a number or a fraction such as 20/255 (default: the run's ε); at another "
+                   "ε the run's α scales with it, and --save writes RUN/eval-eps<ε>-all (or -s<N>).")
+def eval_cmd(run_dir, attacks, samples, data_root, device, as_json, batch_size, save, eps):
     """Evaluate a trained run's tasks under attacks (reads store.h5)."""
     from cmat import reeval
     from cmat.engine import resolve_device
 
     requested = [a.strip() for a in attacks.split(",")] if attacks else None
-    ev = reeval.evaluate_run(run_dir, requested, samples, data_root, resolve_device(device), batch_size)
+    ev = reeval.evaluate_run(run_dir, requested, samples, data_root, resolve_device(device), batch_size, eps)
     report = reeval.summarise(ev)
     if save:
         path = reeval.save(ev, run_dir)
@@ -42,7 +57,7 @@ def eval_cmd(run_dir, attacks, samples, data_root, device, as_json, batch_size, 
         return
     columns, samples = list(report["mean"]), report["samples"]
     click.echo(f"every column on the same {'seeded subset of ' + str(samples) if samples else 'whole test set of'} "
-               f"images per task; worst = correct clean and under every attack")
+               f"images per task, at ε = {report['eps']:.6g}; worst = correct clean and under every attack")
     click.echo(f"{'task':<24}{'n':>6}" + "".join(f"{n:>16}" for n in columns))
     for r in report["tasks"]:
         click.echo(f"{r['name'][:24]:<24}{r['clean']['n']:>6}" + "".join(f"{r[n]['acc']:>16.4f}" for n in columns))

@@ -9,10 +9,21 @@ import click
 
 from cmat.cli.common import launch_options, launcher_flags, overrides
 from cmat.cli.names import DEFAULT_BOUND, check_name, registry_option
+from cmat.cli.results import parse_radius
 from cmat.errors import CmatError
 
 # transfer-study's default --jobs on a CPU: the cores, at most this many worker processes
 STUDY_JOBS_CAP = 8
+
+
+def criteria_text(report: dict) -> str:
+    """``cmat verify --criteria`` as a table: per task, the count of each criterion."""
+    cols = ["n", "correct", *report["criteria"], "shield_not_sound"]
+    lines = [f"'verified' counts at ε = {report['eps']:.6g} (shield: SHIELD's argmax test, not a certificate; "
+             "the others are sound)", f"{'task':<20}" + "".join(f"{c:>18}" for c in cols)]
+    for r in [*report["tasks"], {"name": "total", **report["total"]}]:
+        lines.append(f"{r['name'][:20]:<20}" + "".join(f"{r[c]:>18}" for c in cols))
+    return "\n".join(lines)
 
 
 @click.command(short_help="Per-sample critical ε: certified and attack bounds.")
@@ -32,12 +43,18 @@ STUDY_JOBS_CAP = 8
 @click.option("--at-eps", "at_eps", is_flag=True,
               help="Only certify at the run's ε (one check per image, no bisection, no CSV): certified count, "
                    "seconds and (milp) unknown checks.")
+@click.option("--criteria", "criteria", is_flag=True,
+              help="Every task's first N images: how many SHIELD's 'verified' count (argmax of the lower logits = "
+                   "argmax of the upper = label; unsound) against the sound interval and margin (IBP, CROWN) tests.")
+@click.option("--eps", "eps", default=None, callback=lambda ctx, param, v: parse_radius(v),
+              help="--criteria: the radius, a number or a fraction such as 2/255 (default: the run's ε).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Output folder (RUN_DIR/verify).")
 @click.option("--data-root", default=None, help="Dataset folder (default $CMAT_DATA or ./data).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def verify(run_dir, task, n, bound, eps_max, iters, max_neurons, time_limit, at_eps, out, data_root, as_json):
+def verify(run_dir, task, n, bound, eps_max, iters, max_neurons, time_limit, at_eps, criteria, eps, out, data_root,
+           as_json):
     """Per-sample critical ε: certified lower end (IBP/CROWN) and PGD upper end; CSV + ECDF."""
-    from cmat.verify import certify_at_eps, verify_run
+    from cmat.verify import certify_at_eps, criteria_run, verify_run
 
     check_name("bound", bound, "--bound")
     if n < 1:
@@ -46,6 +63,10 @@ def verify(run_dir, task, n, bound, eps_max, iters, max_neurons, time_limit, at_
         raise CmatError(f"--time-limit must be > 0, got {time_limit}")
     if max_neurons < 0:
         raise CmatError(f"--max-neurons must be ≥ 0 (0: no limit), got {max_neurons}")
+    if criteria:
+        report = criteria_run(run_dir, n, eps, data_root)
+        click.echo(json.dumps(report, indent=1) if as_json else criteria_text(report))
+        return
     if at_eps:
         summary = certify_at_eps(run_dir, task, n, bound, time_limit, max_neurons or None, data_root)
     else:

@@ -1,0 +1,44 @@
+"""SHIELD's "verified" count against the sound criteria, on the same interval bounds: SHIELD's
+counts images that PGD breaks (so it is not a certificate); the sound ones never do."""
+import torch
+
+from cmat.attacks.pgd import PGD
+from cmat.bounds.criteria import criteria_bits, criteria_counts, interval_verified, shield_verified
+
+
+def test_a_box_shield_counts_holds_a_point_classified_otherwise():
+    lo, hi, y = torch.tensor([[1.0, 0.5]]), torch.tensor([[3.0, 2.0]]), torch.tensor([0])
+    assert shield_verified(lo, hi, y).item() and not interval_verified(lo, hi, y).item()
+    assert interval_verified(lo, torch.tensor([[3.0, 0.9]]), y).item()  # 1 > 0.9: sound and proven
+
+
+def small_net():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(20, 32), torch.nn.ReLU(),
+                              torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    with torch.no_grad():  # steeper first layer, centred on [0, 1]: predictions that vary and can flip
+        net[1].weight.mul_(4)
+        net[1].bias.sub_(net[1].weight.sum(1) / 2)
+    return net.eval()
+
+
+def test_shield_counts_images_pgd_breaks_and_the_sound_criteria_never_do():
+    net = small_net()
+    x = torch.rand(400, 1, 4, 5)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    for eps in (0.01, 0.05):
+        bits = criteria_bits(net, x, y, eps)
+        x_adv = PGD(eps, eps / 4, 50, random_start=True)(net, x, y)
+        assert (x_adv - x).abs().max() <= eps + 1e-6
+        with torch.no_grad():
+            broken = net(x_adv).argmax(1) != y
+        assert (bits["shield"] & broken).sum() > 0  # "verified" yet misclassified inside the ball
+        for sound in ("interval", "margin-ibp", "margin-crown"):
+            assert not (bits[sound] & broken).any(), sound
+            assert not (bits[sound] & ~bits["correct"]).any(), sound
+        assert not (bits["margin-ibp"] & ~bits["interval"]).any()  # the same test, safe against rounding
+        assert not (bits["margin-ibp"] & ~bits["margin-crown"]).any()  # CROWN is intersected with IBP
+    counts = criteria_counts(net, x, y, 0.05)
+    assert counts["shield_not_sound"] == int((bits["shield"] & ~bits["margin-crown"]).sum()) > 0
+    assert counts["n"] == 400 and counts["margin-crown"] < counts["shield"]
