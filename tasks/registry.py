@@ -67,12 +67,12 @@ def _entries():
         mnist.load_fashion_5split)
     yield SequenceInfo(
         "pmnist-10", "permuted MNIST: 10 tasks of 10 digits, padded to 32x32, one fixed pixel permutation per "
-        "task (seeds 42..51; the first task permuted too)", "MNIST", transformed.NUM_TASKS,
+        "task (SHIELD's: RandomState(1); the first task permuted too)", "MNIST", transformed.NUM_TASKS,
         (10,) * transformed.NUM_TASKS, (1, transformed.SIDE, transformed.SIDE), None, False, mnist.MNIST_FILES,
         transformed.load_pmnist_10)
     yield SequenceInfo(
         "rmnist-10", "rotated MNIST: 10 tasks of 10 digits, padded to 32x32, one fixed rotation per task "
-        f"({', '.join(f'{a:g}' for a in transformed.ROTATIONS)} degrees)", "MNIST", transformed.NUM_TASKS,
+        f"(SHIELD's: {', '.join(f'{a:.2f}' for a in transformed.ROTATIONS)} degrees)", "MNIST", transformed.NUM_TASKS,
         (10,) * transformed.NUM_TASKS, (1, transformed.SIDE, transformed.SIDE), None, False, mnist.MNIST_FILES,
         transformed.load_rmnist_10)
     yield SequenceInfo(
