@@ -1,7 +1,7 @@
 """Fast paths for training, off by default: bf16 autocast and channels_last.
 
-- ``bf16`` (``off`` | ``on`` | ``auto``): the training loss -- the objective's attack *and* the forward on the adversarial
-  batch -- runs under ``torch.autocast(dtype=torch.bfloat16)``; the backward and the optimiser
+- ``bf16`` (``off`` | ``on`` | ``auto``): the training loss -- the objective's attack *and* the forward on the
+  adversarial batch -- runs under ``torch.autocast(dtype=torch.bfloat16)``; the backward and the optimiser
   step stay float32 (bf16 keeps float32's exponent range, so no loss scaling is needed). The
   attack's iterate stays float32 and inside the ε-ball (projection in float32); only the
   gradients that steer it are computed in bf16. Validation and evaluation are never autocast.

@@ -8,8 +8,8 @@ second time; a finished CMAT run is reused only while the at-individual run it r
 over seeds, the run budget, and paired tests of every method against the reference method —
 ``cmat`` when it is in the list — on the per-image ``worst`` outcomes, the test image as the
 unit and seeds as repeated measures: one crossed bootstrap over images and seeds gives the p-value
-and the 95% CI, with exact McNemar tests per seed beside it) and ``bench.json`` are written and the table is returned for
-printing. Every method name is checked before anything trains.
+and the 95% CI, with exact McNemar tests per seed beside it) and ``bench.json`` are written and the table
+is returned for printing. Every method name is checked before anything trains.
 """
 from __future__ import annotations
 
@@ -249,7 +249,8 @@ def _verdict(p: dict, per_seed: dict, reference: str) -> str:
     lo, hi = p["ci95_diff"]
     significant = p["p"] < ALPHA
     if significant == (lo <= 0 <= hi):
-        return f"p {p['p']:.3g} but the 95% CI [{lo:+.4f}, {hi:+.4f}] {'contains' if significant else 'excludes'} 0: undecided"
+        return (f"p {p['p']:.3g} but the 95% CI [{lo:+.4f}, {hi:+.4f}] "
+                f"{'contains' if significant else 'excludes'} 0: undecided")
     text = (f"yes ({reference} better)" if p["mean_diff"] > 0 else "yes (method better)") if significant else "no"
     odd = [s for s, v in per_seed.items() if (v["p"] < ALPHA) != significant]
     if odd and len(per_seed) > 1:
@@ -268,7 +269,8 @@ def run_budget(cfg, results: dict, seeds, methods=(), runs=()) -> dict:
             "test_images_per_task": ev.get("n_test"), "attacks": results["attacks"], "seeds": list(seeds),
             "threat": {"eps": cfg.threat.eps, "alpha": cfg.threat.alpha}, "arch": cfg.model.arch,
             "method_options": cfg.method_options,
-            "cmat_goals_from_individual": "cmat" in methods and "at-individual" in methods and _goal_from_individual(cfg),
+            "cmat_goals_from_individual": ("cmat" in methods and "at-individual" in methods
+                                           and _goal_from_individual(cfg)),
             "machines": machine_line([r.get("provenance", {}) for r in runs]) if runs else None}
 
 
@@ -347,7 +349,8 @@ def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, t
     if rows and all(f"{c}_ci95" in rows[0] for c in columns):
         text += (f"\nOne seed: 95% Wilson intervals pooled over the {rows[0]['n_images']} evaluated images "
                  "(a seed's spread is not in them):\n\n")
-        text += "| method | " + " | ".join(attack_label(c) for c in columns) + " |\n|" + "---|" * (len(columns) + 1) + "\n"
+        text += ("| method | " + " | ".join(attack_label(c) for c in columns) + " |\n|"
+                 + "---|" * (len(columns) + 1) + "\n")
         for r in rows:
             text += f"| {r['method']} | " + " | ".join(f"[{r[c + '_ci95'][0]:.3f}, {r[c + '_ci95'][1]:.3f}]"
                                                        for c in columns) + " |\n"
@@ -355,11 +358,13 @@ def to_markdown(rows: list, columns, cfg, seeds, budget: dict, reference: str, t
         text += paired_markdown(tests, reference, len(seeds))
     text += "\n## Run budget\n\n"
     text += (f"- tasks `{budget['tasks']}`, arch `{budget['arch']}`, objective `{budget['objective']}` "
-             f"({budget['objective_steps']} attack steps), {budget['epochs']} epoch{'s' if budget['epochs'] != 1 else ''} per task and phase\n"
+             f"({budget['objective_steps']} attack steps), {budget['epochs']} "
+             f"epoch{'s' if budget['epochs'] != 1 else ''} per task and phase\n"
              f"- threat ε = {budget['threat']['eps']:.4g}, training α = {budget['threat']['alpha']:.4g}\n"
              f"- evaluation images per task: {', '.join(map(str, n_img))} "
              f"(eval samples: {budget['eval_samples'] if budget['eval_samples'] is not None else 'all'})\n"
-             f"- attacks: " + "; ".join(t for t in (_attack_text(n, p) for n, p in budget["attacks"].items()) if t) + "\n"
+             f"- attacks: "
+             + "; ".join(t for t in (_attack_text(n, p) for n, p in budget["attacks"].items()) if t) + "\n"
              f"- seeds: {', '.join(map(str, budget['seeds']))}\n"
              f"- method options: {json.dumps(budget['method_options']) if budget['method_options'] else 'defaults'}\n")
     if budget.get("machines"):

@@ -256,7 +256,8 @@ def _layers(preset: dict, user: dict, overrides: dict, certified: bool) -> RunCo
     return cfg
 
 
-def resolve(tasks: Optional[str] = None, config_file: Optional[str] = None, overrides: Optional[dict] = None) -> RunConfig:
+def resolve(tasks: Optional[str] = None, config_file: Optional[str] = None,
+            overrides: Optional[dict] = None) -> RunConfig:
     """Build the :class:`RunConfig` for a run (see module docstring for the order). A preset
     (or user file) may hold a ``certified:`` block of the same sections; it applies, right after
     the file it is in, when the resolved objective is certified (``CERTIFIED_OBJECTIVES``). A

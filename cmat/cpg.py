@@ -77,7 +77,8 @@ def goal_source(individual_run) -> dict:
     try:
         digest = hashlib.sha256(results.read_bytes()).hexdigest()
     except OSError:
-        raise CmatError(f"individual_run {individual_run} holds no results.json: not a finished at-individual run") from None
+        raise CmatError(f"individual_run {individual_run} holds no results.json: "
+                        "not a finished at-individual run") from None
     return {"run": str(individual_run), "results_sha256": digest}
 
 
@@ -94,7 +95,8 @@ def goals_current(run_dir, individual_run) -> bool:
 
 @register
 class CMAT(Method):
-    """CPG compact-pick-grow (Hung et al. 2019) with the run's objective: prune, pick earlier weights, grow if needed."""
+    """CPG compact-pick-grow (Hung et al. 2019) with the run's objective: prune, pick earlier weights, grow if needed.
+    """
     name = "cmat"
     masked = True  # trains masked layers (the cost estimate times those)
 
@@ -140,7 +142,8 @@ class CMAT(Method):
         reliable = self._goal_reliable(goal, task, trainer)
         if not reliable:
             trainer.logger.event(kind="warning", task=t, message="goal at chance")
-            tqdm.write(f"[{trainer.label.strip() or 'cmat'}] warning: task {t + 1} ({task.name}): the individual goal model reached {goal:.3f}, "
+            tqdm.write(f"[{trainer.label.strip() or 'cmat'}] warning: task {t + 1} ({task.name}): "
+                       f"the individual goal model reached {goal:.3f}, "
                        f"no better than chance ({1 / task.num_classes:.3f}) + one validation image; "
                        "training this task to its best effort (growing to the width cap) instead")
         self._fit(t, task, trainer, None, "train")
@@ -167,9 +170,9 @@ class CMAT(Method):
         for m in self.net.masked_layers():
             if str(t + 1) in m.piggy:
                 m.finish_piggyback(t + 1)
-        record = {"task": t, "goal": goal, "goal_reliable": reliable, "compact_goal": compact_goal, "val_after_train": trained,
-                  "val_after_grow": grown, "width": self.width, "sparsity": sparsity, "val_final": metric,
-                  "picked_fraction": picked, "growth_tests": tests}
+        record = {"task": t, "goal": goal, "goal_reliable": reliable, "compact_goal": compact_goal,
+                  "val_after_train": trained, "val_after_grow": grown, "width": self.width, "sparsity": sparsity,
+                  "val_final": metric, "picked_fraction": picked, "growth_tests": tests}
         self.decisions["tasks"].append(record)
         for key in ("sparsity", "width", "val_final"):
             trainer.logger.scalar(f"cmat/{key}", record[key], t + 1)

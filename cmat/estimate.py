@@ -161,6 +161,7 @@ def describe(est: dict) -> str:
                        + (f" (≤×{p['max_times']})" if p["max_times"] != p["times"] else "")
                        for p in first["phases"])
     return (f"estimate on {est['device']}: ≈ {fmt(est['total_seconds'])} in all{upper} — training "
-            f"{fmt(est['train_seconds'])}, validation {fmt(est['val_seconds'])}, evaluation ≤ {fmt(est['eval_seconds'])}; "
+            f"{fmt(est['train_seconds'])}, validation {fmt(est['val_seconds'])}, "
+            f"evaluation ≤ {fmt(est['eval_seconds'])}; "
             f"measured {est['pass_seconds'] * 1e3:.3g} ms per training pass\n"
             f"  per task ≈ {fmt(first['seconds'])} of training (task 1: {phases})")

@@ -40,7 +40,8 @@ def option(opts: dict, key: str, default, kind=float, lo=None, hi=None, allow_no
     ok = ok and (lo is None or value >= lo) and (hi is None or value <= hi)
     if not ok:
         rng = f" in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-        raise CmatError(f"method_options.{key} must be {'an integer' if kind is int else 'a number'}{rng}, got {value!r}")
+        raise CmatError(f"method_options.{key} must be {'an integer' if kind is int else 'a number'}{rng}, "
+                        f"got {value!r}")
     return kind(value)
 
 

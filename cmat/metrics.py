@@ -40,7 +40,7 @@ def forgetting(acc) -> float:
     t = len(rows)
     if t == 1:
         return 0.0
-    return float(np.mean([max(rows[l][j] for l in range(j, t - 1)) - rows[-1][j] for j in range(t - 1)]))
+    return float(np.mean([max(rows[k][j] for k in range(j, t - 1)) - rows[-1][j] for j in range(t - 1)]))
 
 
 def summarize(acc) -> dict:

@@ -265,7 +265,8 @@ def transfer_pareto_figure(study: dict):
                for k, s in enumerate(strategies)]
     handles += [matplotlib.lines.Line2D([], [], ls="", marker=m, markersize=7, markerfacecolor="white",
                                         markeredgecolor="0.2",
-                                        label=("scratch" if s == "none" else f"{robust_name if s == 'robust' else s} source"))
+                                        label=("scratch" if s == "none"
+                                               else f"{robust_name if s == 'robust' else s} source"))
                 for s, m in SOURCE_MARKERS.items()]
     handles += [matplotlib.lines.Line2D([], [], ls="", marker="o", markersize=7, color="0.2",
                                         label=f"{robust_name} target (filled)"),

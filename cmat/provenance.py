@@ -46,9 +46,9 @@ def cpu_fingerprint() -> dict:
     name and its family/model/stepping numbers (/proc/cpuinfo: a virtual machine may show only
     "AMD EPYC", and Zen 3 and Zen 4 both say so), the vector ISA torch dispatches its kernels to
     (``torch.backends.cpu.get_cpu_capability()``, which ``ATEN_CPU_CAPABILITY`` can lower) and
-    which of :data:`KERNEL_FLAGS` it has, plus ``env``: any of :data:`KERNEL_ENV` that is set. Two runs of one config are bit-exact when their
-    fingerprints (and threads, torch) are equal; a test comparing with a recording made
-    elsewhere falls back to a statistical rule."""
+    which of :data:`KERNEL_FLAGS` it has, plus ``env``: any of :data:`KERNEL_ENV` that is set. Two runs of
+    one config are bit-exact when their fingerprints (and threads, torch) are equal; a test comparing
+    with a recording made elsewhere falls back to a statistical rule."""
     import torch
 
     info = {}

@@ -241,8 +241,9 @@ def run_markdown(results: dict, source: str = "") -> str:
     ns = ev.get("n") or [""] * len(results["task_names"])
     scope = (f"a seeded subset of {ev['samples']} test images per task" if ev.get("samples") is not None
              and ev.get("n") != ev.get("n_test") else "the whole test set")
-    lines = [f"**{results['method']} / {results['objective']} on {results['tasks']}** (seed {results.get('seed', '?')}; "
-             f"every column on {scope}; `worst` = correct clean and under every attack)" + (f" — `{source}`" if source else ""),
+    lines = [f"**{results['method']} / {results['objective']} on {results['tasks']}** "
+             f"(seed {results.get('seed', '?')}; every column on {scope}; "
+             "`worst` = correct clean and under every attack)" + (f" — `{source}`" if source else ""),
              "", "| task | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for j, t in enumerate(results["task_names"]):
         lines.append(f"| {t} | {ns[j]} | " + " | ".join(f"{results['acc'][a][-1][j]:.3f}" for a in names) + " |")
@@ -250,7 +251,8 @@ def run_markdown(results: dict, source: str = "") -> str:
         lines.append(f"| {label} | | " + " | ".join(f"{results['summary'][a][key]:.3f}" for a in names) + " |")
     if all("ci95" in results["summary"][a] for a in names):
         n = results["summary"][names[0]]["n"]
-        lines.append(f"| 95% CI (pooled) | {n} | " + " | ".join(_interval(results["summary"][a]["ci95"]) for a in names) + " |")
+        lines.append(f"| 95% CI (pooled) | {n} | "
+                     + " | ".join(_interval(results["summary"][a]["ci95"]) for a in names) + " |")
     return "\n".join(lines + ["", machine_line([results.get("provenance", {})])]) + "\n"
 
 
@@ -294,7 +296,8 @@ def subset_markdown(bench: Path, methods, seeds, whole: bool = False) -> str:
         cell = [_interval_acc(sum(t["pooled"][c][0] for t in tables), n) for c in cols]
         checks = [t.get("check") for t in tables]
         if all(checks):
-            cell += [_interval_acc(sum(c["run_robust"] for c in checks), n), _interval_acc(sum(c["combined_robust"] for c in checks), n),
+            cell += [_interval_acc(sum(c["run_robust"] for c in checks), n),
+                     _interval_acc(sum(c["combined_robust"] for c in checks), n),
                      str(sum(c["added"] for c in checks))]
         else:
             cell += ["–", "–", "–"]

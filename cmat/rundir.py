@@ -46,7 +46,8 @@ class RunLock:
             pid, _, held_by = os.pread(fd, 200, 0).decode(errors="replace").strip().partition(" ")
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise CmatError(f"{self.run_dir} is in use by another {held_by or self.holder} (PID {pid or 'unknown'}); "
+                raise CmatError(f"{self.run_dir} is in use by another {held_by or self.holder} "
+                                f"(PID {pid or 'unknown'}); "
                                 "wait for it or choose another --out") from None
             raise CmatError(f"cannot lock {self.path}: {err.strerror}") from None
         os.ftruncate(fd, 0)

@@ -45,7 +45,8 @@ def summary_markdown(bench: Path) -> str:
     files = ("eval.h5", "eval-all.h5") if reeval else ("eval.h5",)
     tests = bench_mod.paired_tests(bench, methods, seeds, reference, files=files)
     col = "all" if reeval else "worst"
-    head = ["method", "params", "clean", "worst"] + (["all"] if reeval else []) + [f"{reference} − method on {col} [95% CI]"]
+    head = (["method", "params", "clean", "worst"] + (["all"] if reeval else [])
+            + [f"{reference} − method on {col} [95% CI]"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         rs = runs[m]
@@ -66,9 +67,10 @@ def summary_markdown(bench: Path) -> str:
     n = runs[methods[0]][0]["summary"]["clean"].get("n")
     machine = machine_line([r.get("provenance", {}) for rs in runs.values() for r in rs])
     return (f"`{meta.get('tasks', '?')}`, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}, "
-            f"{f'{n:,}' if n else '?'} test images per seed; accuracy = mean ± sample SD over seeds of the task average; `worst` = correct "
-            f"clean and under every attack the run ran; {what}the difference is paired (crossed bootstrap over images "
-            f"× seeds, p < {bench_mod.ALPHA}).\n\n" + "\n".join(lines) + "\n\n" + machine + "\n")
+            f"{f'{n:,}' if n else '?'} test images per seed; accuracy = mean ± sample SD over seeds of the "
+            f"task average; `worst` = correct clean and under every attack the run ran; {what}the difference "
+            f"is paired (crossed bootstrap over images × seeds, p < {bench_mod.ALPHA}).\n\n"
+            + "\n".join(lines) + "\n\n" + machine + "\n")
 
 
 def _params(meta: dict, method: str) -> str:

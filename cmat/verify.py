@@ -179,7 +179,8 @@ def certify_at_eps(run_dir, task: int, n: int, bound: str = "crown", time_limit:
     return {"task": task, "bound": bound, "eps": float(cfg.threat.eps), "samples": int(len(x)),
             "correct": int(len(ids)), "certified": int(ok.sum()),
             "certified_accuracy": float(ok.sum()) / max(len(x), 1), "seconds": seconds,
-            **({"milp_time_limit": time_limit, "milp_unknown_checks": stats.get("unknown", 0)} if bound == "milp" else {})}
+            **({"milp_time_limit": time_limit, "milp_unknown_checks": stats.get("unknown", 0)}
+               if bound == "milp" else {})}
 
 
 def criteria_run(run_dir, n: int, eps: Optional[float] = None, data_root=None) -> dict:

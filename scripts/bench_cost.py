@@ -33,9 +33,10 @@ seconds), ``rss_growth``
 ``bf16``: the digits CMAT runs (goals from the ``compute`` part's at-individual, every seed) in
 float32 and with ``accel.bf16=on``: ``bf16_speedup`` = float32 / bf16 process CPU seconds per
 training pass (CMAT's decisions, hence its passes, may differ between the two; wall seconds of
-the whole training in ``speedup_wall``), ``bf16_worst_delta`` = bf16 worst-case robust accuracy − float32's (means over seeds;
-``bf16_paired``: the paired test with the test image as the unit, :func:`cmat.metrics.paired_image_test`); ``bf16_auto_picks`` = what
-``accel.bf16=auto`` chooses on this machine for that configuration.
+the whole training in ``speedup_wall``), ``bf16_worst_delta`` = bf16 worst-case robust accuracy − float32's
+(means over seeds; ``bf16_paired``: the paired test with the test image as the unit,
+:func:`cmat.metrics.paired_image_test`); ``bf16_auto_picks`` = what ``accel.bf16=auto`` chooses on this
+machine for that configuration.
 """
 from __future__ import annotations
 
@@ -120,12 +121,12 @@ def part_rehearsal(args) -> dict:
         for t, c in enumerate(per_task):
             w.writerow([t + 1, *(c.get(k, "") for k in keys)])
     plot_rehearsal(per_task, out / "rehearsal.png")
-    md = ["| task | steps | CPU s / step (wall) | validation s | evaluation CPU s (wall) | checkpoint s | peak RSS MiB | "
-          "store MiB |", "|---|---|---|---|---|---|---|---|"]
+    md = ["| task | steps | CPU s / step (wall) | validation s | evaluation CPU s (wall) | checkpoint s | "
+          "peak RSS MiB | store MiB |", "|---|---|---|---|---|---|---|---|"]
     for t, c in enumerate(per_task):
         ck = f"{c['checkpoint_seconds']:.1f}" if "checkpoint_seconds" in c else "— (final store)"
-        md.append(f"| {t + 1} | {c['steps']} | {c['step_cpu_seconds']:.2f} ({c['step_seconds']:.2f}) | {c['val_seconds']:.1f} | "
-                  f"{c['eval_cpu_seconds']:.1f} ({c['eval_seconds']:.1f}) | "
+        md.append(f"| {t + 1} | {c['steps']} | {c['step_cpu_seconds']:.2f} ({c['step_seconds']:.2f}) | "
+                  f"{c['val_seconds']:.1f} | {c['eval_cpu_seconds']:.1f} ({c['eval_seconds']:.1f}) | "
                   f"{ck} | {c['peak_rss_mb']:.0f} | {c['store_bytes'] / 2 ** 20:.1f} |")
     (out / "rehearsal.md").write_text("\n".join(md) + "\n")
     first, last = per_task[0], per_task[-1]
@@ -194,7 +195,8 @@ def part_bf16(args) -> dict:
         fp32, bf16 = runs["off"], runs["on"]
         per_seed[seed] = {"speedup": cpu_per_pass(fp32) / cpu_per_pass(bf16),
                           "speedup_wall": fp32["cost"]["train_seconds"] / bf16["cost"]["train_seconds"],
-                          "worst_delta": worst(bf16) - worst(fp32), "bf16_worst": worst(bf16), "fp32_worst": worst(fp32)}
+                          "worst_delta": worst(bf16) - worst(fp32), "bf16_worst": worst(bf16),
+                          "fp32_worst": worst(fp32)}
     import torch
 
     from cmat import config, estimate
@@ -219,7 +221,8 @@ GOALS = {"cmat_vs_individual_compute": ("≤", 1.5), "cmat_minus_individual_wors
          "task_cost_growth": ("≤", 1.2), "eval_cost_growth": ("≤", 1.2), "rss_growth": ("≤", 1.2),
          "bf16_worst_delta": ("≥", -0.01)}
 HEADLINE = ("cmat_vs_individual_compute", "cmat_vs_individual_seconds", "cmat_minus_individual_worst",
-            "task_cost_growth", "eval_cost_growth", "rss_growth", "rss_growth_after_task_3", "bf16_speedup", "bf16_worst_delta", "bf16_auto_picks")
+            "task_cost_growth", "eval_cost_growth", "rss_growth", "rss_growth_after_task_3", "bf16_speedup",
+            "bf16_worst_delta", "bf16_auto_picks")
 
 
 def to_markdown(res: dict) -> str:
@@ -246,17 +249,19 @@ def to_markdown(res: dict) -> str:
                                   for k, v in res["bf16_per_seed"].items())]
     if "compute_paired" in res and "at-individual" in res["compute_paired"]:
         t = res["compute_paired"]["at-individual"]["images"]
-        lines += ["", f"CMAT against at-individual on {t['n_images']} test images × {t['n_seeds']} seeds (`worst`), the "
-                      f"image as the unit: CMAT better on {t['a_better']}, at-individual on {t['b_better']}, sign test "
+        lines += ["", f"CMAT against at-individual on {t['n_images']} test images × {t['n_seeds']} seeds "
+                      f"(`worst`), the image as the unit: CMAT better on {t['a_better']}, "
+                      f"at-individual on {t['b_better']}, sign test "
                       f"p = {t['p']:.3g}, CMAT − at-individual = {t['mean_diff']:+.4f} "
                       f"[{t['ci95_diff'][0]:+.4f}, {t['ci95_diff'][1]:+.4f}]."]
     if "compute_per_seed" in res:
-        lines += ["", "| seed | CMAT / at-individual passes | seconds | worst: CMAT − at-individual (CMAT, at-individual) | CMAT final width |",
+        lines += ["", "| seed | CMAT / at-individual passes | seconds | "
+                      "worst: CMAT − at-individual (CMAT, at-individual) | CMAT final width |",
                   "|---|---|---|---|---|"]
         for seed, v in res["compute_per_seed"].items():
             lines.append(f"| {seed} | {v['compute']:.3f} ({v['cmat_grad_evals']:,} / {v['individual_grad_evals']:,}) | "
-                         f"{v['seconds']:.2f} | {v['worst_delta']:+.4f} ({v['cmat_worst']:.4f}, {v['individual_worst']:.4f}) | "
-                         f"{v['cmat_final_width']:g} |")
+                         f"{v['seconds']:.2f} | {v['worst_delta']:+.4f} "
+                         f"({v['cmat_worst']:.4f}, {v['individual_worst']:.4f}) | {v['cmat_final_width']:g} |")
     return "\n".join(lines) + "\n"
 
 

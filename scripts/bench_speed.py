@@ -254,7 +254,8 @@ def bench_at_step(args) -> dict:
 
     times = time_variants({"ours": ours, "plain": reference}, args.repeats, device, args.clock)
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"at_step_ours_s": med["ours"], "at_step_plain_s": med["plain"], "at_step_vs_plain": med["plain"] / med["ours"]}
+    return {"at_step_ours_s": med["ours"], "at_step_plain_s": med["plain"],
+            "at_step_vs_plain": med["plain"] / med["ours"]}
 
 
 def bench_accel(args) -> dict:
@@ -288,7 +289,8 @@ def bench_limit(args) -> dict:
         variants[f"step_{dtype}"], variants[f"fwdbwd_{dtype}"] = step, fwd_bwd
     times = time_variants(variants, args.repeats, device, args.clock)
     med = {k: statistics.median(v) for k, v in times.items()}
-    out = {"limit_arch": args.arch, "limit_geometry": "{}×{s}×{s}".format(*_geometry(args)[:1], s=_geometry(args)[1]), "limit_steps": args.steps}
+    out = {"limit_arch": args.arch, "limit_geometry": "{}×{s}×{s}".format(*_geometry(args)[:1], s=_geometry(args)[1]),
+           "limit_steps": args.steps}
     for dtype in ("fp32", "bf16"):
         limit = (args.steps + 1) * med[f"fwdbwd_{dtype}"]
         out.update({f"limit_step_{dtype}_s": med[f"step_{dtype}"], f"limit_{dtype}_s": limit,
@@ -351,13 +353,14 @@ def bench_bounds(args) -> dict:
     return {f"bounds_{k}_samples_per_s": 32 / statistics.median(v) for k, v in times.items()}
 
 
-BENCHMARKS = {"pgd": bench_pgd, "masked": bench_masked, "at_step": bench_at_step, "accel": bench_accel, "limit": bench_limit,
-              "store": bench_store,
+BENCHMARKS = {"pgd": bench_pgd, "masked": bench_masked, "at_step": bench_at_step, "accel": bench_accel,
+              "limit": bench_limit, "store": bench_store,
               "bounds": bench_bounds}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=sorted(BENCHMARKS), help="run one benchmark")
     p.add_argument("--arch", default="vgg16", choices=sorted(ARCHS))
     p.add_argument("--channels", type=int, default=3, help="input channels of the synthetic batches (MNIST: 1)")
@@ -389,8 +392,9 @@ def limit_markdown(args, base: dict) -> str:
     for arch in args.limit_archs.split(","):
         args.arch = arch
         r = bench_limit(args)
-        rows.append(f"| {arch} | {r['limit_geometry']} | {r['limit_step_fp32_s'] * 1e3:.1f} | {r['limit_ratio_fp32']:.2f} | "
-                    f"{r['limit_step_bf16_s'] * 1e3:.1f} | {r['limit_ratio_bf16']:.2f} | {r['limit_bf16_speedup']:.2f} |")
+        rows.append(f"| {arch} | {r['limit_geometry']} | {r['limit_step_fp32_s'] * 1e3:.1f} | "
+                    f"{r['limit_ratio_fp32']:.2f} | {r['limit_step_bf16_s'] * 1e3:.1f} | {r['limit_ratio_bf16']:.2f} | "
+                    f"{r['limit_bf16_speedup']:.2f} |")
     head = (f"Masked CMAT PGD-{args.steps} training step, batch {args.batch}, {args.channels} channel(s), "
             f"{base['threads']} thread(s), {base['clock']} clock, median of {args.repeats}; limit = "
             f"({args.steps}+1) × one training forward+backward of the same net, batch and dtype; "
@@ -412,8 +416,8 @@ def main(argv=None) -> dict:
         args.limit_md.write_text(limit_markdown(args, base))
         print(args.limit_md.read_text())
         return base
-    results = {"torch": torch.__version__, "device": args.device, "threads": torch.get_num_threads(), "clock": args.clock,
-               "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    results = {"torch": torch.__version__, "device": args.device, "threads": torch.get_num_threads(),
+               "clock": args.clock, "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     for name, fn in BENCHMARKS.items():
         if args.only in (None, name):
             results.update(fn(args))

@@ -87,7 +87,8 @@ def at_eps_table(args) -> int:
     lines = [f"Bounds at ε = {rows[0]['eps']:.4g} on `{args.run_dir}` task {args.task + 1}, first {args.n} test images "
              f"({rows[0]['correct']} correct clean); one check per image; MILP: HiGHS, {args.time_limit:g} s per "
              "image, an unfinished check counts as not certified.", "",
-             "| bound | certified | certified acc. | seconds (all images) | MILP checks unknown |", "|---|---|---|---|---|"]
+             "| bound | certified | certified acc. | seconds (all images) | MILP checks unknown |",
+             "|---|---|---|---|---|"]
     for r in rows:
         unknown = str(r["milp_unknown_checks"]) if "milp_unknown_checks" in r else "–"
         lines.append(f"| {r['bound']} | {r['certified']}/{r['samples']} | {r['certified_accuracy']:.3f} | "

@@ -80,14 +80,18 @@ def to_markdown(measured: list, presets: list, machine: str) -> str:
            "evaluation | total est. → wall | ms/pass est. → measured |", "|---|---|---|---|---|---|---|---|"]
     for r in measured:
         out.append(f"| {r['run']} ({r['method']}) | {r['tasks']} ×{r['n_tasks']} | {r['passes_est']:,.0f} "
-                   f"(≤ {r['passes_est_max']:,.0f}) → {r['passes']:,} | {fmt_s(r['train_est_s'])} → {fmt_s(r['train_s'])} | "
-                   f"{fmt_s(r['val_est_s'])} → {fmt_s(r['val_s'])} | ≤ {fmt_s(r['eval_est_s'])} → {fmt_s(r['eval_s'])} | "
-                   f"{fmt_s(r['total_est_s'])} → {fmt_s(r['wall_s'])} | {r['ms_per_pass_est']:.3g} → {r['ms_per_pass']:.3g} |")
+                   f"(≤ {r['passes_est_max']:,.0f}) → {r['passes']:,} | "
+                   f"{fmt_s(r['train_est_s'])} → {fmt_s(r['train_s'])} | "
+                   f"{fmt_s(r['val_est_s'])} → {fmt_s(r['val_s'])} | "
+                   f"≤ {fmt_s(r['eval_est_s'])} → {fmt_s(r['eval_s'])} | "
+                   f"{fmt_s(r['total_est_s'])} → {fmt_s(r['wall_s'])} | "
+                   f"{r['ms_per_pass_est']:.3g} → {r['ms_per_pass']:.3g} |")
     out += ["", "**Full jobs, estimated** (`cmat run --tasks P --estimate-only`; training passes are the same on "
             "any device, so on a GPU: time ≈ passes × its seconds per pass, which `--estimate-only` measures "
             "there):\n",
-            "| preset | method | network | objective | epochs | tasks | training passes (≤ if every growth step runs) | "
-            "ms per pass here | training here | validation + evaluation here | total here |",
+            "| preset | method | network | objective | epochs | tasks | "
+            "training passes (≤ if every growth step runs) | ms per pass here | training here | "
+            "validation + evaluation here | total here |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in presets:
         star = "¹" if p["synthetic_data"] else ""

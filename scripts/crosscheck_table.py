@@ -17,7 +17,8 @@ def table(folder: Path) -> str:
     files = sorted(folder.glob("*.json"))
     if not files:
         sys.exit(f"crosscheck_table: no *.json in {folder}")
-    runs = sorted((json.loads(f.read_text()) for f in files), key=lambda d: (Path(d["run"]).name, len(d.get("with", []))))
+    runs = sorted((json.loads(f.read_text()) for f in files),
+                  key=lambda d: (Path(d["run"]).name, len(d.get("with", []))))
     names = [t["task"] for t in runs[0]["tasks"]]
     first = runs[0]
     lines = [f"Images the run's `worst` counted robust that torchattacks APGD-CE ({first['steps']} steps, "
@@ -28,7 +29,8 @@ def table(folder: Path) -> str:
     for d in runs:
         missed = [t["robust_in_worst_broken_by_apgd"] for t in d["tasks"]]
         over = " + ".join(["the run's attacks"] + [Path(w).stem for w in d.get("with", [])])
-        lines.append(f"| {Path(d['run']).name} | {over} | " + " | ".join(map(str, missed)) + f" | {d['worst_acc']:.4f} | {d['apgd_ce_acc']:.4f} | "
+        lines.append(f"| {Path(d['run']).name} | {over} | " + " | ".join(map(str, missed))
+                     + f" | {d['worst_acc']:.4f} | {d['apgd_ce_acc']:.4f} | "
                      + ("holds" if max(missed) <= 1 else "fails") + " |")
     return "\n".join(lines) + "\n"
 

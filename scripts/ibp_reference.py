@@ -54,7 +54,8 @@ def main():
         xte, yte = task.test.tensors()
         mean, std = torch.tensor(task.mean).view(1, -1, 1, 1), torch.tensor(task.std).view(1, -1, 1, 1)
         model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1),
-                              nn.ReLU(), nn.Flatten(), nn.Linear(1024, 128), nn.ReLU(), nn.Linear(128, task.num_classes))
+                              nn.ReLU(), nn.Flatten(), nn.Linear(1024, 128), nn.ReLU(),
+                              nn.Linear(128, task.num_classes))
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         steps = args.epochs * -(-len(ytr) // 32)
         it = 0
@@ -76,7 +77,8 @@ def main():
             own = lo.gather(1, yte.view(-1, 1))
             cert = clean & (hi.masked_fill(F.one_hot(yte, hi.shape[1]).bool(), -1e9) < own).all(1)
         print(f"{task.name}: clean {clean.float().mean():.3f} IBP-certified {cert.float().mean():.3f} (n {len(yte)})")
-        total_cert, total_clean, total_n = total_cert + int(cert.sum()), total_clean + int(clean.sum()), total_n + len(yte)
+        total_cert, total_clean, total_n = (total_cert + int(cert.sum()), total_clean + int(clean.sum()),
+                                            total_n + len(yte))
     print(f"all tasks: clean {total_clean / total_n:.3f} IBP-certified {total_cert / total_n:.3f} "
           f"(n {total_n}), {time.time() - start:.0f} s")
 

@@ -117,7 +117,8 @@ def plain_verified(root: Path, rel: str) -> bool:
 
 def _run(cmd: list, cwd: Path, what: str) -> str:
     if shutil.which(cmd[0]) is None:
-        raise CmatError(f"{what}: `{cmd[0]}` not found on PATH (pass the archive itself instead; cmat data fetch --help)")
+        raise CmatError(f"{what}: `{cmd[0]}` not found on PATH "
+                        "(pass the archive itself instead; cmat data fetch --help)")
     res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if res.returncode != 0:
         tail = (res.stderr.strip().splitlines() or ["no message"])[-1]

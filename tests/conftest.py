@@ -66,7 +66,8 @@ def standard_run(tmp_path_factory, worker_id):
                             lambda out: run_quick(out, method="at-individual", objective="standard"))
 
 
-DEFAULT_RUN_ARGS = ["run", "--tasks", "toy-2task", "--seed", "0", "--attacks", "clean,fgsm,pgd10,pgd40", "--no-progress"]
+DEFAULT_RUN_ARGS = ["run", "--tasks", "toy-2task", "--seed", "0", "--attacks", "clean,fgsm,pgd10,pgd40",
+                    "--no-progress"]
 
 
 @pytest.fixture(scope="session")

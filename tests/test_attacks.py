@@ -395,7 +395,8 @@ def test_fold_leaves_shared_and_untraceable_modules_alone():
     model = DataDependent().eval()
     assert fold_batchnorm(model) is model
     x, y = data(4, classes=3, size=8)
-    x_adv = PGD(EPS, ALPHA, 2)(nn.Sequential(model, nn.Flatten(), nn.Linear(3 * 6 * 6, 3)).eval(), x, y, generator=gen())
+    x_adv = PGD(EPS, ALPHA, 2)(nn.Sequential(model, nn.Flatten(), nn.Linear(3 * 6 * 6, 3)).eval(), x, y,
+                               generator=gen())
     assert (x_adv - x).abs().max() <= EPS + 1e-7
 
 

@@ -17,7 +17,8 @@ def bench_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     res = CliRunner().invoke(main, ["bench", "--tasks", "toy-2task", "--methods", METHODS, "--out", str(out),
                                     "--epochs", "1", "--eval-samples", "50", "--attacks", "clean,fgsm,pgd10,pgd40",
-                                    "--set", "method_options={goal: none, prune_levels: 1, compact_epochs: 1, retrain_epochs: 1}",
+                                    "--set", "method_options={goal: none, prune_levels: 1, compact_epochs: 1, "
+                                             "retrain_epochs: 1}",
                                     "--no-progress"])
     assert res.exit_code == 0, res.output
     return out, res.output
@@ -61,7 +62,8 @@ def test_bench_reuses_finished_runs(bench_dir):
     stamps = {m: (out / f"{m}-s0" / "results.json").stat().st_mtime_ns for m in METHODS.split(",")}
     res = CliRunner().invoke(main, ["bench", "--tasks", "toy-2task", "--methods", METHODS, "--out", str(out),
                                     "--epochs", "1", "--eval-samples", "50", "--attacks", "clean,fgsm,pgd10,pgd40",
-                                    "--set", "method_options={goal: none, prune_levels: 1, compact_epochs: 1, retrain_epochs: 1}",
+                                    "--set", "method_options={goal: none, prune_levels: 1, compact_epochs: 1, "
+                                             "retrain_epochs: 1}",
                                     "--no-progress"])
     assert res.exit_code == 0, res.output
     assert {m: (out / f"{m}-s0" / "results.json").stat().st_mtime_ns for m in stamps} == stamps
@@ -81,7 +83,8 @@ def test_bench_plots(bench_dir):
 
 
 def test_unknown_method_fails_before_training(tmp_path):
-    res = CliRunner().invoke(main, ["bench", "--tasks", "toy-2task", "--methods", "cmat,bogus", "--out", str(tmp_path / "b")])
+    res = CliRunner().invoke(main, ["bench", "--tasks", "toy-2task", "--methods", "cmat,bogus",
+                                    "--out", str(tmp_path / "b")])
     assert res.exit_code != 0
     assert res.output.strip().count("\n") == 0 and "bogus" in res.output
     assert not (tmp_path / "b" / "cmat-s0").exists()

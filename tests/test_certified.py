@@ -155,7 +155,8 @@ def test_the_presets_certified_block_is_the_textbook_recipe_and_flags_override_i
     assert (pgd.model.arch, pgd.train.optimizer, pgd.train.lr, pgd.train.batch_size) == ("smallcnn", "sgd", 0.05, 64)
     for objective in CERTIFIED_OBJECTIVES:
         cert = resolve("digits-5split", overrides={"objective": {"name": objective}})
-        assert (cert.model.arch, cert.train.optimizer, cert.train.lr, cert.train.batch_size) == ("cnn-ibp", "adam", 1e-3, 32)
+        assert (cert.model.arch, cert.train.optimizer, cert.train.lr,
+                cert.train.batch_size) == ("cnn-ibp", "adam", 1e-3, 32)
         assert (cert.train.weight_decay, cert.objective.cert_warmup, cert.objective.cert_ramp,
                 cert.objective.kappa_end) == (0.0, 0.1, 0.5, 0.5)
         assert "certified" in cert.eval.attacks and cert.threat.eps == 0.2  # same threat model

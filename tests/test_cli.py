@@ -16,7 +16,7 @@ def invoke(*args):
 def one_line_error(result):
     assert result.exit_code != 0
     assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1, result.output
     assert lines[0].startswith("cmat: error:")
     return lines[0]

@@ -15,7 +15,8 @@ def test_preset_carries_threat_model():
 
 
 def test_overrides_win_and_fractions_parse():
-    cfg = resolve("digits-5split", overrides=parse_set(["threat.eps=8/255", "train.epochs=3", "eval.attacks=clean,pgd10"]))
+    cfg = resolve("digits-5split",
+                  overrides=parse_set(["threat.eps=8/255", "train.epochs=3", "eval.attacks=clean,pgd10"]))
     assert cfg.threat.eps == pytest.approx(8 / 255)
     assert cfg.train.epochs == 3
     assert cfg.eval.attacks == ["clean", "pgd10"]

@@ -142,4 +142,5 @@ def test_torchrun_cmat_run_rank0_writes(tmp_path):
         assert res["acc"][name][1][0] == res["acc"][name][0][0]  # zero forgetting, exactly
     assert res["acc"]["clean"][1][1] > 0.5
     assert not (out / "checkpoint.h5").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "eval.h5", "log.jsonl", "results.json", "store.h5", "tb"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "eval.h5", "log.jsonl", "results.json",
+                                                     "store.h5", "tb"]

@@ -126,7 +126,8 @@ def test_default_run_matches_the_golden_bit_for_bit(tmp_path):
     _assert_same(fresh, json.loads((GOLDENS / "toy-2task-s0.json").read_text()), "toy-2task-s0.json")
 
 
-if __name__ == "__main__":  # record milp-mlp.json: PYTHONPATH=. python tests/test_goldens.py > tests/goldens/milp-mlp.json
+# record milp-mlp.json: PYTHONPATH=. python tests/test_goldens.py > tests/goldens/milp-mlp.json
+if __name__ == "__main__":
     from cmat.provenance import cpu_fingerprint
 
     print(json.dumps({**milp_case(), "cpu": cpu_fingerprint()}, indent=1))

@@ -103,7 +103,8 @@ def test_a_certified_ball_holds_no_counterexample_and_the_bound_is_below_every_m
         for n in range(len(x)):
             for eps in EPS:
                 with torch.no_grad():
-                    lb = float(margin_lower_bound(ops, x[n:n + 1], y[n:n + 1], torch.tensor([eps]), "milp", **MILP_LIMITS)[0])
+                    lb = float(margin_lower_bound(ops, x[n:n + 1], y[n:n + 1], torch.tensor([eps]), "milp",
+                                                  **MILP_LIMITS)[0])
                 best, point = best_attack_margin(model64, x[n], int(y[n]), eps)
                 assert lb <= best, (seed, n, eps, lb, best)
                 if lb > 0:

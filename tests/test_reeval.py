@@ -38,7 +38,8 @@ def test_a_stronger_subset_evaluation_counts_what_it_breaks(individual_run, tmp_
         pos = {int(i): k for k, i in enumerate(own["indices"][j])}
         run_ok = own["correct"]["worst"][j][[pos[int(i)] for i in sub["indices"][j]]]
         sub_ok = sub["correct"]["worst"][j]
-        added, lost, both = added + (run_ok & ~sub_ok).sum(), lost + (~run_ok & sub_ok).sum(), both + (run_ok & sub_ok).sum()
+        added, lost, both = (added + (run_ok & ~sub_ok).sum(), lost + (~run_ok & sub_ok).sum(),
+                             both + (run_ok & sub_ok).sum())
     check = table["check"]
     assert (check["added"], check["lost"], check["combined_robust"]) == (added, lost, both)
     assert check["combined_robust"] <= min(check["run_robust"], check["subset_robust"])

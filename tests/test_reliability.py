@@ -20,7 +20,7 @@ def invoke(*args):
 def one_line_error(result):
     assert result.exit_code != 0
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1, result.output
     assert lines[0].startswith("cmat: error:")
     return lines[0]
@@ -133,7 +133,8 @@ def _first_weight(f):
 
 TAMPER = {
     "config byte": lambda f: f.attrs.__setitem__("config", f.attrs["config"].replace("eps: 0.0313", "eps: 0.9313")),
-    "swapped heads": lambda f: (f["tasks/0"].attrs.__setitem__("network", 1), f["tasks/1"].attrs.__setitem__("network", 0)),
+    "swapped heads": lambda f: (f["tasks/0"].attrs.__setitem__("network", 1),
+                                f["tasks/1"].attrs.__setitem__("network", 0)),
     "task_names cut": lambda f: f.attrs.__setitem__("task_names", '["toy-a"]'),
     "one weight": lambda f: f[_first_weight(f)].__setitem__(0, f[_first_weight(f)][0] + 1e-6),
     "new dataset": lambda f: f.create_dataset("extra", data=np.zeros(3)),

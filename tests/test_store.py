@@ -4,7 +4,6 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import h5py
 import pytest
@@ -113,7 +112,8 @@ def test_store_has_a_few_datasets_per_network_and_little_metadata(individual_run
         stored = []
         f.visititems(lambda n, o: stored.append(o) if isinstance(o, h5py.Dataset) else None)
         for ds in stored:
-            assert ds.name.count("/") == 4 and ds.name.split("/")[3:] in (["state", "float32"], ["state", "int64"])  # state/<dtype>
+            # state/<dtype>
+            assert ds.name.count("/") == 4 and ds.name.split("/")[3:] in (["state", "float32"], ["state", "int64"])
             if ds.chunks:
                 assert ds.fletcher32 and ds.compression == "gzip" and ds.nbytes > 4096
             else:

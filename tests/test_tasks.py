@@ -16,7 +16,8 @@ except ImportError:  # tests/ is not a package: pytest put it on sys.path
     import fakedata
 
 ALL_NAMES = ["cifar100-20split", "cifar100-10split", "cifar10-5split", "mnist-5split", "fashion-5split", "pmnist-10",
-             "rmnist-10", "emnist-balanced", "cifar10-cifar100", "mnist-emnist", "digits-5split", "digits-2split", "toy-2task"]
+             "rmnist-10", "emnist-balanced", "cifar10-cifar100", "mnist-emnist", "digits-5split", "digits-2split",
+             "toy-2task"]
 OFFLINE = ("digits-5split", "digits-2split", "toy-2task")
 FILE_BACKED = [n for n in ALL_NAMES if n not in OFFLINE]
 

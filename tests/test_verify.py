@@ -144,8 +144,8 @@ def test_verify_command_writes_verona_csv(individual_run, tmp_path):
     from cmat.cli import main
 
     out, _ = individual_run
-    res = CliRunner().invoke(main, ["verify", str(out), "--task", "1", "--n", "6", "--iters", "5", "--max-neurons", "512",
-                                    "--out", str(tmp_path), "--json"])
+    res = CliRunner().invoke(main, ["verify", str(out), "--task", "1", "--n", "6", "--iters", "5",
+                                    "--max-neurons", "512", "--out", str(tmp_path), "--json"])
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader((tmp_path / "task1_crown.csv").open()))
     assert list(rows[0]) == ["network", "image_id", "original_label", "epsilon_value", "smallest_sat_value",
@@ -186,7 +186,8 @@ def test_alpha_crown_at_least_crown_at_least_ibp_and_sound():
         assert torch.all(lb["alpha-crown"] >= lb["crown"] - 1e-6) and torch.all(lb["crown"] >= lb["ibp"] - 1e-6)
         lo, hi = input_box(x, eps)
         with torch.no_grad():
-            worst = torch.stack([margins(model, lo + (hi - lo) * torch.rand_like(x), y) for _ in range(200)]).min(0).values
+            worst = torch.stack([margins(model, lo + (hi - lo) * torch.rand_like(x), y)
+                                 for _ in range(200)]).min(0).values
         worst = torch.min(worst, pgd_margin(model, x, y, lo, hi, e / 8, 30))
         assert torch.all(lb["alpha-crown"] <= worst + 1e-5)
     assert torch.any(lb["alpha-crown"] > lb["crown"] + 1e-4)  # the optimisation does something

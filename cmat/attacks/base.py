@@ -6,9 +6,9 @@ Threat model (pixel units; normalisation is the model's first layer):
 - step          x_{k+1} = clip_[0,1](Π_ε(x_k + α·sign ∇ₓL(f(x_k), y))),  Π_ε(z) = x + clamp(z − x, −ε, ε);
 - losses        ``ce``: mean cross-entropy;  ``cw``: mean CW margin  max_{i≠y} z_i − z_y.
 
-This module: the contract, losses and the :class:`Attack` base class. :class:`PGD` and :class:`FGSM` (one step; with a random start and α = 1.25ε it is the "fast"
-training attack), :class:`AutoPGD` (APGD-CE / APGD-T through torchattacks) and
-:func:`make_attack` (evaluation names such as ``pgd40``) are the public API.
+This module: the contract, losses and the :class:`Attack` base class. :class:`PGD` and :class:`FGSM` (one
+step; with a random start and α = 1.25ε it is the "fast" training attack), :class:`AutoPGD` (APGD-CE /
+APGD-T through torchattacks) and :func:`make_attack` (evaluation names such as ``pgd40``) are the public API.
 
 Contract of every attack call ``atk(model, x, y, generator=None) -> x_adv``:
 

@@ -58,8 +58,8 @@ def make_attack(name: str, eps: float, alpha: float, n_classes: Optional[int] = 
     """The attack for an evaluation name: ``clean`` → None, ``fgsm`` (one step of ε, no random
     start), ``pgdN`` / ``pgdN-cw`` (N steps, random start, CE / CW loss, step
     ``alphas[name]`` if the user set one, else :func:`sound_alpha` (ε, α, N)), ``apgd-ce``
-    (100 steps), ``apgd-ce-rR`` (the same with R random restarts), ``apgd-t`` (100 steps, targeted DLR over ``n_classes − 1`` targets), ``aa``
-    (:class:`AutoAttack` for a head of ``n_classes``)."""
+    (100 steps), ``apgd-ce-rR`` (the same with R random restarts), ``apgd-t`` (100 steps, targeted DLR
+    over ``n_classes − 1`` targets), ``aa`` (:class:`AutoAttack` for a head of ``n_classes``)."""
     key = str(name).strip().lower()
     alphas = alphas or {}
     if key == "clean":

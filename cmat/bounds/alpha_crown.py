@@ -22,8 +22,8 @@ def alpha_crown(ops: list, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tenso
     params = {}
     for k in range(s, len(ops)):
         if isinstance(ops[k], ReLU):
-            l, u = bounds[k][0].unsqueeze(1), bounds[k][1].unsqueeze(1)
-            params[k] = (u > -l).to(lo.dtype).clone().requires_grad_(True)
+            lb, u = bounds[k][0].unsqueeze(1), bounds[k][1].unsqueeze(1)
+            params[k] = (u > -lb).to(lo.dtype).clone().requires_grad_(True)
     if not params or steps < 1:
         return best
     opt = torch.optim.Adam(list(params.values()), lr=lr)

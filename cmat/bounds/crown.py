@@ -29,12 +29,12 @@ def backward_lower(ops: list, shapes: list, bounds: list, lam: torch.Tensor,
     for k in range(len(ops) - 1, -1, -1):
         op = ops[k]
         if isinstance(op, ReLU):
-            l, u = bounds[k][0].unsqueeze(1), bounds[k][1].unsqueeze(1)
-            unstable = (l < 0) & (u > 0)
-            active = (l >= 0).to(lam.dtype)
-            slope_up = torch.where(unstable, u / (u - l).clamp(min=1e-12), active)
-            icpt_up = torch.where(unstable, -slope_up * l, torch.zeros_like(l))
-            chosen = alphas[k] if alphas is not None and k in alphas else (u > -l).to(lam.dtype)
+            lb, u = bounds[k][0].unsqueeze(1), bounds[k][1].unsqueeze(1)
+            unstable = (lb < 0) & (u > 0)
+            active = (lb >= 0).to(lam.dtype)
+            slope_up = torch.where(unstable, u / (u - lb).clamp(min=1e-12), active)
+            icpt_up = torch.where(unstable, -slope_up * lb, torch.zeros_like(lb))
+            chosen = alphas[k] if alphas is not None and k in alphas else (u > -lb).to(lam.dtype)
             slope_lo = torch.where(unstable, chosen, active)
             pos, neg = lam.clamp(min=0), lam.clamp(max=0)
             const = const + (neg * icpt_up).flatten(2).sum(2)

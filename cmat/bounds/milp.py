@@ -77,12 +77,12 @@ def _to64(op):
     return op
 
 
-def widen(l: torch.Tensor, u: torch.Tensor) -> tuple:
-    """(l, u) as float64 arrays moved outward by max(10⁻⁷, 100·ε_mach)·max(1, |v|), ε_mach of
+def widen(lb: torch.Tensor, u: torch.Tensor) -> tuple:
+    """(lb, u) as float64 arrays moved outward by max(10⁻⁷, 100·ε_mach)·max(1, |v|), ε_mach of
     their dtype: big-M bounds that rounding cannot have made too tight."""
-    rel = max(1e-7, 100 * torch.finfo(l.dtype).eps)
-    l, u = l.detach().double().flatten().cpu().numpy(), u.detach().double().flatten().cpu().numpy()
-    return l - rel * np.maximum(1.0, np.abs(l)), u + rel * np.maximum(1.0, np.abs(u))
+    rel = max(1e-7, 100 * torch.finfo(lb.dtype).eps)
+    lb, u = lb.detach().double().flatten().cpu().numpy(), u.detach().double().flatten().cpu().numpy()
+    return lb - rel * np.maximum(1.0, np.abs(lb)), u + rel * np.maximum(1.0, np.abs(u))
 
 
 def float64_bounds(ops: list, x: torch.Tensor, eps: float) -> list:
@@ -111,14 +111,14 @@ def encode(ops: list, x: torch.Tensor, eps: float, bounds: list) -> dict:
     start, shape = 0, tuple(x.shape)
     for i in relus:
         W, b = _affine_matrix(ops[start:i], shape)
-        l, u = widen(bounds[i][0][0], bounds[i][1][0])
+        lb, u = widen(bounds[i][0][0], bounds[i][1][0])
         cur = []
         for j in range(W.shape[0]):
             w = {prev[c]: W[j, c] for c in np.flatnonzero(W[j])}
             a = len(var_lo)
             cur.append(a)
-            if l[j] >= 0:  # a = z
-                var_lo.append(l[j]), var_hi.append(u[j]), integ.append(0)
+            if lb[j] >= 0:  # a = z
+                var_lo.append(lb[j]), var_hi.append(u[j]), integ.append(0)
                 rows.append({a: 1.0, **{c: -v for c, v in w.items()}}), row_lo.append(b[j]), row_hi.append(b[j])
             elif u[j] <= 0:  # a = 0
                 var_lo.append(0.0), var_hi.append(0.0), integ.append(0)
@@ -128,8 +128,8 @@ def encode(ops: list, x: torch.Tensor, eps: float, bounds: list) -> dict:
                 var_lo.append(0.0), var_hi.append(1.0), integ.append(1)
                 rows.append({a: 1.0, **{c: -v for c, v in w.items()}}), row_lo.append(b[j]), row_hi.append(np.inf)
                 rows.append({a: 1.0, d: -u[j]}), row_lo.append(-np.inf), row_hi.append(0.0)
-                rows.append({a: 1.0, d: -l[j], **{c: -v for c, v in w.items()}})
-                row_lo.append(-np.inf), row_hi.append(b[j] - l[j])
+                rows.append({a: 1.0, d: -lb[j], **{c: -v for c, v in w.items()}})
+                row_lo.append(-np.inf), row_hi.append(b[j] - lb[j])
         prev, start, shape = cur, i + 1, tuple(bounds[i][0].shape[1:])
     W_out, b_out = _affine_matrix(ops[start:], shape)
     n = len(var_lo)
@@ -171,14 +171,14 @@ def min_margin(problem: dict, c: np.ndarray, time_limit: Optional[float],
     """(proven lower bound of c·f over the region, or None if undecided; seconds; the solver's
     best input or None): one MILP, stopped after ``time_limit`` seconds (None: no clock) or
     ``node_limit`` branch-and-bound nodes (None: no limit; a node budget makes the verdict
-    independent of the machine's load, which a wall-clock budget does not). The objective is divided by its largest coefficient s (the
-    solver's tolerances are absolute, so a network with small logits would otherwise sit inside
-    them), and the bound is s·(d − SOLVER_TOL·max(1, |d|)) with d HiGHS's dual bound plus the
+    independent of the machine's load, which a wall-clock budget does not). The objective is divided by
+    its largest coefficient s (the solver's tolerances are absolute, so a network with small logits would
+    otherwise sit inside them), and the bound is s·(d − SOLVER_TOL·max(1, |d|)) with d HiGHS's dual bound plus the
     constant term (the LP optimum when there is no binary variable), never its primal value.
     When the solve finished, d is within the gap (absolute 10⁻⁶, relative 10⁻⁴) below the exact
     minimum; when the time ran out it is still a bound, returned only if the result is >
-    ``threshold`` (certified: the rounding tolerance), else None (unknown). The input is the incumbent's: a candidate counterexample
-    when the bound is ≤ 0, to be checked on the model."""
+    ``threshold`` (certified: the rounding tolerance), else None (unknown). The input is the incumbent's: a
+    candidate counterexample when the bound is ≤ 0, to be checked on the model."""
     from scipy.optimize import milp
 
     obj = np.zeros(problem["n"])

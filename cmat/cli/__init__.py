@@ -1,6 +1,6 @@
 """The ``cmat`` command line (click), one module per command group: ``training`` (run, bench),
-``results`` (eval, inspect, plot, report), ``tasks`` (tasks, methods), ``data`` (data fetch), ``robustness`` (verify, transfer,
-transfer-study); ``common`` holds the error boundary: user-caused errors are one line on stderr
+``results`` (eval, inspect, plot, report), ``tasks`` (tasks, methods), ``data`` (data fetch), ``robustness``
+(verify, transfer, transfer-study); ``common`` holds the error boundary: user-caused errors are one line on stderr
 and exit code 1, never a traceback; ``names`` renders the names a flag takes (methods,
 objectives, architectures, attacks, bounds, sequences) from their registries when help is shown."""
 from __future__ import annotations

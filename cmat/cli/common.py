@@ -29,7 +29,8 @@ def overrides(**flags) -> dict:
     from cmat.config import deep_update, parse_set
 
     out: dict = {}
-    mapping = {"tasks": ("tasks",), "max_tasks": ("max_tasks",), "train_samples": ("train", "samples"), "method": ("method",), "seed": ("seed",), "objective": ("objective", "name"),
+    mapping = {"tasks": ("tasks",), "max_tasks": ("max_tasks",), "train_samples": ("train", "samples"),
+               "method": ("method",), "seed": ("seed",), "objective": ("objective", "name"),
                "epochs": ("train", "epochs"), "eval_samples": ("eval", "samples"), "attacks": ("eval", "attacks"),
                "data_root": ("data_root",), "device": ("device",), "eps": ("threat", "eps"),
                "alpha": ("threat", "alpha"), "batch_size": ("train", "batch_size"), "arch": ("model", "arch")}

@@ -116,7 +116,8 @@ def transfer(source, source_task, target, target_task, strategies, objectives, o
 @registry_option("--tasks", registry="tasks", required=True,
                  help="Sequence holding source and target task, e.g. digits-2split; any of: {names}.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Study directory.")
-@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML file over the preset.")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+              help="YAML file over the preset.")
 @click.option("--source-task", default=0, show_default=True, type=int, help="Source task index.")
 @click.option("--target-task", default=1, show_default=True, type=int, help="Target task index.")
 @registry_option("--strategies", registry="strategy", default=None,

@@ -20,7 +20,8 @@ from cmat.errors import CmatError
                  help="Training objective: {names} (default: {default}).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--seed", default=None, type=int, help="Seed of the run (default: the preset's).")
-@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML file over the preset.")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+              help="YAML file over the preset.")
 @click.option("--epochs", default=None, type=int, help="Epochs per task (train.epochs).")
 @click.option("--max-tasks", default=None, type=int, help="Only the first N tasks of the sequence (rehearsals).")
 @click.option("--train-samples", default=None, type=int, help="Train on a seeded subset of N images per task.")
@@ -95,7 +96,8 @@ def run(out, config_file, resume, force, no_progress, estimate_only, **flags):
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
 @registry_option("--objective", registry="objective", default=None,
                  help="Training objective of every run: {names} (default: {default}).")
-@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML file over the preset.")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+              help="YAML file over the preset.")
 @click.option("--epochs", default=None, type=int, help="Epochs per task (train.epochs).")
 @click.option("--max-tasks", default=None, type=int, help="Only the first N tasks of the sequence.")
 @click.option("--train-samples", default=None, type=int, help="Train on a seeded subset of N images per task.")

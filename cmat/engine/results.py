@@ -35,9 +35,9 @@ def run_attack_params(cfg, seq) -> dict:
 
 def results_json(cfg, seq, method, columns: list, acc: dict, clean_full: list, last: dict, final: list, trainer,
                  per_task: list, times: dict) -> dict:
-    """The ``results.json`` object. ``columns``: the result columns (attacks, ``worst``); ``acc``: attack → lower-triangular matrix; ``final``: the
-    last row's evaluations per task; ``last``: per task its latest ``acc``/``f1``/``n``;
-    ``times``: ``train_seconds``, ``eval_seconds``, ``wall_seconds``, ``final_check_seconds``,
+    """The ``results.json`` object. ``columns``: the result columns (attacks, ``worst``); ``acc``: attack →
+    lower-triangular matrix; ``final``: the last row's evaluations per task; ``last``: per task its latest
+    ``acc``/``f1``/``n``; ``times``: ``train_seconds``, ``eval_seconds``, ``wall_seconds``, ``final_check_seconds``,
     ``precision``, optionally ``estimate``, and ``store_bytes``."""
     times = dict(times)
     store_bytes = times.pop("store_bytes")

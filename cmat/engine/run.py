@@ -128,8 +128,8 @@ class Run:
         self.precision = estimate.resolve_bf16(self.cfg, seq[0], device, masked=getattr(method, "masked", False))
         p = self.precision
         if p["mode"] == "auto":
-            self.say(f"accel.bf16=auto: a training step under bf16 autocast runs at {p['speedup']:.2f}× float32's speed "
-                     f"on {device.type} → training in {'bf16' if p['bf16'] else 'float32'} "
+            self.say(f"accel.bf16=auto: a training step under bf16 autocast runs at {p['speedup']:.2f}× "
+                     f"float32's speed on {device.type} → training in {'bf16' if p['bf16'] else 'float32'} "
                      f"(bf16 needs ≥ {estimate.AUTO_MIN_SPEEDUP}×); validation and evaluation stay float32")
 
     def _estimate(self, seq, method, device) -> Optional[dict]:
@@ -230,7 +230,8 @@ class Run:
                 acc[name].append(row[name])
             clean_full.append(full_row)
             logger.event(kind="eval", task=t, acc={n: row[n] for n in columns})
-            self.say("  after task {}: ".format(t + 1) + "  ".join(f"{n}={sum(r) / len(r):.3f}" for n, r in row.items()))
+            self.say("  after task {}: ".format(t + 1)
+                     + "  ".join(f"{n}={sum(r) / len(r):.3f}" for n, r in row.items()))
             cost["peak_rss_mb"] = peak_rss_mb()
             per_task.append(cost)
             if t < len(seq) - 1 and self.is_main:

@@ -175,8 +175,9 @@ class Trainer:
     def validate(self, model, task, t: int) -> dict:
         """Clean accuracy on task t's validation split and robust accuracy (the validation attack,
         seeded by (seed, "val", t), so two models of one task meet the same random starts; for a
-        certified objective, certified accuracy by its bound) on its first ``val_attack_samples`` images; ``clean_correct``/``robust_correct`` hold the
-        per-image outcomes (bool tensors) behind them, for paired decisions."""
+        certified objective, certified accuracy by its bound) on its first ``val_attack_samples`` images;
+        ``clean_correct``/``robust_correct`` hold the per-image outcomes (bool tensors) behind them, for
+        paired decisions."""
         start = time.perf_counter()
         if self.dist is not None:
             self.dist.sync_buffers(model)  # identical BN statistics, so identical decisions

@@ -77,7 +77,8 @@ class SlurmOptions:
         names = {f.name for f in fields(SlurmOptions)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise CmatError(f"config {path}: unknown slurm key(s) {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
+            raise CmatError(f"config {path}: unknown slurm key(s) {', '.join(unknown)} "
+                            f"(valid: {', '.join(sorted(names))})")
         data.update({k: v for k, v in flags.items() if v is not None})
         try:
             for key, kind in (("time_min", int), ("cpus_per_run", int), ("gpus_per_run", int), ("mem_gb", float),
@@ -249,7 +250,8 @@ class Unit:
 
 def job_units(jobs: list, opts: SlurmOptions) -> list:
     """A bench's jobs as units: each runs :func:`slurm_entry` and writes ``results.json``."""
-    return [Unit(j.name, j.run_dir, slurm_entry, (replace(j, threads=opts.cpus_per_run, gpus=tuple(range(opts.gpus_per_run))),),
+    return [Unit(j.name, j.run_dir, slurm_entry,
+                 (replace(j, threads=opts.cpus_per_run, gpus=tuple(range(opts.gpus_per_run))),),
                  job_digest(j), str(Path(j.run_dir) / "results.json"), j.deps) for j in jobs]
 
 

@@ -2,9 +2,9 @@
 
 Every BN output channel (every hidden unit of the BN-free mlp) gets a multiplicative mask:
 π ~ Beta(α₀ = 1e-4, β₀ = 1) prior, a Kumaraswamy(a, b) posterior sampled by
-reparameterisation, z ~ RelaxedBernoulli(π) with temperature τ = 0.1 while training; at test time z = E[π]·1[E[π] > 1e-3] (channels at or below
-1e-3 are pruned). A network layer (backbones build it by name, ``beta-bernoulli``); the method
-that trains it lives in :mod:`baselines.anp_vs`.
+reparameterisation, z ~ RelaxedBernoulli(π) with temperature τ = 0.1 while training; at test time
+z = E[π]·1[E[π] > 1e-3] (channels at or below 1e-3 are pruned). A network layer (backbones build it
+by name, ``beta-bernoulli``); the method that trains it lives in :mod:`baselines.anp_vs`.
 """
 from __future__ import annotations
 

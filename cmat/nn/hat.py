@@ -6,8 +6,8 @@ Every unit (a channel of a convolution, a feature of a fully connected layer) ge
 task: while task t trains, ``a = σ(s · e_t)`` of a learned embedding ``e_t`` with the scale ``s``
 annealed by the method — in train mode and inside :meth:`HatNet.soft_gates`, which the method
 wraps around each loss so that a training attack (run in eval mode) sees the gates the loss
-trains; in eval mode otherwise (validation) ``1[e_t > 0]``; once t is finished its gates are fixed to ``a_t = 1[e_t > 0]`` (what
-``σ(s_max · e_t)`` tends to; ``s_max`` = 400 leaves them within 1e-3 of 0/1 anyway), kept as
+trains; in eval mode otherwise (validation) ``1[e_t > 0]``; once t is finished its gates are fixed to
+``a_t = 1[e_t > 0]`` (what ``σ(s_max · e_t)`` tends to; ``s_max`` = 400 leaves them within 1e-3 of 0/1 anyway), kept as
 bool buffers — the store keeps them bit-packed — and the embeddings are dropped.
 
 A gate sits right after the unit's BatchNorm when it has one, else right after the

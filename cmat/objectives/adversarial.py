@@ -32,7 +32,8 @@ class MadryPGD(Objective):
     def loss(self, model, x, y, generator):
         r = self.ramp()
         if r < 1:  # ε ramp: the same attack on a smaller ball (r = 0: the clean batch)
-            attack = PGD(eps=r * self.eps, alpha=r * self.alpha, steps=self.cfg.steps, random_start=True) if r > 0 else None
+            attack = (PGD(eps=r * self.eps, alpha=r * self.alpha, steps=self.cfg.steps, random_start=True)
+                      if r > 0 else None)
         else:
             attack = self.attack
         x_adv = attack(self.attack_view(model), x, y, generator=generator) if attack is not None else x
@@ -97,7 +98,8 @@ class FastFGSM(Objective):
 
     def loss(self, model, x, y, generator):
         r = self.ramp()
-        attack = self.attack if r >= 1 else (FGSM(eps=r * self.eps, random_start=True, alpha=self.cfg.fast_alpha * r * self.eps)
+        attack = self.attack if r >= 1 else (FGSM(eps=r * self.eps, random_start=True,
+                                                  alpha=self.cfg.fast_alpha * r * self.eps)
                                              if r > 0 else None)
         x_adv = attack(self.attack_view(model), x, y, generator=generator) if attack is not None else x
         logits = model(x_adv)

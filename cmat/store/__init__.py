@@ -107,7 +107,8 @@ def read_checkpoint(path, cfg) -> dict:
     current = yaml.safe_load(to_yaml(cfg))
     diff = sorted(_diff_keys(stored, current))
     if diff:
-        raise CmatError(f"cannot resume {path}: the configuration differs from the checkpoint's in {', '.join(diff[:5])}")
+        raise CmatError(f"cannot resume {path}: the configuration differs from the checkpoint's in "
+                        f"{', '.join(diff[:5])}")
     with open_store(path) as f:
         try:
             state = json.loads(f["resume"].attrs["state"])

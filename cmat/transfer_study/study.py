@@ -109,7 +109,8 @@ def _study_locally(cfg, seq, out, cfg_yaml, source_task, target_task, strategies
                 sources[obj] = result
                 s = result["summary"]
                 cert = f"  certified {s['certified']['acc']:.3f}" if "certified" in s else ""
-                say(f"[source {obj}] clean {s['clean']['acc']:.3f}  worst {s.get('worst', s['clean'])['acc']:.3f}{cert}  "
+                say(f"[source {obj}] clean {s['clean']['acc']:.3f}  "
+                    f"worst {s.get('worst', s['clean'])['acc']:.3f}{cert}  "
                     f"({result['cost']['train_seconds']:.0f}s training; {elapsed / 60:.1f} min so far)")
                 for c in cells:
                     if c.source == obj:
