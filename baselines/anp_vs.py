@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cmat.errors import CmatError
-from cmat.methods import Method, option, register
+from cmat.methods import Method, Option, register
 from cmat.nn.beta_bernoulli import PRUNE_AT, BetaBernoulliMask
 from cmat.nn.multihead import MultiHeadNet
 
@@ -30,13 +30,15 @@ SUPPORTED_OBJECTIVES = ("standard", "pgd", "fast")  # the ones whose attack the 
 class ANPVS(Method):
     """ANP-VS (Madaan et al. 2020): adversarial neural pruning with Beta-Bernoulli dropout, one network per task."""
     name = "anp-vs"
+    options = {
+        "kl_weight": Option(1.0, "β, weight of the Beta-Bernoulli KL term", 0.0, 1e6),
+        "vs_weight": Option(0.01, "λ, weight of the vulnerability suppression term", 0.0, 1e6),
+        "mask_lr": Option(0.01, "Adam lr of the dropout-mask parameters", 1e-12, 10.0),
+    }
 
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
-        opts = {"kl_weight": 1.0, "vs_weight": 0.01, "mask_lr": 0.01, **cfg.method_options}
-        self.kl_weight = option(opts, "kl_weight", 1.0, float, 0.0, 1e6)
-        self.vs_weight = option(opts, "vs_weight", 0.01, float, 0.0, 1e6)
-        self.mask_lr = option(opts, "mask_lr", 0.01, float, 1e-12, 10.0)
+        self.kl_weight, self.vs_weight, self.mask_lr = (self.opts[k] for k in ("kl_weight", "vs_weight", "mask_lr"))
         if cfg.objective.name not in SUPPORTED_OBJECTIVES:  # its own loss uses the objective's attack only
             raise CmatError(f"anp-vs trains with its own adversarial loss and supports the objectives "
                             f"{', '.join(SUPPORTED_OBJECTIVES)}; got {cfg.objective.name!r}")

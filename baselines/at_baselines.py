@@ -14,6 +14,7 @@ from cmat.methods import Method, register
 class ATFinetune(Method):
     """One shared backbone fine-tuned task after task, per-task heads (forgets: the lower bound)."""
     name = "at-finetune"
+    supports_ddp = True
 
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
@@ -37,6 +38,7 @@ class ATFinetune(Method):
 class ATIndividual(Method):
     """A separate network per task (the upper bound at T× the parameters; CMAT's goals)."""
     name = "at-individual"
+    supports_ddp = True
 
     def evaluations_of(self, j, n_tasks):
         return 1  # one network per task, never touched again

@@ -33,7 +33,7 @@ import math
 import torch
 
 from cmat.errors import CmatError
-from cmat.methods import Method, option, register
+from cmat.methods import Method, Option, register
 from cmat.nn.hat import SEQUENTIAL_ARCHS, HatNet
 
 THRES_COSH, THRES_EMB = 50.0, 6.0
@@ -44,6 +44,10 @@ class HAT(Method):
     """HAT (Serra et al. 2018): per-task hard attention on units, earlier tasks' units frozen."""
 
     name = "hat"
+    options = {
+        "smax": Option(400.0, "s_max, the final sharpness of the gates σ(s·e)", 1.0, 1e6),
+        "hat_c": Option(0.75, "c, weight of the attention-sparsity regulariser", 0.0, 1e3),
+    }
 
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
@@ -52,9 +56,7 @@ class HAT(Method):
                             f"--arch {cfg.model.arch} is not one")
         c, h, _ = seq[0].input_shape
         self.net = HatNet(cfg.model.arch, c, h, cfg.model.width).to(self.device)
-        opts = cfg.method_options
-        self.smax = option(opts, "smax", 400.0, float, 1.0, 1e6)
-        self.c = option(opts, "hat_c", 0.75, float, 0.0, 1e3)
+        self.smax, self.c = self.opts["smax"], self.opts["hat_c"]
         self.used: dict = {}  # gate index -> bool tensor, union of the finished tasks' gates
 
     def before_task(self, t, task):

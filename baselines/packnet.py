@@ -8,7 +8,7 @@ heads, so earlier tasks are never changed: zero forgetting is exact.
 """
 from __future__ import annotations
 
-from cmat.methods import Method, option, register
+from cmat.methods import Method, Option, register
 from cmat.nn.masked import MaskedMultiHeadNet
 
 
@@ -16,15 +16,20 @@ from cmat.nn.masked import MaskedMultiHeadNet
 class PackNet(Method):
     """PackNet (Mallya & Lazebnik 2018): train free weights, prune, retrain, freeze (zero forgetting)."""
     name = "packnet"
-    masked = True  # trains masked layers (the cost estimate times those)
+    masked = True
+    supports_ddp = True
+    options = {
+        "prune_fraction": Option(0.6, "fraction of a task's free weights pruned after training", 0.0, 0.999),
+        "retrain_epochs": Option(None, "retraining epochs after pruning (None: max(1, train.epochs // 2))",
+                                 1, 10 ** 6, integer=True),
+    }
 
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
         c, h, _ = seq[0].input_shape
         self.net = MaskedMultiHeadNet(cfg.model.arch, c, h, cfg.model.width).to(self.device)
-        opts = cfg.method_options
-        self.prune_fraction = option(opts, "prune_fraction", 0.6, float, 0.0, 0.999)
-        self.retrain_epochs = option(opts, "retrain_epochs", max(1, cfg.train.epochs // 2), int, 1, 10 ** 6)
+        self.prune_fraction = self.opts["prune_fraction"]
+        self.retrain_epochs = self.opts["retrain_epochs"] or max(1, cfg.train.epochs // 2)
 
     def planned_phases(self, t, task):
         phases = [{"name": "train", "epochs": self.cfg.train.epochs}]

@@ -28,25 +28,29 @@ import math
 
 import torch
 
-from cmat.methods import Method, option, register
+from cmat.methods import Method, Option, register
 from cmat.nn.masked import MaskedMultiHeadNet
 
 
 class SupermaskMethod(Method):
     """Shared by SupSup and WSN; subclasses set ``name``, ``train_weights`` and the defaults."""
 
-    masked = True  # trains masked layers (the cost estimate times those)
+    masked = True
     train_weights = True
     default_score_lr = None  # None: the run's learning rate
+    options = {
+        "density": Option(0.5, "fraction of each layer's weights a task's mask keeps", 1e-3, 1.0),
+        "score_lr": Option(None, "learning rate of the edge-popup scores (None: SupSup 0.1, WSN train.lr)",
+                           0.0, 1e3),
+    }
 
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
         c, h, _ = seq[0].input_shape
         self.net = MaskedMultiHeadNet(cfg.model.arch, c, h, cfg.model.width).to(self.device)
-        opts = cfg.method_options
-        self.density = option(opts, "density", 0.5, float, 1e-3, 1.0)
+        self.density = self.opts["density"]
         default_lr = cfg.train.lr if self.default_score_lr is None else self.default_score_lr
-        self.score_lr = option(opts, "score_lr", default_lr, float, 0.0, 1e3)
+        self.score_lr = default_lr if self.opts["score_lr"] is None else self.opts["score_lr"]
         self._freeze_weights()
 
     def _freeze_weights(self) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from cmat import config as config_mod
 from cmat.atomic import atomic_write_text
 from cmat.attacks.factory import attack_label, check_attack_name, column_rank
-from cmat.catalog import method_class
+from cmat.catalog import check_option_keys, method_class
 from cmat.cpg import goals_current
 from cmat.launch import Job, LaunchOptions, launch, refuse_live_slurm_jobs
 from cmat.provenance import machine_line
@@ -179,6 +179,7 @@ def _check_options(base_cfg, methods) -> None:
     one line before the first method trains, not after it."""
     import torch
 
+    check_option_keys(base_cfg.method_options)
     seq = tasks_for_config(base_cfg)
     for m in methods:
         cfg = copy.deepcopy(base_cfg)

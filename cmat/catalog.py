@@ -15,7 +15,8 @@ from importlib.metadata import entry_points
 from cmat import cpg  # noqa: F401  (registers cmat)
 from cmat.baselines import anp_vs, at_baselines, hat, packnet, supermask  # noqa: F401  (register the baselines)
 from cmat.errors import CmatError
-from cmat.methods import METHODS, Method
+from cmat.methods import METHODS, Method, unknown_options
+from cmat.objectives import OBJECTIVES
 
 BUILT_IN = dict(METHODS)  # name -> class, before any plugin is loaded
 GROUP = "cmat.methods"
@@ -67,13 +68,18 @@ def available_methods() -> list:
 
 
 def describe_methods() -> list:
-    """``(name, source, one line)`` per method: source ``built-in`` or ``plugin (package)``."""
+    """Per method, a dict: ``name``, ``source`` (``built-in`` or ``plugin (package)``), ``summary``
+    (its docstring's first line), ``masked``, ``supports_ddp`` and ``options`` (key → ``default``,
+    ``accepts``, ``help``), all read from the class."""
     plugins = load_plugins()
     out = []
     for name in sorted(METHODS):
-        doc = (METHODS[name].__doc__ or "").strip().splitlines()
-        source = "built-in" if name in BUILT_IN else f"plugin ({plugins.get(name, '?')})"
-        out.append((name, source, doc[0] if doc else ""))
+        cls = METHODS[name]
+        doc = (cls.__doc__ or "").strip().splitlines()
+        out.append({"name": name, "source": "built-in" if name in BUILT_IN else f"plugin ({plugins.get(name, '?')})",
+                    "summary": doc[0] if doc else "", "masked": cls.masked, "supports_ddp": cls.supports_ddp,
+                    "options": {k: {"default": o.default, "accepts": o.accepts(), "help": o.help}
+                                for k, o in cls.options.items()}})
     return out
 
 
@@ -84,3 +90,32 @@ def method_class(name: str):
     if name not in METHODS:
         raise CmatError(f"unknown method {name!r} (valid: {', '.join(sorted(METHODS))})")
     return METHODS[name]
+
+
+def check_ddp(method: str, objective: str) -> None:
+    """One-line refusal of combinations torchrun/DDP cannot wrap: the method and the objective
+    must both declare ``supports_ddp`` (a loss that is one forward of the trainer's model)."""
+    if not method_class(method).supports_ddp:
+        ok = sorted(n for n, c in METHODS.items() if c.supports_ddp)
+        raise CmatError(f"torchrun/DDP supports the methods {', '.join(ok)}; "
+                        f"{method} computes its loss outside the trainer's model")
+    if not OBJECTIVES[objective].supports_ddp:
+        ok = [n for n, c in OBJECTIVES.items() if c.supports_ddp]
+        raise CmatError(f"torchrun/DDP supports the objectives {', '.join(ok)}; "
+                        f"{objective} needs two forwards per backward")
+
+
+def check_option_keys(method_options: dict) -> None:
+    """One-line refusal of a ``method_options`` key that no method declares (a typo). A key of
+    another method is accepted: presets and benches share one ``method_options`` among methods,
+    and each method reads its own keys. A plugin that declares no options (it reads them
+    itself) turns the check off."""
+    load_plugins()
+    classes = list(METHODS.values())
+    if any(not c.options and c.name not in BUILT_IN for c in classes):
+        return
+    unknown = unknown_options(method_options, classes)
+    if unknown:
+        declared = sorted({k for c in classes for k in c.options})
+        raise CmatError(f"method_options.{unknown[0]} is not an option of any method "
+                        f"(options: {', '.join(declared)}; `cmat methods` says whose)")

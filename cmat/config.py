@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
+from cmat.checks import number
 from cmat.errors import CmatError
 from cmat.nn.backbones import ARCHS
 
@@ -294,38 +295,30 @@ def bf16_mode(value) -> Optional[str]:
             "0": "off", "auto": "auto"}.get(text)
 
 
-def _in_range(where: str, value, lo, hi, lo_open: bool = False, hi_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-        raise CmatError(f"{where} must be in {left}{lo:g}, {hi:g}{right}, got {value!r}")
-
-
 def validate(cfg: RunConfig) -> None:
     """Every value a user can set, checked before anything is written; each failure raises a
     one-line :class:`CmatError` naming the key and the valid range."""
-    _in_range("threat.eps", cfg.threat.eps, 0, 1)
-    _in_range("threat.alpha", cfg.threat.alpha, 0, 1, lo_open=True)
+    number("threat.eps", cfg.threat.eps, 0, 1)
+    number("threat.alpha", cfg.threat.alpha, 0, 1, lo_open=True)
     if cfg.model.arch not in ARCHS:
         raise CmatError(f"model.arch must be one of {', '.join(sorted(ARCHS))}, got {cfg.model.arch!r}")
-    _in_range("model.width", cfg.model.width, 0, 16, lo_open=True)
+    number("model.width", cfg.model.width, 0, 16, lo_open=True)
     mode = bf16_mode(cfg.accel.bf16)
     if mode is None:
         raise CmatError(f"accel.bf16 must be off, on or auto, got {cfg.accel.bf16!r}")
     cfg.accel.bf16 = mode
     tc = cfg.train
     if cfg.max_tasks is not None:
-        _in_range("max_tasks", cfg.max_tasks, 1, COUNT_LIMIT)
-    _in_range("train.epochs", tc.epochs, 1, COUNT_LIMIT)
-    _in_range("train.batch_size", tc.batch_size, 1, COUNT_LIMIT)
-    _in_range("train.lr", tc.lr, 0, 100, lo_open=True)
-    _in_range("train.momentum", tc.momentum, 0, 1, hi_open=True)
-    _in_range("train.weight_decay", tc.weight_decay, 0, 1)
-    _in_range("train.val_fraction", tc.val_fraction, 0, 1, lo_open=True, hi_open=True)
-    _in_range("train.val_attack_samples", tc.val_attack_samples, 1, COUNT_LIMIT)
+        number("max_tasks", cfg.max_tasks, 1, COUNT_LIMIT)
+    number("train.epochs", tc.epochs, 1, COUNT_LIMIT)
+    number("train.batch_size", tc.batch_size, 1, COUNT_LIMIT)
+    number("train.lr", tc.lr, 0, 100, lo_open=True)
+    number("train.momentum", tc.momentum, 0, 1, hi_open=True)
+    number("train.weight_decay", tc.weight_decay, 0, 1)
+    number("train.val_fraction", tc.val_fraction, 0, 1, lo_open=True, hi_open=True)
+    number("train.val_attack_samples", tc.val_attack_samples, 1, COUNT_LIMIT)
     if tc.samples is not None:
-        _in_range("train.samples", tc.samples, 1, COUNT_LIMIT)
+        number("train.samples", tc.samples, 1, COUNT_LIMIT)
     if tc.optimizer not in ("sgd", "adam"):
         raise CmatError(f"train.optimizer must be sgd or adam, got {tc.optimizer!r}")
     if tc.schedule not in ("cosine", "step", "constant"):
@@ -333,22 +326,22 @@ def validate(cfg: RunConfig) -> None:
     if tc.select not in ("auto", "robust", "clean", "last"):
         raise CmatError(f"train.select must be auto, robust, clean or last, got {tc.select!r}")
     oc = cfg.objective
-    _in_range("objective.steps", oc.steps, 1, 10 ** 4)
-    _in_range("objective.trades_beta", oc.trades_beta, 0, 1e4)
-    _in_range("objective.free_replays", oc.free_replays, 1, 10 ** 3)
-    _in_range("objective.fast_alpha", oc.fast_alpha, 0, 10, lo_open=True)
-    _in_range("objective.eps_ramp", oc.eps_ramp, 0, 1)
+    number("objective.steps", oc.steps, 1, 10 ** 4)
+    number("objective.trades_beta", oc.trades_beta, 0, 1e4)
+    number("objective.free_replays", oc.free_replays, 1, 10 ** 3)
+    number("objective.fast_alpha", oc.fast_alpha, 0, 10, lo_open=True)
+    number("objective.eps_ramp", oc.eps_ramp, 0, 1)
     if oc.eps_ramp and oc.name not in ("pgd", "trades", "fast") + CERTIFIED_OBJECTIVES + ("standard",):
         raise CmatError(f"objective.eps_ramp applies to the pgd, trades and fast objectives, not {oc.name!r} "
                         f"(set objective.eps_ramp=0)")
-    _in_range("objective.cert_warmup", oc.cert_warmup, 0, 1)
-    _in_range("objective.cert_ramp", oc.cert_ramp, 0, 1)
+    number("objective.cert_warmup", oc.cert_warmup, 0, 1)
+    number("objective.cert_ramp", oc.cert_ramp, 0, 1)
     if oc.cert_warmup + oc.cert_ramp > 1:
         raise CmatError("objective.cert_warmup + objective.cert_ramp must be ≤ 1 (fractions of a training phase)")
-    _in_range("objective.kappa_end", oc.kappa_end, 0, 1)
-    _in_range("objective.beta_end", oc.beta_end, 0, 1)
-    _in_range("objective.cert_eps_factor", oc.cert_eps_factor, 0, 10, lo_open=True)
-    _in_range("objective.cert_clip", oc.cert_clip, 0, 1e6)
+    number("objective.kappa_end", oc.kappa_end, 0, 1)
+    number("objective.beta_end", oc.beta_end, 0, 1)
+    number("objective.cert_eps_factor", oc.cert_eps_factor, 0, 10, lo_open=True)
+    number("objective.cert_clip", oc.cert_clip, 0, 1e6)
     if oc.bn not in ("eval", "batch"):
         raise CmatError(f"objective.bn must be eval or batch, got {oc.bn!r}")
     reach = oc.steps * cfg.threat.alpha
@@ -358,17 +351,16 @@ def validate(cfg: RunConfig) -> None:
                         f"{oc.steps} × {cfg.threat.alpha:.4g} = {reach:.4g} < threat.eps = {cfg.threat.eps:.4g}; "
                         f"set objective.steps ≥ {need} or threat.alpha ≥ {cfg.threat.eps / oc.steps:.4g}")
     if cfg.eval.samples is not None:
-        _in_range("eval.samples", cfg.eval.samples, 1, COUNT_LIMIT)
-    _in_range("eval.batch_size", cfg.eval.batch_size, 1, COUNT_LIMIT)
+        number("eval.samples", cfg.eval.samples, 1, COUNT_LIMIT)
+    number("eval.batch_size", cfg.eval.batch_size, 1, COUNT_LIMIT)
     if not cfg.eval.attacks or not all(isinstance(a, str) for a in cfg.eval.attacks):
         raise CmatError(f"eval.attacks must be a non-empty list of attack names, got {cfg.eval.attacks!r}")
     for name, value in cfg.eval.alphas.items():
         if not re.fullmatch(r"pgd\d+(-cw)?", str(name)):
             raise CmatError(f"eval.alphas: {name!r} is not a PGD attack name (e.g. pgd10, pgd40-cw)")
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
-            raise CmatError(f"eval.alphas.{name} must be a positive number, got {value!r}")
-    _in_range("seed", cfg.seed, 0, SEED_LIMIT, hi_open=True)
-    _in_range("threads", cfg.threads, 0, 4096)
+        number(f"eval.alphas.{name}", value, 0, lo_open=True)
+    number("seed", cfg.seed, 0, SEED_LIMIT, hi_open=True)
+    number("threads", cfg.threads, 0, 4096)
 
 
 def to_yaml(cfg: RunConfig) -> str:

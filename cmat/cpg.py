@@ -60,14 +60,10 @@ import torch
 from tqdm import tqdm
 
 from cmat.errors import CmatError
-from cmat.methods import Method, option, register
+from cmat.methods import Method, Option, register
 from cmat.metrics import mcnemar_exact
 from cmat.nn.masked import MaskedMultiHeadNet
 from cmat.store import load as load_run
-
-DEFAULTS = {"goal": "individual", "tolerance": 0.02, "tolerance_samples": 1, "max_width": 1.5,
-            "width_step": 0.5, "max_sparsity": 0.9, "prune_levels": 5, "compact_epochs": None, "mask_lr": 5e-4,
-            "compact_last": True, "individual_run": None, "grow_alpha": 0.05}
 
 
 def goal_source(individual_run) -> dict:
@@ -98,30 +94,28 @@ class CMAT(Method):
     """CPG compact-pick-grow (Hung et al. 2019) with the run's objective: prune, pick earlier weights, grow if needed.
     """
     name = "cmat"
-    masked = True  # trains masked layers (the cost estimate times those)
+    masked = True
+    supports_ddp = True
+    options = {
+        "goal": Option("individual", "per-task goal: an individual model's validation metric, a number, or none "
+                       "(no growth, compaction to max_sparsity)", 0.0, 2.0, words=("individual", "none")),
+        "tolerance": Option(0.02, "the goal test's slack: metric ≥ goal − max(tolerance, tolerance_samples/n)",
+                            0.0, 1.0),
+        "tolerance_samples": Option(1, "the slack in validation images", 0.0, 1e6),
+        "grow_alpha": Option(0.05, "McNemar p below which a missed goal grows the network (1: any miss)", 0.0, 1.0),
+        "max_width": Option(1.5, "width multiplier cap for growth", 1.0, 16.0),
+        "width_step": Option(0.5, "width multiplier added per growth step", 1e-3, 16.0),
+        "max_sparsity": Option(0.9, "final sparsity s_f of the cubic pruning ramp", 0.0, 0.999),
+        "prune_levels": Option(5, "pruning levels K of the ramp", 1, 1000, integer=True),
+        "compact_epochs": Option(None, "retraining epochs per pruning level (None: train.epochs // 5)",
+                                 1, 10 ** 6, integer=True),
+        "mask_lr": Option(5e-4, "Adam lr of the piggyback mask over earlier tasks' weights", 1e-12, 10.0),
+        "compact_last": Option(True, "compact the last task too", kind="bool"),
+        "individual_run": Option(None, "an at-individual run directory to read the goals from", kind="path"),
+    }
 
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
-        self.opts = {**DEFAULTS, **cfg.method_options}
-        goal = self.opts["goal"]
-        if not (goal in ("individual", "none") or isinstance(goal, (int, float)) and not isinstance(goal, bool)):
-            raise CmatError(f"method_options.goal must be individual, none or a number, got {goal!r}")
-        if goal not in ("individual", "none"):
-            option(self.opts, "goal", None, float, 0.0, 2.0)
-        o = self.opts
-        o["tolerance"] = option(o, "tolerance", None, float, 0.0, 1.0)
-        o["tolerance_samples"] = option(o, "tolerance_samples", None, float, 0.0, 1e6)
-        o["grow_alpha"] = option(o, "grow_alpha", None, float, 0.0, 1.0)
-        o["max_width"] = option(o, "max_width", None, float, 1.0, 16.0)
-        o["width_step"] = option(o, "width_step", None, float, 1e-3, 16.0)
-        o["max_sparsity"] = option(o, "max_sparsity", None, float, 0.0, 0.999)
-        o["prune_levels"] = option(o, "prune_levels", None, int, 1, 1000)
-        o["compact_epochs"] = option(o, "compact_epochs", None, int, 1, 10 ** 6, allow_none=True)
-        o["mask_lr"] = option(o, "mask_lr", None, float, 1e-12, 10.0)
-        if not isinstance(o["compact_last"], bool):
-            raise CmatError(f"method_options.compact_last must be true or false, got {o['compact_last']!r}")
-        if o["individual_run"] is not None and not isinstance(o["individual_run"], str):
-            raise CmatError(f"method_options.individual_run must be a run directory, got {o['individual_run']!r}")
         c, h, _ = seq[0].input_shape
         self.net = MaskedMultiHeadNet(cfg.model.arch, c, h, cfg.model.width).to(self.device)
         self.width = 1.0

@@ -42,14 +42,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cmat.errors import CmatError
 from cmat.seeding import generator
-
-#: objectives whose loss is one forward of the model on one (adversarial) batch per backward
-SUPPORTED_OBJECTIVES = ("standard", "pgd", "fast", "free")
-#: methods whose training goes through ``Trainer.fit``'s model argument
-SUPPORTED_METHODS = ("cmat", "packnet", "at-finetune", "at-individual")
-
 
 @dataclass
 class Dist:
@@ -119,16 +112,6 @@ def from_env(device: torch.device) -> Optional[Dist]:
         # evaluation runs on every rank, but writing the store can take a while on rank 0
         dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
     return Dist(rank=rank, world=world, local_rank=local)
-
-
-def check_supported(method: str, objective: str) -> None:
-    """One-line refusal of combinations whose loss does not go through one DDP forward."""
-    if method not in SUPPORTED_METHODS:
-        raise CmatError(f"torchrun/DDP supports the methods {', '.join(SUPPORTED_METHODS)}; "
-                        f"{method} computes its loss outside the trainer's model")
-    if objective not in SUPPORTED_OBJECTIVES:
-        raise CmatError(f"torchrun/DDP supports the objectives {', '.join(SUPPORTED_OBJECTIVES)}; "
-                        f"{objective} needs two forwards per backward")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -42,7 +42,7 @@ def build_attacks(names, eps: float, alpha: float, n_classes: Optional[int] = No
 def result_columns(attacks: dict) -> list:
     """The columns an evaluation with ``attacks`` reports, in display order: clean and the
     attacks, ``worst`` (when an attack ran), then proofs (``certified``)."""
-    proofs = [n for n, a in attacks.items() if getattr(a, "certifies", False)]
+    proofs = [n for n, a in attacks.items() if a is not None and a.certifies]
     plain = [n for n in attacks if n not in proofs]
     has_attack = any(attacks[n] is not None for n in plain)
     return plain + ([WORST] if has_attack else []) + proofs
@@ -195,7 +195,7 @@ def evaluate_task(model: nn.Module, data, attacks: dict, num_classes: int, seed:
     results, worst_pred = {}, clean_pred.clone()
     for name, atk in attacks.items():
         pred = clean_pred.clone()
-        if getattr(atk, "certifies", False):  # a proof, not an attack: never part of worst
+        if atk is not None and atk.certifies:  # a proof, not an attack: never part of worst
             if alive.numel():
                 if progress is not None:
                     progress(name)
@@ -228,7 +228,7 @@ def check_sound(results: dict, attacks: dict, task: int) -> None:
         return
     survived = results[WORST]["correct"]
     for name, atk in attacks.items():
-        if getattr(atk, "certifies", False):
+        if atk is not None and atk.certifies:
             refuted = np.flatnonzero(results[name]["correct"] & ~survived)
             if refuted.size:
                 raise CmatError(f"UNSOUND: task {task + 1}: {refuted.size} image(s) counted certified by {name} "

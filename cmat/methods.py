@@ -11,12 +11,14 @@ what to save: the list of networks and, per task, ``(network index, head index)`
 from __future__ import annotations
 
 import math
-import numbers
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from cmat.checks import number
 from cmat.errors import CmatError
 from cmat.nn import MultiHeadNet
 
@@ -29,32 +31,85 @@ def register(cls):
     return cls
 
 
-def option(opts: dict, key: str, default, kind=float, lo=None, hi=None, allow_none: bool = False):
-    """``method_options[key]`` (else ``default``) as a finite ``kind`` in [lo, hi]; anything else
-    is a one-line :class:`CmatError` naming the option (checked before a run writes anything)."""
-    value = opts.get(key, default)
-    if value is None and allow_none:
-        return None
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (kind is not int or float(value).is_integer())
-    ok = ok and (lo is None or value >= lo) and (hi is None or value <= hi)
-    if not ok:
-        rng = f" in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-        raise CmatError(f"method_options.{key} must be {'an integer' if kind is int else 'a number'}{rng}, "
-                        f"got {value!r}")
-    return kind(value)
+@dataclass(frozen=True)
+class Option:
+    """One method option, declared on the method's class (``options = {"key": Option(...)}``):
+    its default, its help line and what it accepts — a number in [lo, hi] (an integer where
+    ``integer``), one of ``words``, a bool (``kind="bool"``) or a path (``kind="path"``). A
+    default of ``None`` also accepts ``None`` (the method then derives the value, as its help says)."""
+
+    default: Any
+    help: str
+    lo: float = -math.inf
+    hi: float = math.inf
+    integer: bool = False
+    words: tuple = ()
+    kind: str = "number"
+
+    def read(self, key: str, value):
+        """``value`` checked (one :class:`CmatError` line naming ``method_options.key`` if not)."""
+        where = f"method_options.{key}"
+        if value is None and self.default is None:
+            return None
+        if isinstance(value, str) and value in self.words:
+            return value
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise CmatError(f"{where} must be true or false, got {value!r}")
+            return value
+        if self.kind == "path":
+            if not isinstance(value, str):
+                raise CmatError(f"{where} must be a path, got {value!r}")
+            return value
+        try:
+            return number(where, value, self.lo, self.hi, integer=self.integer)
+        except CmatError as err:
+            if not self.words:
+                raise
+            raise CmatError(f"{err} ({where} may also be {' or '.join(self.words)})") from None
+
+    def accepts(self) -> str:
+        """What the option takes, for ``cmat methods``: ``[0, 1]``, ``individual | none | [0, 2]``."""
+        if self.kind != "number":
+            return self.kind
+        rng = f"{'integer ' if self.integer else ''}[{_fmt(self.lo)}, {_fmt(self.hi)}]"
+        return " | ".join([*self.words, rng])
+
+
+def _fmt(v) -> str:
+    return "inf" if v == math.inf else "-inf" if v == -math.inf else f"{v:g}"
+
+
+def read_options(declared: dict, given: dict) -> dict:
+    """Every declared option's value: ``given[key]`` checked by its :class:`Option`, else its
+    default. Keys the method does not declare are not read (a bench shares one ``method_options``
+    among its methods; :func:`unknown_options` finds typos)."""
+    return {key: opt.read(key, given.get(key, opt.default)) for key, opt in declared.items()}
+
+
+def unknown_options(given: dict, classes) -> list:
+    """The keys of ``given`` that none of ``classes`` (Method subclasses) declares."""
+    known = {key for cls in classes for key in cls.options}
+    return sorted(k for k in given if k not in known)
 
 
 class Method(ABC):
-    """Base class. Subclasses set ``name`` and override the hooks they need."""
+    """Base class. Subclasses set ``name`` and override the hooks they need, and declare what
+    the engine and the CLI read from the class: ``options`` (key → :class:`Option`; read into
+    ``self.opts``), ``masked`` (trains masked layers: the cost estimate times those) and
+    ``supports_ddp`` (its loss is one forward of the trainer's model, so torchrun can wrap it)."""
 
     name = "base"
+    options: ClassVar[dict] = {}
+    masked: ClassVar[bool] = False
+    supports_ddp: ClassVar[bool] = False
 
     def __init__(self, cfg, seq, device):
         self.cfg = cfg
         self.seq = seq
         self.device = torch.device(device)
         self.decisions: dict = {}
+        self.opts = read_options(self.options, cfg.method_options)
 
     def new_network(self, task_indices) -> MultiHeadNet:
         """A network for the configured architecture with heads for ``task_indices``."""

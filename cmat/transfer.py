@@ -162,7 +162,7 @@ def lwf_loss(model: TransferModel, source: TransferModel, objective, lam: float)
             z0 = source.embed(x)
         return loss + lam * (model.embed(x) - z0).abs().mean(), logits
 
-    if hasattr(objective, "certificate"):
+    if objective.certified:
         return certified_loss_fn
 
     def loss_fn(_, x, y, gen):

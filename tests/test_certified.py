@@ -150,7 +150,7 @@ def test_the_presets_certified_block_is_the_textbook_recipe_and_flags_override_i
     from cmat.config import CERTIFIED_OBJECTIVES, preset_names, resolve
     from cmat.objectives.base import OBJECTIVES
 
-    assert sorted(CERTIFIED_OBJECTIVES) == sorted(n for n, c in OBJECTIVES.items() if hasattr(c, "certificate"))
+    assert sorted(CERTIFIED_OBJECTIVES) == sorted(n for n, c in OBJECTIVES.items() if c.certified)
     pgd = resolve("digits-5split")
     assert (pgd.model.arch, pgd.train.optimizer, pgd.train.lr, pgd.train.batch_size) == ("smallcnn", "sgd", 0.05, 64)
     for objective in CERTIFIED_OBJECTIVES:

@@ -22,7 +22,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from cmat import config as config_mod
-from cmat.distributed import Dist, check_supported, from_env
+from cmat.catalog import check_ddp
+from cmat.distributed import Dist, from_env
 from cmat.engine import Trainer
 from cmat.errors import CmatError
 from cmat.nn import Normalize, TaskView
@@ -119,11 +120,14 @@ def test_shard_covers_the_batch_and_scales_the_loss():
 
 
 def test_unsupported_combinations_are_refused():
-    with pytest.raises(CmatError, match="anp-vs"):
-        check_supported("anp-vs", "pgd")
-    with pytest.raises(CmatError, match="trades"):
-        check_supported("cmat", "trades")
-    check_supported("cmat", "pgd")
+    """What DDP accepts is what the classes declare (``supports_ddp``), and the refusal lists it."""
+    with pytest.raises(CmatError, match="anp-vs") as err:
+        check_ddp("anp-vs", "pgd")
+    assert "at-finetune, at-individual, cmat, packnet;" in str(err.value)
+    with pytest.raises(CmatError, match="trades") as err:
+        check_ddp("cmat", "trades")
+    assert "standard, pgd, fast, free;" in str(err.value)
+    check_ddp("cmat", "pgd")
 
 
 def test_torchrun_cmat_run_rank0_writes(tmp_path):

@@ -13,18 +13,19 @@ from cmat.methods import METHODS
 
 PLUGIN = '''
 """An L2 anchor to the previous task's weights (a toy third-party method)."""
-from cmat.methods import Method, option
+from cmat.methods import Method, Option
 
 
 class L2Anchor(Method):
     """L2 anchor: the run's objective plus lam * |theta - theta_prev|^2 on the shared weights."""
 
     name = "{name}"
+    options = {{"lam": Option(1.0, "weight of the anchor", 0.0, 1e6)}}
 
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
         self.net = self.new_network(range(len(seq)))
-        self.lam = option(cfg.method_options, "lam", 1.0, float, 0.0, 1e6)
+        self.lam = self.opts["lam"]
         self.anchor = None
 
     def train_task(self, t, task, trainer):

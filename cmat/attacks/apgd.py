@@ -5,7 +5,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from cmat.attacks.base import Attack, check_count, check_number
+from cmat.checks import number
+from cmat.attacks.base import Attack
 from cmat.errors import CmatError
 
 APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
@@ -26,16 +27,16 @@ class AutoPGD(Attack):
             import torchattacks
         except ImportError:
             raise CmatError("AutoPGD (apgd-ce, apgd-t) needs torchattacks: pip install cmat[test]") from None
-        self.eps = check_number("eps", eps, positive=False)
-        self.steps = check_count("steps", steps)
-        self.restarts = check_count("restarts", restarts)
-        self.rho = check_number("rho", rho, positive=True)
+        self.eps = number("attack eps", eps, 0)
+        self.steps = number("attack steps", steps, 1, integer=True)
+        self.restarts = number("attack restarts", restarts, 1, integer=True)
+        self.rho = number("attack rho", rho, 0, lo_open=True)
         if loss not in APGD_LOSSES:
             raise CmatError(f"APGD loss must be one of {', '.join(APGD_LOSSES)}, got {loss!r}")
         need = {"ce": 2, "dlr": 3, "dlr-targeted": 4}[loss]
         if loss == "dlr-targeted" and n_classes is None:
             raise CmatError("apgd-t needs n_classes (the task's head size)")
-        if n_classes is not None and check_count("n_classes", n_classes) < need:
+        if n_classes is not None and number("attack n_classes", n_classes, 1, integer=True) < need:
             if loss == "dlr-targeted":  # targeted DLR divides by z_π1 − (z_π3 + z_π4)/2
                 raise CmatError(f"apgd-t needs a head of at least 4 classes (its targeted DLR loss uses the 3rd "
                                 f"and 4th largest logits), the head has {n_classes}; use apgd-ce, or aa "
@@ -82,12 +83,12 @@ class AutoAttack(Attack):
             import torchattacks
         except ImportError:
             raise CmatError("AutoAttack (aa) needs torchattacks: pip install cmat[test]") from None
-        self.eps = check_number("eps", eps, positive=False)
-        self.n_classes = check_count("n_classes", n_classes)
+        self.eps = number("attack eps", eps, 0)
+        self.n_classes = number("attack n_classes", n_classes, 1, integer=True)
         if self.n_classes < 2:
             raise CmatError("AutoAttack needs a head of at least 2 classes")
-        self.steps = check_count("steps", steps)
-        self.n_queries = check_count("n_queries", n_queries)
+        self.steps = number("attack steps", steps, 1, integer=True)
+        self.n_queries = number("attack n_queries", n_queries, 1, integer=True)
         self.fold_bn = bool(fold_bn)
         self._ta = torchattacks
         self._only = None

@@ -30,8 +30,6 @@ and is then bit-identical to torchattacks.
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 from typing import Optional
 
 import torch
@@ -97,21 +95,6 @@ def uniform_noise(x: torch.Tensor, eps: float, generator: Optional[torch.Generat
     return noise.to(x.device)
 
 
-def check_number(name: str, value, positive: bool) -> float:
-    """``value`` as a finite float ≥ 0 (> 0 when ``positive``), else a one-line CmatError naming it."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
-        raise CmatError(f"attack {name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
-    return float(value)
-
-
-def check_count(name: str, value) -> int:
-    """``value`` as an int ≥ 1, else a one-line CmatError naming it."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise CmatError(f"attack {name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
 def fmt_value(v) -> str:
     """8/255 for multiples of 1/255, else the shortest float."""
     if isinstance(v, float) and v > 0 and abs(v * 255 - round(v * 255)) < 1e-9:
@@ -126,6 +109,7 @@ class Attack:
     ``grad_model``, decisions such as "is this example fooled" through ``model``."""
 
     fold_bn = True
+    certifies = False  # an attack; cmat.bounds' CertifiedCheck (a proof) sets True
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor,
                  generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -5,7 +5,8 @@ import re
 from typing import Optional
 
 from cmat.attacks.apgd import AutoAttack, AutoPGD
-from cmat.attacks.base import Attack, check_number, sound_alpha
+from cmat.checks import number
+from cmat.attacks.base import Attack, sound_alpha
 from cmat.attacks.pgd import FGSM, PGD
 from cmat.bounds import CertifiedCheck
 from cmat.errors import CmatError
@@ -69,8 +70,8 @@ def make_attack(name: str, eps: float, alpha: float, n_classes: Optional[int] = 
     match = PGD_NAME.fullmatch(key)
     if match:
         steps = int(match[1])
-        step = alphas[key] if key in alphas else sound_alpha(check_number("eps", eps, False),
-                                                             check_number("alpha", alpha, True), max(steps, 1))
+        eps_ok, alpha_ok = number("attack eps", eps, 0), number("attack alpha", alpha, 0, lo_open=True)
+        step = alphas[key] if key in alphas else sound_alpha(eps_ok, alpha_ok, max(steps, 1))
         return PGD(eps, step, steps, random_start=True, loss="cw" if match[2] else "ce")
     if key == "aa":
         return AutoAttack(eps, n_classes=n_classes if n_classes is not None else 10)
@@ -82,5 +83,5 @@ def make_attack(name: str, eps: float, alpha: float, n_classes: Optional[int] = 
     if key == "apgd-t":
         return AutoPGD(eps, loss="dlr-targeted", n_classes=n_classes)
     if key == "certified":
-        return CertifiedCheck(check_number("eps", eps, False))
+        return CertifiedCheck(number("attack eps", eps, 0))
     raise CmatError(f"unknown attack {name!r}; valid forms: {ATTACK_FORMS}")

@@ -5,7 +5,8 @@ from typing import Optional
 
 import torch
 
-from cmat.attacks.base import LOSSES, Attack, batch_loss, check_count, check_number, per_example_loss, uniform_noise
+from cmat.checks import number
+from cmat.attacks.base import LOSSES, Attack, batch_loss, per_example_loss, uniform_noise
 from cmat.errors import CmatError
 
 
@@ -40,10 +41,10 @@ class PGD(Attack):
 
     def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
                  random_start: bool = True, restarts: int = 1, loss: str = "ce", fold_bn: bool = True):
-        self.eps = check_number("eps", eps, positive=False)
-        self.alpha = check_number("alpha", alpha, positive=True)
-        self.steps = check_count("steps", steps)
-        self.restarts = check_count("restarts", restarts)
+        self.eps = number("attack eps", eps, 0)
+        self.alpha = number("attack alpha", alpha, 0, lo_open=True)
+        self.steps = number("attack steps", steps, 1, integer=True)
+        self.restarts = number("attack restarts", restarts, 1, integer=True)
         if loss not in LOSSES:
             raise CmatError(f"attack loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         if self.restarts > 1 and not random_start:

@@ -49,19 +49,23 @@ def tasks_show(name, data_root, as_json):
         click.echo(f"{k}: {v}")
 
 
-@click.command(short_help="List the methods, built-in and plugins.")
+@click.command(short_help="List the methods and their options, built-in and plugins.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def methods(as_json):
-    """List the methods: built-in and plugins (entry point group cmat.methods), one line each."""
+    """List the methods (built-in and plugins, entry point group cmat.methods), one line each,
+    then their options (set with --set method_options.KEY=VALUE): default, accepted values, help."""
     import json
 
     from cmat.catalog import describe_methods
 
     rows = describe_methods()
     if as_json:
-        click.echo(json.dumps([{"name": n, "source": s, "summary": d} for n, s, d in rows], indent=1))
+        click.echo(json.dumps(rows, indent=1))
         return
-    width = max(len(n) for n, _, _ in rows)
-    src = max(len(s) for _, s, _ in rows)
-    for name, source, doc in rows:
-        click.echo(f"{name:<{width}}  {source:<{src}}  {doc}")
+    width = max(len(r["name"]) for r in rows)
+    src = max(len(r["source"]) for r in rows)
+    for r in rows:
+        click.echo(f"{r['name']:<{width}}  {r['source']:<{src}}  {r['summary']}")
+        for key, o in r["options"].items():
+            default = "none" if o["default"] is None else o["default"]
+            click.echo(f"    {key} = {default}  ({o['accepts']})  {o['help']}")

@@ -49,6 +49,7 @@ def run(out, config_file, resume, force, no_progress, estimate_only, **flags):
     Under ``torchrun --nproc_per_node N -m cmat run ...`` it trains data-parallel (DDP); rank 0
     writes the run directory and prints."""
     from cmat import config as config_mod
+    from cmat.catalog import check_option_keys
     from cmat.distributed import is_main_process
     from cmat.engine import Run
     from cmat.rundir import RunLock, staging_dir, swap_in
@@ -57,6 +58,7 @@ def run(out, config_file, resume, force, no_progress, estimate_only, **flags):
         raise CmatError("--resume and --force contradict each other: --resume continues the run in --out, "
                         "--force replaces it")
     cfg = config_mod.resolve(flags.get("tasks"), config_file, overrides(**flags))
+    check_option_keys(cfg.method_options)
     if estimate_only:
         Run(cfg, out or ".", progress=False).estimate_only()
         return

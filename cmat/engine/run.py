@@ -20,11 +20,12 @@ from tqdm import tqdm
 from cmat import config as config_mod
 from cmat import distributed, estimate
 from cmat.atomic import atomic_write_text
-from cmat.catalog import method_class
+from cmat.catalog import check_ddp, method_class
 from cmat.engine.results import evaluate_on_test, matrix_figures, results_json
+from cmat.engine.state import Evaluations, RunState
 from cmat.engine.trainer import Trainer, peak_rss_mb, resolve_device, task_cost
 from cmat.errors import CmatError
-from cmat.evaluate import FrozenCheck, model_fingerprint, result_columns, task_attacks
+from cmat.evaluate import model_fingerprint, result_columns, task_attacks
 from cmat.objectives import make_objective
 from cmat.outcomes import write_outcomes
 from cmat.rundir import write_progress
@@ -51,6 +52,8 @@ class Run:
         self.resume = resume
         self.label = label  # names the run on every line it prints (cmat bench: "packnet s0")
         self.dist = None  # set under torchrun (cmat.distributed)
+        self.precision: Optional[dict] = None  # bf16 or float32 training, resolved by execute()
+        self.estimate: Optional[dict] = None  # the cost estimate printed before training
 
     @property
     def is_main(self) -> bool:
@@ -125,7 +128,7 @@ class Run:
         if state is not None and "precision" in state:  # a resumed run keeps the precision it chose
             self.precision = state["precision"]
             return
-        self.precision = estimate.resolve_bf16(self.cfg, seq[0], device, masked=getattr(method, "masked", False))
+        self.precision = estimate.resolve_bf16(self.cfg, seq[0], device, masked=method.masked)
         p = self.precision
         if p["mode"] == "auto":
             self.say(f"accel.bf16=auto: a training step under bf16 autocast runs at {p['speedup']:.2f}× "
@@ -138,7 +141,7 @@ class Run:
         if p["mode"] == "auto":  # measured already, both ways
             rate = p["bf16_pass_seconds"] if p["bf16"] else p["fp32_pass_seconds"]
         else:
-            rate = estimate.measure_pass_seconds(self.cfg, seq[0], device, masked=getattr(method, "masked", False),
+            rate = estimate.measure_pass_seconds(self.cfg, seq[0], device, masked=method.masked,
                                                  bf16=p["bf16"])
         est = estimate.estimate(self.cfg, seq, method, device, rate)
         for line in estimate.describe(est).splitlines():
@@ -147,131 +150,125 @@ class Run:
 
     def _join_torchrun(self, device) -> None:
         if distributed.world_size() > 1:
-            distributed.check_supported(self.cfg.method, self.cfg.objective.name)
+            check_ddp(self.cfg.method, self.cfg.objective.name)
         self.dist = distributed.from_env(device)
 
     def _loop(self, seq, method, device, attacks, logger, state) -> dict:
-        cfg = self.cfg
-        trainer = Trainer(cfg, device, logger, self.progress and self.is_main, self.dist)
+        """Train and evaluate every task from the checkpoint on, then write the results."""
+        trainer = Trainer(self.cfg, device, logger, self.progress and self.is_main, self.dist)
         trainer.bf16 = self.precision["bf16"]
         trainer.label, trainer.n_tasks = (f"{self.label} " if self.label else ""), len(seq)
         columns = result_columns(attacks)
-        acc = {name: [] for name in columns}
-        clean_full: list = []
-        last: dict = {}
-        spent, first, eval_spent = 0.0, 0, 0.0  # spent: wall seconds so far, evaluation included
-        if state is not None:
-            method.restore([net.to(device) for net in state["networks"]], state["decisions"])
-            acc, last, spent, first = state["acc"], state["last"], state["train_seconds"], state["completed"]
-            eval_spent = state.get("eval_seconds", 0.0)
-            clean_full = state.get("clean_full", acc.get("clean", []))
-            trainer.global_step = state["global_step"]
-            trainer.grad_evals = int(state.get("grad_evals", 0))
-            torch.set_rng_state(state["rng"])
-            self.say(f"resuming after task {first}/{len(seq)}")
-        per_task = list(state.get("per_task", [])) if state is not None else []
-        start = time.time() - spent
-        final: list = []
-        cache, previous = {}, {}  # (task, model fingerprint) → evaluation; task → its latest one
-        frozen = {}  # task → FrozenCheck, for methods that declare a learned task's function frozen
-        for t in range(first, len(seq)):
-            task = seq[t]
-            if self.is_main:
-                est = getattr(self, "estimate", None)
-                write_progress(self.out, t + 1, len(seq), task.name, time.time() - start,
-                               est["total_seconds"] if est else None)
-            self.say(f"task {t + 1}/{len(seq)}: {task.name} ({task.num_classes} classes, "
-                     f"{len(task.train)} train / {len(task.val)} val / {len(task.test)} test)")
-            before = (time.perf_counter(), trainer.steps, trainer.step_seconds, trainer.val_seconds, trainer.grad_evals,
-                      trainer.step_cpu_seconds)
-            method.before_task(t, task)
-            method.train_task(t, task, trainer)
-            method.after_task(t, task)
-            cost = task_cost(trainer, before)
-            row = {name: [] for name in columns}
-            full_row, final = [], []
+        rs = self._restore(state, method, trainer, device, len(seq)) if state is not None else RunState.fresh(columns)
+        start = time.time() - rs.train_seconds
+        evals, final = Evaluations(), []
+        for t in range(rs.completed, len(seq)):
+            cost = self._train_task(t, seq, method, trainer, start)
             eval_start, eval_cpu = time.time(), time.process_time()
-            bar = tqdm(total=(t + 1) * (len(attacks) - 1), desc=f"{trainer.task_label(t)} eval", leave=False,
-                       disable=not (self.progress and self.is_main), unit="attack")
-            # frozen tasks probed this round: the PROBES_PER_TASK checked longest ago (O(1) per task);
-            # the rest reuse their evaluation until their turn or the end-of-run fingerprint check
-            probe = set(sorted(frozen, key=lambda k: frozen[k].checked_after)[:FrozenCheck.PROBES_PER_TASK])
-            for j in range(t + 1):
-                def status(name, j=j):
-                    bar.set_postfix_str(f"task {j + 1} {seq[j].name}: {name}")
-                    bar.update(1)
-
-                model = method.model_for(j)
-                if j in frozen and (j not in probe or frozen[j].unchanged(model, t)):
-                    res = previous[j]  # declared frozen (and, when probed, the same logits bit for bit)
-                    bar.update(len(attacks) - 1)
-                else:
-                    key = (j, model_fingerprint(model))
-                    if key in cache:  # unchanged since its last evaluation: the same bits, no attacks
-                        res = cache[key]
-                        bar.update(len(attacks) - 1)
-                    else:
-                        res = evaluate_on_test(cfg, seq, j, model, device, progress=status)
-                        cache = {k: v for k, v in cache.items() if v is not previous.get(j)}
-                        cache[key], previous[j] = res, res
-                    if method.evaluations_of(j, len(seq)) == 1:  # the method declares j frozen from now on
-                        frozen[j] = FrozenCheck(model, seq[j].test, res["clean"]["indices"], key[1], device, t)
-                for name in columns:
-                    row[name].append(res[name]["acc"])
-                    logger.scalar(f"eval/{name}/task_{j + 1}_{seq[j].name}", res[name]["acc"], t + 1)
-                full_row.append(res["clean"]["acc_full"])
-                last[str(j)] = {name: {k: res[name][k] for k in ("acc", "f1", "n")} for name in columns}
-                final.append(res)
-            bar.close()
-            eval_spent += time.time() - eval_start
-            cost["eval_seconds"] = time.time() - eval_start
-            cost["eval_cpu_seconds"] = time.process_time() - eval_cpu
-            for name in columns:
-                acc[name].append(row[name])
-            clean_full.append(full_row)
-            logger.event(kind="eval", task=t, acc={n: row[n] for n in columns})
+            final = self._evaluate_seen(t, seq, method, device, evals, columns, len(attacks) - 1, logger, trainer)
+            rs.eval_seconds += time.time() - eval_start
+            cost.update(eval_seconds=time.time() - eval_start, eval_cpu_seconds=time.process_time() - eval_cpu)
+            rs.add_row(columns, final)
+            logger.event(kind="eval", task=t, acc={n: rs.acc[n][-1] for n in columns})
             self.say("  after task {}: ".format(t + 1)
-                     + "  ".join(f"{n}={sum(r) / len(r):.3f}" for n, r in row.items()))
+                     + "  ".join(f"{n}={sum(rs.acc[n][-1]) / len(rs.acc[n][-1]):.3f}" for n in columns))
             cost["peak_rss_mb"] = peak_rss_mb()
-            per_task.append(cost)
+            rs.per_task.append(cost)
             if t < len(seq) - 1 and self.is_main:
-                ckpt_start = time.perf_counter()
-                path = save_checkpoint(self.out / "checkpoint.h5", method, seq, cfg,
-                                       {"completed": t + 1, "acc": acc, "clean_full": clean_full, "last": last,
-                                        "train_seconds": time.time() - start, "eval_seconds": eval_spent,
-                                        "global_step": trainer.global_step, "grad_evals": trainer.grad_evals,
-                                        "per_task": per_task, "precision": self.precision},
-                                       torch.get_rng_state())
-                cost["checkpoint_seconds"] = time.perf_counter() - ckpt_start
-                cost["store_bytes"] = path.stat().st_size
+                self._checkpoint(t, seq, method, rs, trainer, start, cost)
         check_start = time.time()
-        for j, check in frozen.items():
-            if check.evaluated_after < len(seq) - 1 and model_fingerprint(method.model_for(j)) != check.fingerprint:
-                self.say(f"warning: task {j + 1}'s model changed after its evaluation although {cfg.method} declares "
-                         "it frozen; re-evaluating it for the final row")
-                res = evaluate_on_test(cfg, seq, j, method.model_for(j), device)
-                final[j] = res
-                for name in columns:
-                    acc[name][-1][j] = res[name]["acc"]
-                clean_full[-1][j] = res["clean"]["acc_full"]
-                last[str(j)] = {name: {k: res[name][k] for k in ("acc", "f1", "n")} for name in columns}
+        self._recheck_frozen(seq, method, device, evals, columns, rs, final)
         final_check_seconds = time.time() - check_start
-        eval_spent += final_check_seconds
-        wall_seconds = time.time() - start
-        train_seconds = wall_seconds - eval_spent
+        rs.eval_seconds += final_check_seconds
         if not self.is_main:
             return {}
+        wall_seconds = time.time() - start
+        return self._finish(seq, method, columns, rs, final, trainer, logger, {
+            "train_seconds": wall_seconds - rs.eval_seconds, "eval_seconds": rs.eval_seconds,
+            "wall_seconds": wall_seconds, "final_check_seconds": final_check_seconds, "precision": self.precision})
+
+    def _restore(self, state: dict, method, trainer, device, n_tasks: int) -> RunState:
+        """Take a checkpoint's state back into the method, the trainer and torch's generator."""
+        method.restore([net.to(device) for net in state["networks"]], state["decisions"])
+        rs = RunState.from_checkpoint(state)
+        trainer.global_step, trainer.grad_evals = rs.global_step, rs.grad_evals
+        torch.set_rng_state(state["rng"])
+        self.say(f"resuming after task {rs.completed}/{n_tasks}")
+        return rs
+
+    def _train_task(self, t: int, seq, method, trainer, start: float) -> dict:
+        """The method's hooks for task t; its cost record (:func:`task_cost`)."""
+        task = seq[t]
+        if self.is_main:
+            est = self.estimate
+            write_progress(self.out, t + 1, len(seq), task.name, time.time() - start,
+                           est["total_seconds"] if est else None)
+        self.say(f"task {t + 1}/{len(seq)}: {task.name} ({task.num_classes} classes, "
+                 f"{len(task.train)} train / {len(task.val)} val / {len(task.test)} test)")
+        before = (time.perf_counter(), trainer.steps, trainer.step_seconds, trainer.val_seconds, trainer.grad_evals,
+                  trainer.step_cpu_seconds)
+        method.before_task(t, task)
+        method.train_task(t, task, trainer)
+        method.after_task(t, task)
+        return task_cost(trainer, before)
+
+    def _evaluate_seen(self, t: int, seq, method, device, evals: Evaluations, columns, n_attacks: int, logger,
+                       trainer) -> list:
+        """Every task j ≤ t under every attack (``n_attacks`` besides clean; reusing what
+        :class:`Evaluations` allows)."""
+        bar = tqdm(total=(t + 1) * n_attacks, desc=f"{trainer.task_label(t)} eval", leave=False,
+                   disable=not (self.progress and self.is_main), unit="attack")
+        probe, final = evals.probes(), []
+        for j in range(t + 1):
+            def status(name, j=j):
+                bar.set_postfix_str(f"task {j + 1} {seq[j].name}: {name}")
+                bar.update(1)
+
+            model = method.model_for(j)
+            res, fingerprint = evals.reusable(j, model, t, probe)
+            if res is not None:
+                bar.update(n_attacks)
+            else:
+                res = evaluate_on_test(self.cfg, seq, j, model, device, progress=status)
+                evals.remember(j, fingerprint, res)
+            if fingerprint is not None and method.evaluations_of(j, len(seq)) == 1:  # frozen from now on
+                evals.freeze(j, model, seq[j], res, fingerprint, device, t)
+            for name in columns:
+                logger.scalar(f"eval/{name}/task_{j + 1}_{seq[j].name}", res[name]["acc"], t + 1)
+            final.append(res)
+        bar.close()
+        return final
+
+    def _checkpoint(self, t: int, seq, method, rs: RunState, trainer, start: float, cost: dict) -> None:
+        ckpt_start = time.perf_counter()
+        rs.completed, rs.train_seconds, rs.precision = t + 1, time.time() - start, self.precision
+        rs.global_step, rs.grad_evals = trainer.global_step, trainer.grad_evals
+        path = save_checkpoint(self.out / "checkpoint.h5", method, seq, self.cfg, rs.to_checkpoint(),
+                               torch.get_rng_state())
+        cost["checkpoint_seconds"] = time.perf_counter() - ckpt_start
+        cost["store_bytes"] = path.stat().st_size
+
+    def _recheck_frozen(self, seq, method, device, evals: Evaluations, columns, rs: RunState, final: list) -> None:
+        """A task declared frozen whose model changed after its evaluation is re-evaluated."""
+        for j, check in evals.frozen.items():
+            if check.evaluated_after < len(seq) - 1 and model_fingerprint(method.model_for(j)) != check.fingerprint:
+                self.say(f"warning: task {j + 1}'s model changed after its evaluation although {self.cfg.method} "
+                         "declares it frozen; re-evaluating it for the final row")
+                final[j] = evaluate_on_test(self.cfg, seq, j, method.model_for(j), device)
+                rs.replace_final(j, columns, final[j])
+
+    def _finish(self, seq, method, columns, rs: RunState, final, trainer, logger, timing: dict) -> dict:
+        """store.h5, eval.h5 and results.json; the checkpoint and progress file go."""
+        cfg = self.cfg
         store_path = save_run(self.out / "store.h5", method, seq, cfg)
-        if per_task:
-            per_task[-1]["store_bytes"] = store_path.stat().st_size
+        if rs.per_task:
+            rs.per_task[-1]["store_bytes"] = store_path.stat().st_size
         write_outcomes(self.out / "eval.h5", seq.task_names, final)
-        results = results_json(cfg, seq, method, columns, acc, clean_full, last, final, trainer, per_task, {
-            "train_seconds": train_seconds, "eval_seconds": eval_spent, "wall_seconds": wall_seconds,
-            "final_check_seconds": final_check_seconds, "precision": self.precision,
-            **({"estimate": self.estimate} if getattr(self, "estimate", None) else {}),
-            "store_bytes": store_path.stat().st_size})
+        results = results_json(cfg, seq, method, columns, rs.acc, rs.clean_full, rs.last, final, trainer,
+                               rs.per_task, {**timing, **({"estimate": self.estimate} if self.estimate else {}),
+                                             "store_bytes": store_path.stat().st_size})
         atomic_write_text(self.out / "results.json", json.dumps(results, indent=1))
         (self.out / "checkpoint.h5").unlink(missing_ok=True)
         (self.out / "progress.json").unlink(missing_ok=True)  # only a running run has a position
-        matrix_figures(logger, cfg.method, acc, seq.task_names)
+        matrix_figures(logger, cfg.method, rs.acc, seq.task_names)
         return results

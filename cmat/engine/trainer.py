@@ -148,7 +148,7 @@ class Trainer:
         # validation (model selection, CMAT's goal/grow/compact decisions) uses a PGD-10 whose
         # steps can cross the ball, like the evaluation's; a certified objective validates with
         # its own certificate (certified accuracy by the objective's bound)
-        bound = getattr(self.objective, "certificate", None)
+        bound = self.objective.certificate
         self.val_attack = CertifiedCheck(cfg.threat.eps, bound) if bound else \
             PGD(eps=cfg.threat.eps, alpha=sound_alpha(cfg.threat.eps, cfg.threat.alpha, 10), steps=10)
         self.global_step = 0
@@ -168,7 +168,7 @@ class Trainer:
     def selection_metric(self) -> str:
         sel = self.cfg.train.select
         if sel == "auto":
-            own = getattr(self.objective, "selection", None)  # certified: the ramp's end, "last"
+            own = self.objective.selection  # certified: the ramp's end, "last"
             return own or ("robust" if self.objective.adversarial else "clean")
         return sel
 
@@ -184,7 +184,7 @@ class Trainer:
         x, y = task.val.tensors()
         clean = predictions(model, x, y, None, device=self.device) == y
         k = min(self.cfg.train.val_attack_samples, len(y))
-        if getattr(self.val_attack, "certifies", False):
+        if self.val_attack.certifies:
             right = clean[:k]  # proven needs correct clean; predictions() left the model in eval mode
             robust = right.clone()
             if right.any():

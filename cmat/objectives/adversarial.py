@@ -13,6 +13,7 @@ from cmat.objectives.base import Objective, register_objective
 @register_objective
 class Standard(Objective):
     name = "standard"
+    supports_ddp = True
     adversarial = False
 
     def loss(self, model, x, y, generator):
@@ -23,6 +24,7 @@ class Standard(Objective):
 @register_objective
 class MadryPGD(Objective):
     name = "pgd"
+    supports_ddp = True
 
     def __init__(self, cfg, threat):
         super().__init__(cfg, threat)
@@ -90,6 +92,7 @@ class Trades(Objective):
 @register_objective
 class FastFGSM(Objective):
     name = "fast"
+    supports_ddp = True
     detects_collapse = True
     passes = 2  # one FGSM step, then the training step
     def __init__(self, cfg, threat):
@@ -113,6 +116,7 @@ class FastFGSM(Objective):
 @register_objective
 class FreeAT(Objective):
     name = "free"
+    supports_ddp = True
 
     def __init__(self, cfg, threat):
         super().__init__(cfg, threat)

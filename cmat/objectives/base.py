@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from typing import Optional
 
 import torch
 from torch import nn
@@ -101,6 +102,10 @@ class Objective(ABC):
     replays = 1
     detects_collapse = False
     passes = 1
+    supports_ddp = False  # the loss is one forward of the model per backward (torchrun can wrap it)
+    certified = False  # trains for certificates (a preset's ``certified:`` block applies)
+    certificate: Optional[str] = None  # the bound behind the validation metric, if any
+    selection: Optional[str] = None  # the model-selection rule it imposes ("last"), if any
 
     def __init__(self, cfg: ObjectiveConfig, threat: ThreatConfig):
         self.cfg = cfg

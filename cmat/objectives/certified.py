@@ -80,6 +80,7 @@ class CertifiedObjective(Objective):
     name = "ibp"
     use_crown = False
     passes = 2  # the natural pass and the interval pass (each forward + backward)
+    certified = True
     selection = "last"  # a ramped schedule ends at its target: earlier epochs are not candidates
 
     def __init__(self, cfg, threat):

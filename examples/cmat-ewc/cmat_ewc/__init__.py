@@ -10,18 +10,19 @@ the objective's loss plus (λ/2)·Σ_t Σ_i F_t,i (θ_i − θ*_t,i)². ``method
 import torch
 import torch.nn.functional as F
 
-from cmat.methods import Method, option
+from cmat.methods import Method, Option
 
 
 class EWC(Method):
     """EWC (Kirkpatrick et al. 2017): a quadratic penalty anchoring weights important to earlier tasks."""
 
     name = "ewc"
+    options = {"ewc_lambda": Option(100.0, "λ, weight of the quadratic anchor", 0.0, 1e9)}
 
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
         self.net = self.new_network(range(len(seq)))
-        self.lam = option(cfg.method_options, "ewc_lambda", 100.0, float, 0.0, 1e9)
+        self.lam = self.opts["ewc_lambda"]
         self.anchors = []  # per finished task: (Fisher, θ*) over the shared parameters
 
     def shared(self):

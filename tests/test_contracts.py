@@ -1,0 +1,78 @@
+"""One contract per kind of plug-in, parametrised over the registries, so a new method or
+objective is checked without a test file of its own: what it declares on its class is what
+the CLI lists, what validation accepts and refuses, and what the engine reads."""
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cmat.catalog import BUILT_IN, check_option_keys
+from cmat.cli import main
+from cmat.config import CERTIFIED_OBJECTIVES
+from cmat.errors import CmatError
+from cmat.methods import Method, Option, read_options
+from cmat.objectives import OBJECTIVES
+from cmat.tasks import tasks_for_config
+from tests.conftest import quick_config
+
+METHOD_NAMES = sorted(BUILT_IN)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_a_method_declares_what_the_engine_reads(name):
+    cls = BUILT_IN[name]
+    assert issubclass(cls, Method) and cls.name == name
+    assert isinstance(cls.masked, bool) and isinstance(cls.supports_ddp, bool)
+    assert all(isinstance(o, Option) and o.help for o in cls.options.values())
+    # every default passes its own check, and the method builds with the defaults
+    assert read_options(cls.options, {}) == {k: o.read(k, o.default) for k, o in cls.options.items()}
+    cfg = quick_config(method=name)
+    cfg.method_options = {}
+    method = cls(cfg, tasks_for_config(cfg), torch.device("cpu"))
+    assert set(method.opts) == set(cls.options)
+
+
+@pytest.mark.parametrize("name,key", [(n, k) for n in METHOD_NAMES for k, o in BUILT_IN[n].options.items()
+                                      if o.kind == "number"])
+def test_every_numeric_option_refuses_values_out_of_its_range_naming_itself(name, key):
+    opt = BUILT_IN[name].options[key]
+    bad = [float("nan"), True, "x"] + ([opt.hi * 2 + 1] if math.isfinite(opt.hi) else []) + \
+        ([opt.lo - 1] if math.isfinite(opt.lo) else []) + ([opt.lo + 0.5] if opt.integer else [])
+    for value in bad:
+        with pytest.raises(CmatError, match=f"method_options.{key} must be"):
+            opt.read(key, value)
+
+
+def test_cmat_methods_lists_every_declared_option_with_its_default():
+    res = CliRunner().invoke(main, ["methods", "--json"])
+    assert res.exit_code == 0, res.output
+    listed = {r["name"]: r for r in json.loads(res.output)}
+    for name in METHOD_NAMES:
+        cls = BUILT_IN[name]
+        assert listed[name]["masked"] == cls.masked and listed[name]["supports_ddp"] == cls.supports_ddp
+        assert {k: v["default"] for k, v in listed[name]["options"].items()} == \
+            {k: o.default for k, o in cls.options.items()}
+    text = CliRunner().invoke(main, ["methods"]).output
+    assert "    prune_levels = 5  (integer [1, 1000])" in text
+
+
+def test_an_option_no_method_declares_is_one_line_and_another_methods_option_is_not():
+    check_option_keys({"tolerance": 0.1, "prune_fraction": 0.5})  # CMAT's and PackNet's: shared presets
+    with pytest.raises(CmatError, match="method_options.tolerence is not an option of any method"):
+        check_option_keys({"tolerence": 0.1})
+    res = CliRunner().invoke(main, ["run", "--tasks", "toy-2task", "--set", "method_options.tolerence=0.1",
+                                    "--estimate-only"])
+    assert res.exit_code != 0 and "tolerence" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_an_objective_declares_its_capabilities(name):
+    cls = OBJECTIVES[name]
+    assert cls.name == name and isinstance(cls.supports_ddp, bool) and isinstance(cls.certified, bool)
+    assert cls.certified == (name in CERTIFIED_OBJECTIVES)
+    cfg = quick_config(objective=name)
+    obj = cls(cfg.objective, cfg.threat)
+    assert (obj.certificate is not None) == cls.certified
+    assert not (cls.supports_ddp and cls.certified)  # a certified loss is two passes per backward
