@@ -30,3 +30,12 @@ def number(where: str, value, lo=-math.inf, hi=math.inf, *, lo_open: bool = Fals
         what = "an integer" if integer else "a number"
         raise CmatError(f"{where} must be {what} in {left}{_bound(lo)}, {_bound(hi)}{right}, got {value!r}")
     return int(value) if integer else float(value)
+
+
+def choice(where: str, value, allowed) -> str:
+    """``value`` if it is one of ``allowed``, else ``where must be a, b or c, got value``."""
+    if value not in allowed:
+        names = list(allowed)
+        listed = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+        raise CmatError(f"{where} must be {listed}, got {value!r}")
+    return value

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from cmat.checks import number
+from cmat.checks import choice, number
 from cmat.errors import CmatError
 from cmat.nn.backbones import ARCHS
 
@@ -300,16 +300,22 @@ def validate(cfg: RunConfig) -> None:
     one-line :class:`CmatError` naming the key and the valid range."""
     number("threat.eps", cfg.threat.eps, 0, 1)
     number("threat.alpha", cfg.threat.alpha, 0, 1, lo_open=True)
-    if cfg.model.arch not in ARCHS:
-        raise CmatError(f"model.arch must be one of {', '.join(sorted(ARCHS))}, got {cfg.model.arch!r}")
+    choice("model.arch", cfg.model.arch, sorted(ARCHS))
     number("model.width", cfg.model.width, 0, 16, lo_open=True)
     mode = bf16_mode(cfg.accel.bf16)
     if mode is None:
         raise CmatError(f"accel.bf16 must be off, on or auto, got {cfg.accel.bf16!r}")
     cfg.accel.bf16 = mode
-    tc = cfg.train
     if cfg.max_tasks is not None:
         number("max_tasks", cfg.max_tasks, 1, COUNT_LIMIT)
+    _validate_train(cfg.train)
+    _validate_objective(cfg.objective, cfg.threat)
+    _validate_eval(cfg.eval)
+    number("seed", cfg.seed, 0, SEED_LIMIT, hi_open=True)
+    number("threads", cfg.threads, 0, 4096)
+
+
+def _validate_train(tc: TrainConfig) -> None:
     number("train.epochs", tc.epochs, 1, COUNT_LIMIT)
     number("train.batch_size", tc.batch_size, 1, COUNT_LIMIT)
     number("train.lr", tc.lr, 0, 100, lo_open=True)
@@ -319,13 +325,12 @@ def validate(cfg: RunConfig) -> None:
     number("train.val_attack_samples", tc.val_attack_samples, 1, COUNT_LIMIT)
     if tc.samples is not None:
         number("train.samples", tc.samples, 1, COUNT_LIMIT)
-    if tc.optimizer not in ("sgd", "adam"):
-        raise CmatError(f"train.optimizer must be sgd or adam, got {tc.optimizer!r}")
-    if tc.schedule not in ("cosine", "step", "constant"):
-        raise CmatError(f"train.schedule must be cosine, step or constant, got {tc.schedule!r}")
-    if tc.select not in ("auto", "robust", "clean", "last"):
-        raise CmatError(f"train.select must be auto, robust, clean or last, got {tc.select!r}")
-    oc = cfg.objective
+    choice("train.optimizer", tc.optimizer, ("sgd", "adam"))
+    choice("train.schedule", tc.schedule, ("cosine", "step", "constant"))
+    choice("train.select", tc.select, ("auto", "robust", "clean", "last"))
+
+
+def _validate_objective(oc: ObjectiveConfig, threat: ThreatConfig) -> None:
     number("objective.steps", oc.steps, 1, 10 ** 4)
     number("objective.trades_beta", oc.trades_beta, 0, 1e4)
     number("objective.free_replays", oc.free_replays, 1, 10 ** 3)
@@ -342,25 +347,25 @@ def validate(cfg: RunConfig) -> None:
     number("objective.beta_end", oc.beta_end, 0, 1)
     number("objective.cert_eps_factor", oc.cert_eps_factor, 0, 10, lo_open=True)
     number("objective.cert_clip", oc.cert_clip, 0, 1e6)
-    if oc.bn not in ("eval", "batch"):
-        raise CmatError(f"objective.bn must be eval or batch, got {oc.bn!r}")
-    reach = oc.steps * cfg.threat.alpha
-    if oc.name in ("pgd", "trades") and reach < cfg.threat.eps * (1 - 1e-9):
-        need = math.ceil(cfg.threat.eps / cfg.threat.alpha - 1e-9)
+    choice("objective.bn", oc.bn, ("eval", "batch"))
+    reach = oc.steps * threat.alpha
+    if oc.name in ("pgd", "trades") and reach < threat.eps * (1 - 1e-9):
+        need = math.ceil(threat.eps / threat.alpha - 1e-9)
         raise CmatError(f"the training attack cannot reach the ε-ball's boundary: objective.steps × threat.alpha = "
-                        f"{oc.steps} × {cfg.threat.alpha:.4g} = {reach:.4g} < threat.eps = {cfg.threat.eps:.4g}; "
-                        f"set objective.steps ≥ {need} or threat.alpha ≥ {cfg.threat.eps / oc.steps:.4g}")
-    if cfg.eval.samples is not None:
-        number("eval.samples", cfg.eval.samples, 1, COUNT_LIMIT)
-    number("eval.batch_size", cfg.eval.batch_size, 1, COUNT_LIMIT)
-    if not cfg.eval.attacks or not all(isinstance(a, str) for a in cfg.eval.attacks):
-        raise CmatError(f"eval.attacks must be a non-empty list of attack names, got {cfg.eval.attacks!r}")
-    for name, value in cfg.eval.alphas.items():
+                        f"{oc.steps} × {threat.alpha:.4g} = {reach:.4g} < threat.eps = {threat.eps:.4g}; "
+                        f"set objective.steps ≥ {need} or threat.alpha ≥ {threat.eps / oc.steps:.4g}")
+
+
+def _validate_eval(ec: EvalConfig) -> None:
+    if ec.samples is not None:
+        number("eval.samples", ec.samples, 1, COUNT_LIMIT)
+    number("eval.batch_size", ec.batch_size, 1, COUNT_LIMIT)
+    if not ec.attacks or not all(isinstance(a, str) for a in ec.attacks):
+        raise CmatError(f"eval.attacks must be a non-empty list of attack names, got {ec.attacks!r}")
+    for name, value in ec.alphas.items():
         if not re.fullmatch(r"pgd\d+(-cw)?", str(name)):
             raise CmatError(f"eval.alphas: {name!r} is not a PGD attack name (e.g. pgd10, pgd40-cw)")
         number(f"eval.alphas.{name}", value, 0, lo_open=True)
-    number("seed", cfg.seed, 0, SEED_LIMIT, hi_open=True)
-    number("threads", cfg.threads, 0, 4096)
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -260,6 +260,12 @@ def run_transfer(source_dir, source_task: int, target_tasks: str, target_task: i
         logger.close()
     report = {"source": str(source_dir), "source_task": source_task, "target": cfg.tasks, "target_task": target_task,
               "threat": {"eps": cfg.threat.eps, "alpha": cfg.threat.alpha}, "rows": rows}
+    return _write_report(report, out)
+
+
+def _write_report(report: dict, out: Path) -> dict:
+    """transfer.json, .csv, .md and the plot; the report with its ``markdown``."""
+    rows = report["rows"]
     atomic_write_text(out / "transfer.json", json.dumps(report, indent=1))
     keys = list(rows[0])
     atomic_write_text(out / "transfer.csv", ",".join(keys) + "\n" +

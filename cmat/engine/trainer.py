@@ -8,6 +8,7 @@ import math
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -126,6 +127,21 @@ def select_epoch(history: list, metric: str, floor: float) -> tuple:
     return best(classify or every), best(every)
 
 
+@dataclass
+class Phase:
+    """What one :meth:`Trainer.fit` phase steps with: the (possibly DDP-wrapped) model, its
+    optimiser and schedule, the method's extra optimisers, loss and gradient hooks, the bar."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: object
+    extras: tuple
+    loss_fn: Callable
+    after_backward: Optional[Callable]
+    after_step: Optional[Callable]
+    bar: object
+
+
 class Trainer:
     """Trains one task's classifier under the run's objective, with validation model selection.
 
@@ -201,77 +217,92 @@ class Trainer:
             epochs: Optional[int] = None, lr: Optional[float] = None, param_groups=None,
             after_backward: Optional[Callable] = None, after_step: Optional[Callable] = None,
             extra_optimizers=(), loss_fn: Optional[Callable] = None, tag: str = "train", warm: bool = False) -> dict:
-        tc = self.cfg.train
-        obj = self.objective
+        """Train ``params`` of ``model`` on task t for one phase (``tag``), validating after every
+        epoch and keeping the selected epoch's ``snapshot`` state; ``{"best_epoch", "history"}``."""
+        tc, obj = self.cfg.train, self.objective
         epochs = max(1, (epochs or tc.epochs) // obj.replays)
         groups = param_groups or [{"params": [p for p in params if p.requires_grad]}]
         opt = make_optimizer(groups, tc, lr or tc.lr)
         iters = epochs * math.ceil(len(task.train) / tc.batch_size) * obj.replays
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.schedule, iters))
         obj.total_iters = iters  # schedules over the phase (certified objectives' ramp)
         obj.reset(warm=warm)  # warm: continuing this task's trained model (the objective's schedules)
         accel.prepare_model(self.cfg.accel, model)
-        train_model = self.dist.wrap(model, self.device) if self.dist is not None else model
-        metric = self.selection_metric()
-        floor = chance_floor(task.val.labels)  # at or below: no better than a constant predictor
+        phase = Phase(model=self.dist.wrap(model, self.device) if self.dist is not None else model, opt=opt,
+                      sched=torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.schedule, iters)),
+                      extras=tuple(extra_optimizers), loss_fn=loss_fn or obj.loss, after_backward=after_backward,
+                      after_step=after_step,
+                      bar=tqdm(total=iters, desc=f"{self.task_label(t)} {tag}", leave=False,
+                               disable=not self.progress, unit="it"))
+        metric, floor = self.selection_metric(), chance_floor(task.val.labels)  # floor: a constant predictor's
         best_state, best_epoch, history = None, -1, []
-        bar = tqdm(total=iters, desc=f"{self.task_label(t)} {tag}", leave=False, disable=not self.progress, unit="it")
         for epoch in range(epochs):
             model.train()
-            gen = generator(self.cfg.seed, tag, t, epoch)
-            attack_gen = gen if self.dist is None else self.dist.attack_generator(self.cfg.seed, tag, t, epoch)
-            tot_loss, tot_correct, tot_n = 0.0, 0, 0
-            epoch_start, epoch_cpu = time.perf_counter(), time.process_time()
-            for x, y in batches(task.train, tc.batch_size, gen, self.device):
-                scale, n_global = 1.0, len(y)
-                if self.dist is not None:  # every rank draws the global batch, trains on its shard
-                    x, y, scale = self.dist.shard(x, y)
-                x = accel.prepare_batch(self.cfg.accel, x)
-                for _ in range(obj.replays):
-                    with accel.autocast(self.cfg.accel, self.device, enabled=self.bf16):
-                        loss, logits = (loss_fn or obj.loss)(train_model, x, y, attack_gen)
-                    opt.zero_grad(set_to_none=True)
-                    for extra in extra_optimizers:
-                        extra.zero_grad(set_to_none=True)
-                    (loss * scale if scale != 1.0 else loss).backward()
-                    if after_backward is not None:  # the method's gradient rules first (HAT's
-                        after_backward()            # blocking, owned weight decay), then the
-                    obj.after_backward()            # objective's (certified training's clipping)
-                    optimizer_step(opt)
-                    for extra in extra_optimizers:
-                        optimizer_step(extra)
-                    if after_step is not None:
-                        after_step()
-                    sched.step()
-                    bar.update(1)
-                    self.global_step += 1
-                    self.steps += 1
-                    self.grad_evals += obj.passes * n_global
-                tot_loss += float(loss.detach()) * len(y)
-                tot_correct += int((logits.detach().argmax(1) == y).sum())
-                tot_n += len(y)
-            self.step_seconds += time.perf_counter() - epoch_start
-            self.step_cpu_seconds += time.process_time() - epoch_cpu
+            row = self._train_epoch(phase, task, t, tag, epoch)
             val = self.validate(model, task, t)
-            row = {"epoch": epoch, "loss": tot_loss / max(tot_n, 1), "acc": tot_correct / max(tot_n, 1),
-                   "val_clean": val["clean"], "val_robust": val["robust"]}
+            row.update(val_clean=val["clean"], val_robust=val["robust"])
             history.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{val['clean']:.3f}", rob=f"{val['robust']:.3f}")
-            for k in ("loss", "acc", "val_clean", "val_robust"):
-                self.logger.scalar(f"task_{t + 1}/{tag}_{k}", row[k], self.global_step)
-            self.logger.event(kind="epoch", task=t, tag=tag, **row)
-            kept = select_epoch(history, metric, floor)[0]  # the choice so far: stays, or is this epoch
-            if kept == epoch:
+            self._log_epoch(phase.bar, t, tag, row)
+            if select_epoch(history, metric, floor)[0] == epoch:  # the choice so far: stays, or is this epoch
                 best_epoch = epoch
                 best_state = copy.deepcopy(snapshot.state_dict()) if metric != "last" else None
             if obj.detects_collapse and best_epoch < epoch and val["robust"] < history[best_epoch]["val_robust"] - 0.2:
                 self.logger.event(kind="collapse", task=t, epoch=epoch)
                 break
-        bar.close()
+        phase.bar.close()
         if best_state is not None:
             snapshot.load_state_dict(best_state)
         self._record_selection(t, tag, history, metric, floor, best_epoch)
         return {"best_epoch": best_epoch, "history": history}
+
+    def _train_epoch(self, phase: "Phase", task, t: int, tag: str, epoch: int) -> dict:
+        """One pass over the task's training images; the epoch's ``loss`` and training ``acc``."""
+        gen = generator(self.cfg.seed, tag, t, epoch)
+        attack_gen = gen if self.dist is None else self.dist.attack_generator(self.cfg.seed, tag, t, epoch)
+        tot_loss, tot_correct, tot_n = 0.0, 0, 0
+        epoch_start, epoch_cpu = time.perf_counter(), time.process_time()
+        for x, y in batches(task.train, self.cfg.train.batch_size, gen, self.device):
+            scale, n_global = 1.0, len(y)
+            if self.dist is not None:  # every rank draws the global batch, trains on its shard
+                x, y, scale = self.dist.shard(x, y)
+            x = accel.prepare_batch(self.cfg.accel, x)
+            for _ in range(self.objective.replays):
+                loss, logits = self._step(phase, x, y, attack_gen, scale, n_global)
+            tot_loss += float(loss.detach()) * len(y)
+            tot_correct += int((logits.detach().argmax(1) == y).sum())
+            tot_n += len(y)
+        self.step_seconds += time.perf_counter() - epoch_start
+        self.step_cpu_seconds += time.process_time() - epoch_cpu
+        return {"epoch": epoch, "loss": tot_loss / max(tot_n, 1), "acc": tot_correct / max(tot_n, 1)}
+
+    def _step(self, phase: "Phase", x, y, attack_gen, scale: float, n_global: int):
+        """One optimiser step on a minibatch: the loss, the method's then the objective's gradient
+        rules (HAT's blocking, owned weight decay; certified training's clipping), the steps."""
+        with accel.autocast(self.cfg.accel, self.device, enabled=self.bf16):
+            loss, logits = phase.loss_fn(phase.model, x, y, attack_gen)
+        phase.opt.zero_grad(set_to_none=True)
+        for extra in phase.extras:
+            extra.zero_grad(set_to_none=True)
+        (loss * scale if scale != 1.0 else loss).backward()
+        if phase.after_backward is not None:
+            phase.after_backward()
+        self.objective.after_backward()
+        optimizer_step(phase.opt)
+        for extra in phase.extras:
+            optimizer_step(extra)
+        if phase.after_step is not None:
+            phase.after_step()
+        phase.sched.step()
+        phase.bar.update(1)
+        self.global_step += 1
+        self.steps += 1
+        self.grad_evals += self.objective.passes * n_global
+        return loss, logits
+
+    def _log_epoch(self, bar, t: int, tag: str, row: dict) -> None:
+        bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row['val_clean']:.3f}", rob=f"{row['val_robust']:.3f}")
+        for k in ("loss", "acc", "val_clean", "val_robust"):
+            self.logger.scalar(f"task_{t + 1}/{tag}_{k}", row[k], self.global_step)
+        self.logger.event(kind="epoch", task=t, tag=tag, **row)
 
     def _record_selection(self, t: int, tag: str, history: list, metric: str, floor: float, kept: int) -> None:
         """Log (and keep for the task's ``cost`` record) a choice the degenerate-epoch rule changed."""

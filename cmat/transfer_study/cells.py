@@ -58,9 +58,33 @@ def run_cell(cell: Cell, cfg_yaml: str, source_dir: Optional[str], out_dir: str,
                         cfg.eval.batch_size, device)
     eval_seconds = time.time() - t0
     idx = torch.as_tensor(res["clean"]["indices"])
-    x, y = task.test.tensors(idx)
-    model_cpu = model.cpu()
     t0 = time.time()
+    cert, correct_ids, crit, y = _verify_cell(model.cpu(), task, idx, res, cfg, settings, t_idx)
+    verify_seconds = time.time() - t0
+    per_sample = verify_seconds / max(len(correct_ids), 1)
+    columns = {name: res[name] for name in res if name in attacks or name == "worst"}
+    columns["certified"] = {"acc": float(cert.mean()) if len(cert) else 0.0, "n": int(len(cert)), "correct": cert}
+    row = {"source_objective": cell.source, "strategy": cell.strategy, "target_objective": cell.target,
+           **{name: float(c["acc"]) for name, c in columns.items()},
+           "train_seconds": seconds, "grad_evals": int(grad_evals)}
+    verona = [[cell.name, int(idx[i]), int(y[i]), f"{c:.6g}", f"{a:.6g}", f"{per_sample:.4f}", settings["bound"]]
+              for i, c, a in zip(correct_ids.tolist(), crit["certified"], crit["attack"])]
+    _write_verona(out / "critical_eps.csv", verona)
+    record = {"format": FORMAT, "key": key, "cell": cell.name, "row": row,
+              "n": int(len(idx)), "indices": idx.tolist(),
+              "outcomes": {name: np.asarray(c["correct"], dtype=np.uint8).tolist() for name, c in columns.items()},
+              "critical_eps": crit, "verona": verona,
+              "eval_seconds": eval_seconds, "verify_seconds": verify_seconds,
+              "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    atomic_write_text(out / "cell.json", json.dumps(record))
+    return record
+
+
+def _verify_cell(model_cpu, task, idx, res: dict, cfg, settings: dict, t_idx: int):
+    """``(certified mask, ids of correct images verified, critical ε brackets, labels)`` of the
+    evaluated images ``idx``: certified by the harness's proof where it ran, else by the
+    study's bound (checked against every attack); critical ε for the first ``verify_samples``."""
+    x, y = task.test.tensors(idx)
     if "certified" in res:  # the harness proved it (same bound) and checked it against every attack
         cert = np.asarray(res["certified"]["correct"], dtype=bool)
     else:
@@ -73,28 +97,15 @@ def run_cell(cell: Cell, cfg_yaml: str, source_dir: Optional[str], out_dir: str,
         ce = critical_eps(model_cpu, x[correct_ids], y[correct_ids], settings["eps_max_factor"] * cfg.threat.eps,
                           settings["bound"], settings["verify_iters"], seed=cfg.seed, max_neurons=HARNESS_NEURONS)
         crit = {"certified": ce["certified"].tolist(), "attack": ce["attack"].tolist()}
-    verify_seconds = time.time() - t0
-    per_sample = verify_seconds / max(len(correct_ids), 1)
-    columns = {name: res[name] for name in res if name in attacks or name == "worst"}
-    columns["certified"] = {"acc": float(cert.mean()) if len(cert) else 0.0, "n": int(len(cert)), "correct": cert}
-    row = {"source_objective": cell.source, "strategy": cell.strategy, "target_objective": cell.target,
-           **{name: float(c["acc"]) for name, c in columns.items()},
-           "train_seconds": seconds, "grad_evals": int(grad_evals)}
-    verona = [[cell.name, int(idx[i]), int(y[i]), f"{c:.6g}", f"{a:.6g}", f"{per_sample:.4f}", settings["bound"]]
-              for i, c, a in zip(correct_ids.tolist(), crit["certified"], crit["attack"])]
+    return cert, correct_ids, crit, y
+
+
+def _write_verona(path: Path, rows: list) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(COLUMNS)
-    w.writerows(verona)
-    atomic_write_text(out / "critical_eps.csv", buf.getvalue())
-    record = {"format": FORMAT, "key": key, "cell": cell.name, "row": row,
-              "n": int(len(idx)), "indices": idx.tolist(),
-              "outcomes": {name: np.asarray(c["correct"], dtype=np.uint8).tolist() for name, c in columns.items()},
-              "critical_eps": crit, "verona": verona,
-              "eval_seconds": eval_seconds, "verify_seconds": verify_seconds,
-              "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    atomic_write_text(out / "cell.json", json.dumps(record))
-    return record
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def run_source(cfg_yaml: str, run_dir: str, progress: bool, verbose: bool, threads: int) -> dict:

@@ -80,102 +80,112 @@ def _study_locally(cfg, seq, out, cfg_yaml, source_task, target_task, strategies
                    device, progress, say) -> dict:
     """Both sources and every cell in this process (``jobs`` 1) or in ``jobs`` worker processes."""
     robust = objectives[1]
-    inline = jobs == 1
-    threads = cfg.threads if inline else max(1, (os.cpu_count() or 1) // jobs)
     say(f"transfer study on {cfg.tasks}: source task {source_task + 1} ({seq[source_task].name}) → target task "
         f"{target_task + 1} ({seq[target_task].name}); 2 sources + {len(cells)} cells "
         f"({', '.join(strategies)} × {{standard, {robust}}} per source, scratch); "
         f"{jobs} worker{'s' if jobs > 1 else ''} on {device.type}")
-    records: dict = {}
-    sources: dict = {}
-    started = time.time()
-    pool = None if inline else ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                   initializer=die_with_parent)  # none outlives a kill -9
-    bar = tqdm(total=len(cells) + 2, desc="transfer study", unit="piece", disable=not progress or inline)
-    try:
-        pending: dict = {}
-
-        def submit(fn, *args, tag):
-            if inline:
-                return tag, fn(*args)
-            pending[pool.submit(fn, *args)] = tag
-            return None
-
-        def finished(tag, result):
-            bar.update(1)
-            elapsed = time.time() - started
-            if tag[0] == "source":
-                obj = tag[1]
-                sources[obj] = result
-                s = result["summary"]
-                cert = f"  certified {s['certified']['acc']:.3f}" if "certified" in s else ""
-                say(f"[source {obj}] clean {s['clean']['acc']:.3f}  "
-                    f"worst {s.get('worst', s['clean'])['acc']:.3f}{cert}  "
-                    f"({result['cost']['train_seconds']:.0f}s training; {elapsed / 60:.1f} min so far)")
-                for c in cells:
-                    if c.source == obj:
-                        start_cell(c)
-            else:
-                cell = tag[1]
-                records[cell.name] = result
-                r = result["row"]
-                say(f"[{cell.name}] clean {r['clean']:.3f}  pgd10 {r.get('pgd10', float('nan')):.3f}  "
-                    f"worst {r.get('worst', float('nan')):.3f}  certified {r['certified']:.3f}  "
-                    f"{r['train_seconds']:.0f}s, {r['grad_evals']:,} passes  "
-                    f"({len(records)}/{len(cells)} cells, {elapsed / 60:.1f} min so far)")
-
-        def start_cell(cell):
-            src_dir = None if cell.source == "none" else out / "sources" / cell.source
-            store = None if src_dir is None else src_dir / "store.h5"
-            key = cell_key(cfg_yaml, cell, store, settings)
-            cell_dir = out / "cells" / cell.name
-            old = reusable_cell(cell_dir, key, say)
-            if old is not None:
-                say(f"[{cell.name}] reusing the finished cell in {cell_dir}")
-                finished(("cell", cell), old)
-                return
-            done = submit(run_cell, cell, cfg_yaml, None if src_dir is None else str(src_dir), str(cell_dir),
-                          settings, key, progress and inline, threads if not inline else 0, tag=("cell", cell))
-            if done is not None:
-                finished(*done)
-
-        def start_source(obj):
-            scfg = source_config(cfg, obj, source_task)
-            run_dir = out / "sources" / obj
-            if reusable_run(run_dir, scfg, say):
-                say(f"[source {obj}] reusing the finished run in {run_dir}")
-                finished(("source", obj), read_results(run_dir))
-                return
-            done = submit(run_source, config_mod.to_yaml(scfg), str(run_dir), progress and inline, inline,
-                          threads if not inline else 0, tag=("source", obj))
-            if done is not None:
-                finished(*done)
-
-        for obj in objectives:
-            start_source(obj)
-        for c in cells:
-            if c.source == "none":
-                start_cell(c)
-        while pending:
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for fut in done:
-                tag = pending.pop(fut)
-                finished(tag, fut.result())
-    except BaseException:
-        if pool is not None:  # stop the cells still training: exiting would wait for them
-            pool.shutdown(wait=False, cancel_futures=True)
-            for child in multiprocessing.active_children():
-                child.kill()
-        raise
-    finally:
-        bar.close()
-    if pool is not None:
-        pool.shutdown()
-    study = summarize_study(cfg, seq, source_task, target_task, strategies, cells, records, sources, settings,
-                            robust)
+    local = LocalStudy(cfg, out, cfg_yaml, source_task, cells, settings, jobs, progress, say)
+    local.run(objectives)
+    study = summarize_study(cfg, seq, source_task, target_task, strategies, cells, local.records, local.sources,
+                            settings, robust)
     write_study(out, study)
-    say(f"transfer study finished in {(time.time() - started) / 60:.1f} min")
+    say(f"transfer study finished in {(time.time() - local.started) / 60:.1f} min")
     return study
+
+
+class LocalStudy:
+    """Runs (or reuses) the sources, then each cell once its source has finished: inline
+    (``jobs`` 1) or in a pool of ``jobs`` spawned worker processes (none outlives a kill -9)."""
+
+    def __init__(self, cfg, out, cfg_yaml, source_task, cells, settings, jobs, progress, say):
+        self.cfg, self.out, self.cfg_yaml, self.source_task = cfg, out, cfg_yaml, source_task
+        self.cells, self.settings, self.progress, self.say = cells, settings, progress, say
+        self.inline = jobs == 1
+        self.threads = 0 if self.inline else max(1, (os.cpu_count() or 1) // jobs)
+        self.jobs = jobs
+        self.records: dict = {}
+        self.sources: dict = {}
+        self.pending: dict = {}  # future -> tag
+        self.pool = None
+        self.started = time.time()
+        self.bar = None
+
+    def run(self, objectives) -> None:
+        if not self.inline:
+            self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=die_with_parent)
+        self.bar = tqdm(total=len(self.cells) + 2, desc="transfer study", unit="piece",
+                        disable=not self.progress or self.inline)
+        try:
+            for obj in objectives:
+                self.start_source(obj)
+            for c in self.cells:
+                if c.source == "none":
+                    self.start_cell(c)
+            while self.pending:
+                done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    self.finished(self.pending.pop(fut), fut.result())
+        except BaseException:
+            if self.pool is not None:  # stop the cells still training: exiting would wait for them
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                for child in multiprocessing.active_children():
+                    child.kill()
+            raise
+        finally:
+            self.bar.close()
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def submit(self, fn, *args, tag) -> None:
+        if self.inline:
+            self.finished(tag, fn(*args))
+        else:
+            self.pending[self.pool.submit(fn, *args)] = tag
+
+    def finished(self, tag, result) -> None:
+        self.bar.update(1)
+        elapsed = time.time() - self.started
+        if tag[0] == "source":
+            obj = tag[1]
+            self.sources[obj] = result
+            s = result["summary"]
+            cert = f"  certified {s['certified']['acc']:.3f}" if "certified" in s else ""
+            self.say(f"[source {obj}] clean {s['clean']['acc']:.3f}  worst {s.get('worst', s['clean'])['acc']:.3f}"
+                     f"{cert}  ({result['cost']['train_seconds']:.0f}s training; {elapsed / 60:.1f} min so far)")
+            for c in self.cells:
+                if c.source == obj:
+                    self.start_cell(c)
+            return
+        cell = tag[1]
+        self.records[cell.name] = result
+        r = result["row"]
+        self.say(f"[{cell.name}] clean {r['clean']:.3f}  pgd10 {r.get('pgd10', float('nan')):.3f}  "
+                 f"worst {r.get('worst', float('nan')):.3f}  certified {r['certified']:.3f}  "
+                 f"{r['train_seconds']:.0f}s, {r['grad_evals']:,} passes  "
+                 f"({len(self.records)}/{len(self.cells)} cells, {elapsed / 60:.1f} min so far)")
+
+    def start_cell(self, cell) -> None:
+        src_dir = None if cell.source == "none" else self.out / "sources" / cell.source
+        key = cell_key(self.cfg_yaml, cell, None if src_dir is None else src_dir / "store.h5", self.settings)
+        cell_dir = self.out / "cells" / cell.name
+        old = reusable_cell(cell_dir, key, self.say)
+        if old is not None:
+            self.say(f"[{cell.name}] reusing the finished cell in {cell_dir}")
+            self.finished(("cell", cell), old)
+            return
+        self.submit(run_cell, cell, self.cfg_yaml, None if src_dir is None else str(src_dir), str(cell_dir),
+                    self.settings, key, self.progress and self.inline, self.threads, tag=("cell", cell))
+
+    def start_source(self, obj) -> None:
+        scfg = source_config(self.cfg, obj, self.source_task)
+        run_dir = self.out / "sources" / obj
+        if reusable_run(run_dir, scfg, self.say):
+            self.say(f"[source {obj}] reusing the finished run in {run_dir}")
+            self.finished(("source", obj), read_results(run_dir))
+            return
+        self.submit(run_source, config_mod.to_yaml(scfg), str(run_dir), self.progress and self.inline, self.inline,
+                    self.threads, tag=("source", obj))
 
 
 def _study_on_slurm(cfg, seq, out, cfg_yaml, source_task, target_task, strategies, objectives, cells, settings,
