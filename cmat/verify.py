@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from cmat.attacks import eval_mode
+from cmat.attacks import ascend, eval_mode
+
 from cmat.bounds import BOUNDS, network_ops, proven
 from cmat.errors import CmatError
 from cmat.plots import ecdf_figure, plt
@@ -33,11 +33,7 @@ def pgd_per_sample(model, x, y, eps: torch.Tensor, steps: int = 20, restarts: in
     with eval_mode(model), torch.enable_grad():
         for _ in range(restarts):
             noise = torch.rand(x.shape, generator=generator) * 2 - 1
-            xa = (x + noise * e).clamp(0, 1)
-            for _ in range(steps):
-                xa.requires_grad_(True)
-                (g,) = torch.autograd.grad(F.cross_entropy(model(xa), y), xa)
-                xa = torch.min(torch.max(xa.detach() + e / 4 * g.sign(), x - e), x + e).clamp(0, 1)
+            xa = ascend(model, x, y, (x + noise * e).clamp(0, 1), e, e / 4, steps, "ce")
             with torch.no_grad():
                 fooled |= model(xa).argmax(1) != y
     return fooled

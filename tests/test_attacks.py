@@ -409,3 +409,31 @@ def test_broadcast_input_gradient():
     for atk in (PGD(EPS, ALPHA, 2), FGSM(EPS)):
         x_adv = atk(ColourSums(), x, y, generator=gen())
         assert (x_adv - x).abs().max() <= EPS + 1e-7 and not torch.equal(x_adv, x)
+
+
+def test_the_one_pgd_kernel_keeps_each_sample_in_its_own_ball():
+    """``ascend`` with a per-sample ε (verify's bisection) moves every image by at most its own ε
+    (0 → not at all) and stays in [0, 1]; with a callable loss (TRADES' KL) it ascends that loss."""
+    from cmat.attacks import ascend
+    from cmat.objectives import make_objective
+    from cmat.config import resolve
+
+    net = tiny_net().task_view(0).eval()
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 3, 8, 8, generator=gen), torch.arange(6) % 4
+    eps = torch.tensor([0.0, 0.01, 0.03, 0.1, 0.3, 1.0]).view(-1, 1, 1, 1)
+    x_adv = ascend(net, x, y, x.clone(), eps, eps / 4, 10, "ce")
+    moved = (x_adv - x).abs().flatten(1).amax(1)
+    assert moved[0] == 0 and bool((moved <= eps.flatten() + 1e-7).all()) and moved[3:].min() > 0
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    cfg = resolve("toy-2task", overrides={"objective": {"name": "trades"}})
+    trades = make_objective(cfg.objective, cfg.threat)
+    xt = trades._adversary(net, x, torch.Generator().manual_seed(1))
+    assert (xt - x).abs().max() <= cfg.threat.eps + 1e-7
+    p_clean = F.softmax(net(x), 1)
+
+    def kl(z):
+        return F.kl_div(F.log_softmax(z, 1), p_clean, reduction="sum")
+
+    assert kl(net(xt)) > kl(net((x + 0.001 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1)))
+                                .clamp(0, 1)))

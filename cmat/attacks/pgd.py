@@ -10,20 +10,33 @@ from cmat.attacks.base import LOSSES, Attack, batch_loss, per_example_loss, unif
 from cmat.errors import CmatError
 
 
-def ascend(model, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, eps: float, alpha: float,
-           steps: int, loss: str, project: bool = True) -> torch.Tensor:
+def ascend(model, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, eps, alpha, steps: int, loss,
+           project: bool = True) -> torch.Tensor:
     """``steps`` signed-gradient steps from ``x_adv`` (updated in place and returned):
-    x_adv ← clip_[0,1](x + clamp(x_adv + α·sign ∇L − x, −ε, ε)); ``project=False`` skips the
-    clamp to the ε-ball (a no-op in exact arithmetic when one step of α ≤ ε starts at x).
-    The operation order matches torchattacks' PGD: through the same model the results are
-    bit-identical to it."""
-    sign, delta = torch.empty_like(x), (torch.empty_like(x) if project else None)
+    x_adv ← clip_[0,1](Π_ε(x_adv + α·sign ∇L)) — the one PGD kernel of cmat (evaluation attacks,
+    training attacks, TRADES' adversary, verify's per-sample bisection).
+
+    ``loss``: ``"ce"`` / ``"cw"`` (mean over the batch, :func:`batch_loss`) or a callable
+    ``logits ↦ scalar`` (TRADES' KL to the clean prediction). ``eps`` and ``alpha``: floats, or
+    per-sample tensors broadcastable to ``x`` (shape (N, 1, 1, 1)). With a float ε the projection
+    is Π(z) = x + clamp(z − x, −ε, ε), the operation order of torchattacks' PGD (through the same
+    model the results are bit-identical to it); with a per-sample ε it is min(max(z, x − ε), x + ε).
+    ``project=False`` skips the projection (a no-op in exact arithmetic when one step of α ≤ ε
+    starts at x)."""
+    objective = (lambda logits: batch_loss(logits, y, loss)) if isinstance(loss, str) else loss
+    per_sample = torch.is_tensor(eps)
+    lo, hi = (x - eps, x + eps) if per_sample and project else (None, None)
+    sign, delta = torch.empty_like(x), (torch.empty_like(x) if project and not per_sample else None)
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        grad, = torch.autograd.grad(batch_loss(model(x_adv), y, loss), x_adv)
+        grad, = torch.autograd.grad(objective(model(x_adv)), x_adv)
         x_adv.requires_grad_(False)
-        x_adv.add_(torch.sign(grad, out=sign), alpha=alpha)  # grad may be a broadcast view: no sign_
-        if project:
+        torch.sign(grad, out=sign)  # grad may be a broadcast view: no sign_
+        x_adv.add_(sign * alpha) if torch.is_tensor(alpha) else x_adv.add_(sign, alpha=alpha)
+        if project and per_sample:
+            torch.max(x_adv, lo, out=x_adv)
+            torch.min(x_adv, hi, out=x_adv)
+        elif project:
             torch.sub(x_adv, x, out=delta).clamp_(-eps, eps)
             torch.add(x, delta, out=x_adv)
         x_adv.clamp_(0, 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cmat.attacks import FGSM, PGD
+from cmat.attacks import FGSM, PGD, ascend, eval_mode
 from cmat.errors import CmatError
 from cmat.objectives.base import Objective, register_objective
 
@@ -60,22 +60,16 @@ class Trades(Objective):
             return x
         eps, alpha = r * self.eps, r * self.alpha
         view = self.attack_view(model)
-        was_training = [m.training for m in model.modules()]
-        model.eval()
-        try:
+        with eval_mode(model):
             with torch.no_grad():
                 p_clean = F.softmax(view(x), dim=1)
             noise = torch.randn(x.shape, generator=generator).to(x.device)
-            x_adv = (x + 0.001 * noise).clamp(0, 1)
-            for _ in range(self.cfg.steps):
-                x_adv.requires_grad_(True)
-                kl = F.kl_div(F.log_softmax(view(x_adv), dim=1), p_clean, reduction="sum")
-                (grad,) = torch.autograd.grad(kl, x_adv)
-                x_adv = x_adv.detach() + alpha * grad.sign()
-                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
-        finally:
-            for m, mode in zip(model.modules(), was_training):
-                m.training = mode
+            start = (x + 0.001 * noise).clamp(0, 1)
+
+            def kl(logits):  # summed KL(p_clean ‖ p_adv): TRADES' inner maximisation
+                return F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="sum")
+
+            x_adv = ascend(view, x, None, start, eps, alpha, self.cfg.steps, kl)
         return x_adv.detach()
 
     def loss(self, model, x, y, generator):
