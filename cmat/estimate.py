@@ -18,41 +18,20 @@ image and step, attack steps included; ``cost.grad_evals`` counts the same unit)
 from __future__ import annotations
 
 import copy
-import re
 import statistics
 import time
 
 import torch
 
 from cmat.accel import autocast
+from cmat.attacks.factory import VAL_CLEAN_PASS, attack_passes
 from cmat.config import bf16_mode
 from cmat.nn.masked import MaskedMultiHeadNet
 from cmat.nn.multihead import MultiHeadNet
 from cmat.objectives import make_objective
 
-VAL_CLEAN_PASS = 1 / 3  # a forward pass without backward, in passes
 AUTO_MIN_SPEEDUP = 1.1  # bf16 must be this much faster per training step for ``bf16: auto`` to pick it
 REPEATS = 3  # interleaved fp32/bf16 measurements (each the fastest of 3 steps); medians compared
-
-
-def attack_passes(name: str, n_classes: int) -> float:
-    """Passes per attacked image of an evaluation entry (upper bound for AutoAttack)."""
-    if name == "fgsm":
-        return 2.0
-    m = re.fullmatch(r"pgd(\d+)(-cw)?", name)
-    if m:
-        return int(m[1]) + 1.0
-    if name in ("apgd-ce", "apgd-t"):
-        return 101.0 * (min(9, n_classes - 1) if name == "apgd-t" else 1)
-    m = re.fullmatch(r"apgd-ce-r(\d+)", name)
-    if m:
-        return 101.0 * int(m[1])
-    if name == "aa":
-        targets = min(9, n_classes - 1)
-        return 101.0 + (101.0 * targets if n_classes >= 4 else 0) + 101.0 * targets + 5000 * VAL_CLEAN_PASS
-    if name == "certified":
-        return 0.0  # bound propagation, not counted in passes
-    return 1.0
 
 
 def measure_pass_seconds(cfg, task, device, masked: bool = False, steps: int = 3, bf16: bool = False) -> float:
@@ -139,7 +118,7 @@ def estimate(cfg, seq, method, device, pass_seconds: float) -> dict:
             totals["val_passes"] += per_epoch_val * (epochs + ph.get("extra_validations", 0)) * expected
         n_test = len(task.test) if cfg.eval.samples is None else min(cfg.eval.samples, len(task.test))
         eval_passes = n_test * (VAL_CLEAN_PASS + sum(attack_passes(a, task.num_classes) for a in cfg.eval.attacks
-                                                    if a not in ("clean", "worst")))
+                                                    if a != "worst"))
         totals["eval_passes"] += eval_passes * method.evaluations_of(t, len(seq))
         tasks.append({"task": t, "name": task.name, "phases": phases,
                       "seconds": sum(p["seconds"] for p in phases)})

@@ -15,10 +15,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cmat.attacks.factory import form_colour  # noqa: E402
+
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442", "#000000")
-ATTACK_COLOURS = {"clean": "#0072B2", "fgsm": "#56B4E9", "pgd10": "#E69F00", "pgd40": "#D55E00",
-                  "aa": "#CC79A7", "worst": "#000000", "certified": "#009E73"}
+WORST_COLOUR = "#000000"  # the per-image worst case; each attack form declares its own (cmat.attacks.factory)
 BAR_ATTACKS = ("clean", "fgsm", "pgd10", "pgd40", "aa", "worst", "certified")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 MATRIX_CMAP = "viridis"
@@ -105,7 +106,8 @@ def accuracy_title(attack: str) -> str:
 # ----------------------------------------------------------------------------- bars and curves
 
 def attack_colour(name: str, k: int = 0) -> str:
-    return ATTACK_COLOURS.get(name, OKABE_ITO[k % len(OKABE_ITO)])
+    own = WORST_COLOUR if name == "worst" else form_colour(name)
+    return own or OKABE_ITO[k % len(OKABE_ITO)]
 
 
 def task_bars_figure(results_by_method: dict, attacks=BAR_ATTACKS):

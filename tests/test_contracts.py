@@ -8,6 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from cmat.attacks.factory import FORMS
 from cmat.catalog import BUILT_IN, check_option_keys
 from cmat.cli import main
 from cmat.config import CERTIFIED_OBJECTIVES
@@ -76,3 +77,38 @@ def test_an_objective_declares_its_capabilities(name):
     obj = cls(cfg.objective, cfg.threat)
     assert (obj.certificate is not None) == cls.certified
     assert not (cls.supports_ddp and cls.certified)  # a certified loss is two passes per backward
+
+
+def _concrete(example: str) -> str:
+    return example.replace("N", "3").replace("R", "2")
+
+
+ATTACK_NAMES = [_concrete(n) for form in FORMS for n in form.example.split(", ")]
+
+
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_an_attack_form_declares_everything_the_harness_reads(name):
+    """Each evaluation name builds, has a label, a rank before ``worst``, a cost, and (an attack)
+    keeps its perturbation inside the ε-ball on a tiny model; a proof never counts as an attack."""
+    from cmat.attacks.factory import attack_label, attack_passes, column_rank, find_form, make_attack
+
+    form, _ = find_form(name)
+    assert form is not None and attack_label(name) and column_rank(name) != column_rank("worst")
+    assert attack_passes(name, 4) >= 0 and (name == "clean") == (attack_passes(name, 4) == 0 and
+                                                                  name != "certified")
+    atk = make_attack(name, 0.1, 0.05, n_classes=4)
+    if atk is None or atk.certifies:
+        assert name in ("clean", "certified")
+        return
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4)).eval()
+    x, y = torch.rand(5, 3, 2, 2), torch.arange(5) % 4
+    x_adv = atk(net, x, y, generator=torch.Generator().manual_seed(0))
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_an_unknown_attack_is_not_costed_silently():
+    from cmat.attacks.factory import attack_passes
+
+    with pytest.raises(CmatError, match="unknown attack 'pgd'"):
+        attack_passes("pgd", 10)

@@ -2,7 +2,8 @@
 bounds where a method may repeat phases, recorded beside the measured cost."""
 import pytest
 
-from cmat.estimate import attack_passes, describe
+from cmat.attacks.factory import attack_passes
+from cmat.estimate import describe
 
 
 @pytest.mark.parametrize("fixture", ["individual_run", "finetune_run", "standard_run"])

@@ -234,7 +234,7 @@ def test_certified_column_is_a_proof_below_worst_per_image(individual_run):
 
 def test_apgd_ce_with_restarts_is_an_attack_name_and_costs_its_restarts():
     from cmat.attacks.factory import check_attack_name, make_attack
-    from cmat.estimate import attack_passes
+    from cmat.attacks.factory import attack_passes
 
     atk = make_attack("apgd-ce-r5", 0.3, 0.04, n_classes=2)
     assert atk.restarts == 5 and atk.loss == "ce"

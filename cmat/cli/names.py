@@ -40,10 +40,10 @@ def arch_names() -> list:
 
 
 def attack_names() -> list:
-    """The evaluation attack names: the fixed ones and the PGD forms (N = steps)."""
-    from cmat.attacks.factory import FIXED_NAMES
+    """The evaluation attack names, as each form declares them (N = steps, R = restarts)."""
+    from cmat.attacks.factory import FORMS
 
-    return [*FIXED_NAMES, "pgdN", "pgdN-cw", "apgd-ce-rR"]
+    return [name for form in FORMS for name in form.example.split(", ")]
 
 
 def bound_names() -> list:
