@@ -112,3 +112,23 @@ def test_an_unknown_attack_is_not_costed_silently():
 
     with pytest.raises(CmatError, match="unknown attack 'pgd'"):
         attack_passes("pgd", 10)
+
+
+@pytest.mark.parametrize("name", sorted(__import__("cmat.bounds.margins", fromlist=["BOUNDS"]).BOUNDS))
+def test_a_registered_bound_is_below_the_margin_at_sampled_points(name):
+    """Every bound in the registry is sound on a small seeded MLP: its lower bound of the margin
+    min_k (f_y − f_k) never exceeds the margin at points sampled in the ball (corners included)."""
+    from cmat.bounds import margin_lower_bound, network_ops
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+    x, y, eps = torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 2, 0]), torch.full((4,), 0.05)
+    lower = margin_lower_bound(network_ops(net), x, y, eps, name, time_limit=20.0)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        u = torch.rand(x.shape, generator=g)
+        pts = (x + 0.05 * torch.where(u < 0.25, -1.0, torch.where(u > 0.75, 1.0, 2 * u - 1))).clamp(0, 1)
+        with torch.no_grad():
+            z = net(pts)
+        others = z.masked_fill(torch.nn.functional.one_hot(y, 3).bool(), -float("inf")).max(1).values
+        assert bool((lower <= z.gather(1, y[:, None]).squeeze(1) - others + 1e-5).all())
