@@ -7,11 +7,11 @@
 """
 from __future__ import annotations
 
-from cmat.methods import Method, register
+from cmat.methods import Method, OneNetwork, register
 
 
 @register
-class ATFinetune(Method):
+class ATFinetune(OneNetwork):
     """One shared backbone fine-tuned task after task, per-task heads (forgets: the lower bound)."""
     name = "at-finetune"
     supports_ddp = True
@@ -23,15 +23,6 @@ class ATFinetune(Method):
     def train_task(self, t, task, trainer):
         params = list(self.net.features.parameters()) + list(self.net.heads[t].parameters())
         trainer.fit(self.net.task_view(t), params, task, t, snapshot=self.net)
-
-    def restore(self, networks, decisions):
-        self.net = networks[0]
-
-    def networks(self):
-        return [self.net]
-
-    def task_slots(self):
-        return [(0, j) for j in range(len(self.seq))]
 
 
 @register

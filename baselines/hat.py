@@ -33,14 +33,14 @@ import math
 import torch
 
 from cmat.errors import CmatError
-from cmat.methods import Method, Option, register
+from cmat.methods import OneNetwork, Option, register
 from cmat.nn.hat import SEQUENTIAL_ARCHS, HatNet
 
 THRES_COSH, THRES_EMB = 50.0, 6.0
 
 
 @register
-class HAT(Method):
+class HAT(OneNetwork):
     """HAT (Serra et al. 2018): per-task hard attention on units, earlier tasks' units frozen."""
 
     name = "hat"
@@ -147,15 +147,8 @@ class HAT(Method):
              "units_used_by_any_task": sum(int(u.sum()) for u in self.used.values()) / units})
 
     def restore(self, networks, decisions):
-        self.net = networks[0].to(self.device)
-        self.decisions = decisions
+        super().restore(networks, decisions)
         self.used = {}
         for i, g in enumerate(self.net.gates()):
             for e in self.net.spec["tasks"]:
                 self.used[i] = self._union(i, g) | g.buffer(e["task"]).to(self.device)
-
-    def networks(self):
-        return [self.net]
-
-    def task_slots(self):
-        return [(0, j) for j in range(len(self.net.heads))]

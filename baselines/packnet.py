@@ -8,15 +8,13 @@ heads, so earlier tasks are never changed: zero forgetting is exact.
 """
 from __future__ import annotations
 
-from cmat.methods import Method, Option, register
-from cmat.nn.masked import MaskedMultiHeadNet
+from cmat.methods import MaskedMethod, Option, register
 
 
 @register
-class PackNet(Method):
+class PackNet(MaskedMethod):
     """PackNet (Mallya & Lazebnik 2018): train free weights, prune, retrain, freeze (zero forgetting)."""
     name = "packnet"
-    masked = True
     supports_ddp = True
     options = {
         "prune_fraction": Option(0.6, "fraction of a task's free weights pruned after training", 0.0, 0.999),
@@ -26,8 +24,6 @@ class PackNet(Method):
 
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
-        c, h, _ = seq[0].input_shape
-        self.net = MaskedMultiHeadNet(cfg.model.arch, c, h, cfg.model.width).to(self.device)
         self.prune_fraction = self.opts["prune_fraction"]
         self.retrain_epochs = self.opts["retrain_epochs"] or max(1, cfg.train.epochs // 2)
 
@@ -59,12 +55,3 @@ class PackNet(Method):
             trainer.logger.scalar(f"task_{t + 1}/sparsity", pruned / max(total, 1), t + 1)
             self._fit(t, task, trainer, self.retrain_epochs, "retrain")
 
-    def restore(self, networks, decisions):
-        self.net = networks[0]
-        self.decisions = decisions
-
-    def networks(self):
-        return [self.net]
-
-    def task_slots(self):
-        return [(0, j) for j in range(len(self.net.heads))]

@@ -28,14 +28,12 @@ import math
 
 import torch
 
-from cmat.methods import Method, Option, register
-from cmat.nn.masked import MaskedMultiHeadNet
+from cmat.methods import MaskedMethod, Option, register
 
 
-class SupermaskMethod(Method):
+class SupermaskMethod(MaskedMethod):
     """Shared by SupSup and WSN; subclasses set ``name``, ``train_weights`` and the defaults."""
 
-    masked = True
     train_weights = True
     default_score_lr = None  # None: the run's learning rate
     options = {
@@ -46,8 +44,6 @@ class SupermaskMethod(Method):
 
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
-        c, h, _ = seq[0].input_shape
-        self.net = MaskedMultiHeadNet(cfg.model.arch, c, h, cfg.model.width).to(self.device)
         self.density = self.opts["density"]
         default_lr = cfg.train.lr if self.default_score_lr is None else self.default_score_lr
         self.score_lr = default_lr if self.opts["score_lr"] is None else self.opts["score_lr"]
@@ -65,8 +61,8 @@ class SupermaskMethod(Method):
         self.net.add_task(t, task.num_classes, task.mean, task.std, 1.0)
         for m in self.net.masked_layers():
             if not self.train_weights:
-                self._signed_constant(m, t + 1)
-            m.start_scores(t + 1, self.density)
+                self._signed_constant(m, self.layer(t))
+            m.start_scores(self.layer(t), self.density)
         self._freeze_weights()
 
     @torch.no_grad()
@@ -82,7 +78,7 @@ class SupermaskMethod(Method):
     def train_task(self, t, task, trainer):
         wd = self.cfg.train.weight_decay
         layers = self.net.masked_layers()
-        scores = [m.scores[str(t + 1)] for m in layers]
+        scores = [m.scores[str(self.layer(t))] for m in layers]
         ids = {id(p) for p in scores} | {id(m.weight) for m in layers}
         rest = [p for p in self.net.task_parameters(t) if id(p) not in ids]
         groups = [{"params": scores, "lr": self.score_lr, "weight_decay": 0.0},
@@ -96,22 +92,15 @@ class SupermaskMethod(Method):
 
     def after_task(self, t, task):
         for m in self.net.masked_layers():
-            m.finish_scores(t + 1)
+            m.finish_scores(self.layer(t))
         used = [(int((m.owner > 0).sum()), m.owner.numel()) for m in self.net.masked_layers()]
         self.decisions.setdefault("tasks", []).append(
             {"task": t, "density": self.density,
              "capacity_used": sum(u for u, _ in used) / max(1, sum(n for _, n in used))})
 
     def restore(self, networks, decisions):
-        self.net = networks[0]
-        self.decisions = decisions
+        super().restore(networks, decisions)
         self._freeze_weights()
-
-    def networks(self):
-        return [self.net]
-
-    def task_slots(self):
-        return [(0, j) for j in range(len(self.net.heads))]
 
 
 @register

@@ -60,9 +60,8 @@ import torch
 from tqdm import tqdm
 
 from cmat.errors import CmatError
-from cmat.methods import Method, Option, register
+from cmat.methods import MaskedMethod, Option, register
 from cmat.metrics import mcnemar_exact
-from cmat.nn.masked import MaskedMultiHeadNet
 from cmat.store import load as load_run
 
 
@@ -90,11 +89,10 @@ def goals_current(run_dir, individual_run) -> bool:
 
 
 @register
-class CMAT(Method):
+class CMAT(MaskedMethod):
     """CPG compact-pick-grow (Hung et al. 2019) with the run's objective: prune, pick earlier weights, grow if needed.
     """
     name = "cmat"
-    masked = True
     supports_ddp = True
     options = {
         "goal": Option("individual", "per-task goal: an individual model's validation metric, a number, or none "
@@ -116,8 +114,6 @@ class CMAT(Method):
 
     def __init__(self, cfg, seq, device):
         super().__init__(cfg, seq, device)
-        c, h, _ = seq[0].input_shape
-        self.net = MaskedMultiHeadNet(cfg.model.arch, c, h, cfg.model.width).to(self.device)
         self.width = 1.0
         self.decisions = {"tasks": []}
         self._individual = None
@@ -127,7 +123,7 @@ class CMAT(Method):
         self.net.add_task(t, task.num_classes, task.mean, task.std, math.sqrt(self.width))
         if t > 0:
             for m in self.net.masked_layers():
-                m.start_piggyback(t + 1)
+                m.start_piggyback(self.layer(t))
 
     def train_task(self, t, task, trainer):
         opts = self.opts
@@ -162,8 +158,8 @@ class CMAT(Method):
             sparsity, metric = self._compact(t, task, trainer, compact_goal, tol, metric)
         picked = self._picked_fraction(t)
         for m in self.net.masked_layers():
-            if str(t + 1) in m.piggy:
-                m.finish_piggyback(t + 1)
+            if str(self.layer(t)) in m.piggy:
+                m.finish_piggyback(self.layer(t))
         record = {"task": t, "goal": goal, "goal_reliable": reliable, "compact_goal": compact_goal,
                   "val_after_train": trained, "val_after_grow": grown, "width": self.width, "sparsity": sparsity,
                   "val_final": metric, "picked_fraction": picked, "growth_tests": tests}
@@ -180,16 +176,9 @@ class CMAT(Method):
         if source and decisions.get("goal_source") != goal_source(source):
             raise CmatError(f"the checkpoint's goals came from {decisions.get('goal_source')}, not from {source} as it "
                             "is now (rerun since?): this CMAT run starts again")
-        self.net = networks[0]
-        self.decisions = decisions
+        super().restore(networks, decisions)
         if decisions["tasks"]:
             self.width = float(decisions["tasks"][-1]["width"])
-
-    def networks(self):
-        return [self.net]
-
-    def task_slots(self):
-        return [(0, j) for j in range(len(self.net.heads))]
 
     # ----- pieces --------------------------------------------------------------------------
     def planned_phases(self, t, task):
@@ -216,7 +205,7 @@ class CMAT(Method):
     def _fit(self, t, task, trainer, epochs, tag):
         wd = self.cfg.train.weight_decay
         groups = self.net.param_groups(t, wd)
-        masks = [m.piggy[str(t + 1)] for m in self.net.masked_layers() if str(t + 1) in m.piggy]
+        masks = [m.piggy[str(self.layer(t))] for m in self.net.masked_layers() if str(self.layer(t)) in m.piggy]
         extra = [torch.optim.Adam(masks, lr=float(self.opts["mask_lr"]), fused=True)] if masks else []
         trainer.fit(self.net.task_view(t), None, task, t, snapshot=self.net, epochs=epochs, param_groups=groups,
                     after_backward=lambda: self.net.owned_weight_decay(t, wd), extra_optimizers=extra, tag=tag,
@@ -286,7 +275,7 @@ class CMAT(Method):
     def _compact(self, t, task, trainer, goal, tol, metric):
         opts = self.opts
         layers = self.net.masked_layers()
-        initial = [int((m.owner == t + 1).sum()) for m in layers]
+        initial = [int((m.owner == self.layer(t)).sum()) for m in layers]
         epochs = opts["compact_epochs"] or max(1, self.cfg.train.epochs // 5)
         best = (0.0, metric, self._capture())
         levels = int(opts["prune_levels"])
@@ -310,7 +299,7 @@ class CMAT(Method):
         self.net.load_state_dict(state)
         for m, o in zip(self.net.masked_layers(), owners):
             m.owner.copy_(o)
-            m._mask_version += 1
+            m.invalidate()
 
     def _picked_fraction(self, t):
         """Fraction of the earlier tasks' weights (in t's slice) that t's mask selects."""
@@ -318,6 +307,6 @@ class CMAT(Method):
             return None
         sel, total = 0, 0
         for m in self.net.masked_layers():
-            sel += int(m.picked(t + 1).sum())
-            total += int(m.region_masks(t + 1)[1].sum())
+            sel += int(m.picked(self.layer(t)).sum())
+            total += int(m.region_masks(self.layer(t))[1].sum())
         return sel / max(total, 1)

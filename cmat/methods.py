@@ -21,6 +21,7 @@ from torch import nn
 from cmat.checks import number
 from cmat.errors import CmatError
 from cmat.nn import MultiHeadNet
+from cmat.nn.masked import MaskedMultiHeadNet
 
 METHODS: dict = {}  # name -> Method subclass, filled by register (cmat.catalog imports the built-in ones)
 
@@ -156,3 +157,36 @@ class Method(ABC):
     @abstractmethod
     def task_slots(self) -> list:
         """Per trained task: ``(index into networks(), head index)``."""
+
+
+class OneNetwork(Method):
+    """A method whose tasks share one network ``self.net`` with a head per task (CMAT, PackNet,
+    SupSup, WSN, HAT, at-finetune): the store saves it, task j is its head j, and a checkpoint
+    gives it back (subclasses that keep more state extend :meth:`restore`)."""
+
+    def restore(self, networks: list, decisions: dict) -> None:
+        self.net = networks[0].to(self.device)
+        self.decisions = decisions
+
+    def networks(self) -> list:
+        return [self.net]
+
+    def task_slots(self) -> list:
+        return [(0, j) for j in range(len(self.net.heads))]
+
+
+class MaskedMethod(OneNetwork):
+    """A method on one masked multi-task network (:class:`cmat.nn.masked.MaskedMultiHeadNet`,
+    built here): CMAT, PackNet, SupSup, WSN. The layers own weights by id; network task t is
+    layer id ``self.layer(t)`` (t + 1: 0 means free), the one conversion between the two."""
+
+    masked = True
+
+    def __init__(self, cfg, seq, device):
+        super().__init__(cfg, seq, device)
+        c, h, _ = seq[0].input_shape
+        self.net = MaskedMultiHeadNet(cfg.model.arch, c, h, cfg.model.width).to(self.device)
+
+    def layer(self, t: int) -> int:
+        """The masked layers' owner id of network task t."""
+        return self.net.layer_id(t)

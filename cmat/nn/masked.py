@@ -24,6 +24,11 @@ class MaskedMultiHeadNet(nn.Module):
     ``multiplier`` (≥ every earlier task's: growth only widens); free weights in t's slice
     become t's. ``spec`` plus the state dict plus the mask tensors rebuild the network.
     """
+    @staticmethod
+    def layer_id(t: int) -> int:
+        """The owner id the masked layers use for network task t (0 means free): t + 1."""
+        return t + 1
+
     def __init__(self, arch: str, in_channels: int, input_size: int, width: float = 1.0):
         super().__init__()
         if arch not in ARCHS:
@@ -49,11 +54,11 @@ class MaskedMultiHeadNet(nn.Module):
         return [m for m in self.features.modules() if isinstance(m, (MaskedLayer, TaskBatchNorm2d))]
 
     def feature_dim(self, t: int) -> int:
-        return self.masked_layers()[-1].shapes[t + 1][0]
+        return self.masked_layers()[-1].shapes[self.layer_id(t)][0]
 
     def add_task(self, t: int, num_classes: int, mean, std, multiplier: float = 1.0) -> None:
         for m in self.task_modules():
-            m.add_task(t + 1, multiplier)
+            m.add_task(self.layer_id(t), multiplier)
         dev = self.masked_layers()[0].weight.device
         self.multipliers[t] = float(multiplier)
         self.norms[str(t)] = Normalize(mean, std).to(dev)
@@ -71,7 +76,7 @@ class MaskedMultiHeadNet(nn.Module):
 
     def set_task(self, t: int) -> None:
         for m in self.task_modules():
-            m.task = t + 1
+            m.task = self.layer_id(t)
 
     def forward(self, x: torch.Tensor, task: int = 0) -> torch.Tensor:
         self.set_task(task)
@@ -108,10 +113,10 @@ class MaskedMultiHeadNet(nn.Module):
         params = [m.weight for m in self.masked_layers()]
         for m in self.masked_layers():
             if m.biases is not None:
-                params.append(m.biases[str(t + 1)])
+                params.append(m.biases[str(self.layer_id(t))])
         for m in self.features.modules():
             if isinstance(m, TaskBatchNorm2d):
-                params += list(m.bns[str(t + 1)].parameters())
+                params += list(m.bns[str(self.layer_id(t))].parameters())
         params += list(self.heads[str(t)].parameters())
         return params
 
@@ -123,7 +128,7 @@ class MaskedMultiHeadNet(nn.Module):
             return
         for m in self.masked_layers():
             if m.weight.grad is not None:
-                m.weight.grad.addcmul_(m.weight.detach(), m.owned_float(t + 1), value=weight_decay)
+                m.weight.grad.addcmul_(m.weight.detach(), m.owned_float(self.layer_id(t)), value=weight_decay)
 
     @staticmethod
     @torch.no_grad()
@@ -136,23 +141,23 @@ class MaskedMultiHeadNet(nn.Module):
         drop = own_idx[torch.topk(mags, k, largest=False).indices]
         m.owner.view(-1)[drop] = 0
         m.weight.view(-1)[drop] = 0.0
-        m._mask_version += 1
+        m.invalidate()
 
     def prune_to(self, t: int, sparsity: float, initial: list) -> None:
         """Release task t's smallest weights until, in every layer, ``sparsity`` of the
         ``initial[i]`` weights it owned before compaction are released (cumulative)."""
         for m, n0 in zip(self.masked_layers(), initial):
-            owned = int((m.owner == t + 1).sum())
-            self._release_smallest(m, t + 1, int(round(sparsity * n0)) - (n0 - owned))
+            owned = int((m.owner == self.layer_id(t)).sum())
+            self._release_smallest(m, self.layer_id(t), int(round(sparsity * n0)) - (n0 - owned))
 
     def prune_owned(self, t: int, fraction: float) -> dict:
         """Release the smallest-magnitude ``fraction`` of task t's weights in every layer (so
         later tasks find them free). Returns per-layer ``(released, owned before)``."""
         counts = {}
         for i, m in enumerate(self.masked_layers()):
-            n = int((m.owner == t + 1).sum())
+            n = int((m.owner == self.layer_id(t)).sum())
             k = int(round(fraction * n))
-            self._release_smallest(m, t + 1, k)
+            self._release_smallest(m, self.layer_id(t), k)
             counts[i] = (k, n)
         return counts
 

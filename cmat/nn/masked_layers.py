@@ -99,6 +99,11 @@ class MaskedLayer(nn.Module):
             self.biases[str(t)] = nn.Parameter(bias)
         self._mask_version += 1
 
+    def invalidate(self) -> None:
+        """Drop the cached eval-mode effective weights: for code that changes ``owner`` or the
+        weights in place outside this layer's own methods (pruning, restoring a snapshot, the store)."""
+        self._mask_version += 1
+
     def _grow(self, out: int, inp: int, t: int) -> None:
         o0, i0 = self.weight.shape[:2]
         if out <= o0 and inp <= i0:

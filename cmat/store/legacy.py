@@ -39,7 +39,7 @@ def read_masks(group: h5py.Group, net) -> None:
         if o.shape != m.owner.shape:
             raise ValueError(f"owner tensor {i} has shape {tuple(o.shape)}, expected {tuple(m.owner.shape)}")
         m.owner = o.to(m.owner.device)
-        m._mask_version += 1
+        m.invalidate()
     for j, tg in group["piggyback"].items():
         tid = int(j) + 1
         for i, ds in tg.items():

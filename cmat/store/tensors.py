@@ -123,7 +123,7 @@ def read_masks(group: h5py.Group, net) -> None:
     for m in layers:
         n = m.owner.numel()
         m.owner = torch.from_numpy(owners[offset:offset + n].astype(np.int16)).reshape(m.owner.shape).to(m.owner.device)
-        m._mask_version += 1
+        m.invalidate()
         offset += n
     bits, offset = group["piggyback"][()], 0
     for j, i, count in piggyback_index(group):
