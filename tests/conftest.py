@@ -4,49 +4,21 @@ Under pytest-xdist every worker is a separate process; a session fixture built w
 :func:`once_per_session` is trained by the first worker that needs it and read back by the
 others (a file lock in the session's common temporary folder), so no run is trained twice.
 """
-import fcntl
 import json
 
 import pytest
 import torch
 from click.testing import CliRunner
+from tests.helpers import once_per_session, run_quick
 
-from cmat.config import resolve
-from cmat.engine import Run
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest and immune to oversubscription
 
 
-def quick_config(method="at-finetune", objective="pgd", epochs=None, **over):
-    overrides = {"method": method, "objective": {"name": objective},
-                 "eval": {"attacks": ["clean", "fgsm", "pgd10", "pgd40"], "samples": 200}}
-    if epochs is not None:
-        overrides["train"] = {"epochs": epochs}
-    for key, value in over.items():
-        overrides.setdefault(key, {}).update(value) if isinstance(value, dict) else overrides.__setitem__(key, value)
-    return resolve("toy-2task", overrides=overrides)
 
 
-def run_quick(out, **kw):
-    Run(quick_config(**kw), out, progress=False, verbose=False).execute()
-    return json.loads((out / "results.json").read_text())
 
 
-def once_per_session(tmp_path_factory, worker_id: str, name: str, make):
-    """``(out, make(out))`` for a folder ``out`` named ``name``, computed once per test session:
-    by this process without xdist; with xdist by the first worker to ask, under a file lock in
-    the folder all workers of this session share, the result kept as JSON for the others."""
-    if worker_id == "master":
-        out = tmp_path_factory.mktemp(name)
-        return out, make(out)
-    root = tmp_path_factory.getbasetemp().parent  # common to the workers of this session only
-    out, done = root / name, root / f"{name}.json"
-    with open(root / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            out.mkdir()
-            done.write_text(json.dumps(make(out)))
-    return out, json.loads(done.read_text())
 
 
 @pytest.fixture(scope="session")
@@ -96,19 +68,3 @@ def _warm_shared_runs(request, worker_id):
         request.getfixturevalue(name)
 
 
-def interrupt_before_second_task(monkeypatch, method_cls, cfg, out) -> None:
-    """Run ``cfg`` into ``out`` and stop it with Ctrl-C as task 2 starts (the checkpoint of task 1
-    stays, the run refuses with one line naming --resume); ``method_cls`` is restored after."""
-    from cmat.errors import CmatError
-
-    original = method_cls.before_task
-
-    def interrupt(self, t, task):
-        if t == 1:
-            raise KeyboardInterrupt
-        return original(self, t, task)
-
-    monkeypatch.setattr(method_cls, "before_task", interrupt)
-    with pytest.raises(CmatError, match="--resume"):
-        Run(cfg, out, progress=False, verbose=False).execute()
-    monkeypatch.setattr(method_cls, "before_task", original)

@@ -87,7 +87,7 @@ def test_bf16_auto_picks_bf16_only_when_measured_faster(monkeypatch, fp32, bf16,
 def test_bf16_auto_resolves_in_a_run_and_is_recorded(tmp_path):
     """A real auto run on this CPU: the choice follows the measured ratio, the run trains in
     that precision and results.json says which and why."""
-    from tests.conftest import run_quick
+    from tests.helpers import run_quick
 
     res = run_quick(tmp_path, method="at-individual", epochs=1, accel={"bf16": "auto"},
                     eval={"attacks": ["clean"], "samples": 20})

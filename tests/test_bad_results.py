@@ -10,8 +10,8 @@ from cmat.cli import main
 from cmat.errors import CmatError
 from cmat.launch.slurm import read_record
 from cmat.rundir import read_results
-from tests.conftest import quick_config
-from tests.test_launch import table
+from tests.helpers import quick_config
+from tests.helpers import table
 
 BENCH = ["bench", "--tasks", "toy-2task", "--methods", "at-finetune", "--seeds", "0,1,2", "--epochs", "1",
          "--train-samples", "64", "--eval-samples", "8", "--attacks", "clean,pgd10",

@@ -12,7 +12,7 @@ from cmat.engine import Trainer
 from cmat.nn.beta_bernoulli import kl_kumaraswamy_beta, kumaraswamy_mean
 from cmat.tasks import get_tasks
 from cmat.tblog import RunLogger
-from tests.conftest import quick_config
+from tests.helpers import quick_config
 
 
 def test_kumaraswamy_mean_and_kl_against_sampling():

@@ -12,9 +12,9 @@ from cmat.config import ObjectiveConfig, ThreatConfig
 from cmat.engine import Run
 from cmat.bounds import network_ops
 from cmat.bounds.ibp import input_box
-from tests.conftest import quick_config
+from tests.helpers import quick_config
 from tests.budgets import MILP_LIMITS
-from tests.test_verify import small_model
+from tests.helpers import small_model
 
 
 @pytest.mark.parametrize("beta", [0.0, 1.0])
@@ -102,7 +102,7 @@ def test_milp_verifies_the_certified_recipes_network_exactly():
     MILP's bound is at least CROWN's, and no PGD point has a smaller margin than MILP's bound."""
     from cmat.bounds import margin_lower_bound
     from cmat.nn.masked import MaskedMultiHeadNet
-    from tests.test_verify import pgd_margin
+    from tests.helpers import pgd_margin
 
     torch.manual_seed(0)
     net = MaskedMultiHeadNet("cnn-ibp", 1, 8, width=0.25)

@@ -3,23 +3,13 @@ import json
 import subprocess
 import sys
 
-from click.testing import CliRunner
 
-from cmat.cli import main
 from cmat.tasks.registry import SEQUENCES
+from tests.helpers import invoke, one_line_error
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, list(args))
 
 
-def one_line_error(result):
-    assert result.exit_code != 0
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("cmat: error:")
-    return lines[0]
 
 
 def test_tasks_json_lists_every_sequence():

@@ -16,7 +16,7 @@ from cmat.errors import CmatError
 from cmat.methods import Method, Option, read_options
 from cmat.objectives import OBJECTIVES
 from cmat.tasks import tasks_for_config
-from tests.conftest import quick_config
+from tests.helpers import quick_config
 
 METHOD_NAMES = sorted(BUILT_IN)
 

@@ -5,13 +5,9 @@ import pytest
 import torch
 
 from cmat.cpg import CMAT
-from cmat.engine import Trainer
-from cmat.tblog import RunLogger
 from cmat.baselines.packnet import PackNet
-from cmat.tasks import get_tasks
-from tests.conftest import quick_config, run_quick
+from tests.helpers import CMAT_OPTS, run_quick, trained_first_task
 
-CMAT_OPTS = {"goal": "none", "max_sparsity": 0.6, "prune_levels": 2, "compact_epochs": 1}
 
 
 @pytest.fixture(scope="module")
@@ -37,21 +33,11 @@ def test_zero_forgetting_is_exact(which, request):
         assert res["summary"]["pgd10"]["acc"] > 0.8
 
 
-def _trained_first_task(method_cls, opts, epochs=None, train=True):
-    cfg = quick_config(method=method_cls.name, method_options=opts, epochs=epochs)
-    seq = get_tasks("toy-2task", seed=cfg.seed)
-    torch.manual_seed(0)
-    method = method_cls(cfg, seq, "cpu")
-    trainer = Trainer(cfg, torch.device("cpu"), RunLogger(None), progress=False)
-    method.before_task(0, seq[0])
-    if train:
-        method.train_task(0, seq[0], trainer)
-    return method, trainer, seq
 
 
 @pytest.mark.parametrize("method_cls,opts", [(PackNet, {"retrain_epochs": 1}), (CMAT, CMAT_OPTS)])
 def test_old_effective_weights_unchanged_and_capacity_reused(method_cls, opts):
-    method, trainer, seq = _trained_first_task(method_cls, opts, epochs=1)  # bit-identity needs no accuracy
+    method, trainer, seq = trained_first_task(method_cls, opts, epochs=1)  # bit-identity needs no accuracy
     net = method.net.eval()
     before = [m.effective_weight(1).clone() for m in net.masked_layers()]
     bn_before = {k: v.clone() for k, v in net.state_dict().items() if ".bns.1." in k or "heads.0" in k}
@@ -80,7 +66,7 @@ def test_piggyback_picks_a_nontrivial_part(cmat_run):
 def test_goal_at_chance_is_flagged_and_the_task_trained_to_best_effort(monkeypatch, capsys):
     # an individual goal model at chance (4 classes: 0.25) must not set the bar for compaction
     monkeypatch.setattr(CMAT, "_goal", lambda self, t, task, trainer: (0.25, None))
-    method, trainer, seq = _trained_first_task(CMAT, {**CMAT_OPTS, "goal": "individual", "prune_levels": 1}, epochs=1)
+    method, trainer, seq = trained_first_task(CMAT, {**CMAT_OPTS, "goal": "individual", "prune_levels": 1}, epochs=1)
     rec = method.decisions["tasks"][0]
     assert rec["goal_reliable"] is False and rec["goal"] == 0.25
     assert rec["width"] == 1.5  # grew to the cap although the "goal" was met at once
@@ -91,7 +77,7 @@ def test_goal_at_chance_is_flagged_and_the_task_trained_to_best_effort(monkeypat
 
 
 def test_growth_needs_a_shortfall_the_validation_images_resolve():
-    method, trainer, seq = _trained_first_task(CMAT, CMAT_OPTS, train=False)  # untrained: loses images
+    method, trainer, seq = trained_first_task(CMAT, CMAT_OPTS, train=False)  # untrained: loses images
     metric, correct = method._validation(0, seq[0], trainer)
     assert correct.dtype == torch.bool and correct.float().mean().item() == metric
     wrong = (~correct).nonzero().squeeze(1)

@@ -3,8 +3,8 @@
 import torch
 
 from cmat.cpg import CMAT
-from tests.conftest import run_quick
-from tests.test_cpg import CMAT_OPTS, _trained_first_task
+from tests.helpers import run_quick
+from tests.helpers import CMAT_OPTS, trained_first_task
 
 
 def test_unreachable_goal_grows_and_old_task_stays_identical(tmp_path):
@@ -20,7 +20,7 @@ def test_unreachable_goal_grows_and_old_task_stays_identical(tmp_path):
 
 
 def test_growth_on_second_task_keeps_first_bit_identical():
-    method, trainer, seq = _trained_first_task(CMAT, {**CMAT_OPTS, "goal": 0.0}, epochs=1)
+    method, trainer, seq = trained_first_task(CMAT, {**CMAT_OPTS, "goal": 0.0}, epochs=1)
     net = method.net.eval()
     x = seq[0].test.tensors()[0][:32]
     ref = net(x, 0)

@@ -4,7 +4,7 @@ import pytest
 
 import cmat
 from cmat.evaluate import build_attacks, evaluate_task
-from tests.conftest import quick_config, run_quick
+from tests.helpers import quick_config, run_quick
 
 from cmat.tasks import get_tasks
 

@@ -3,7 +3,7 @@ declaration can never leave stale numbers (probe logits after each task, the ful
 at the end)."""
 import json
 
-from tests.conftest import quick_config, run_quick
+from tests.helpers import quick_config, run_quick
 
 
 def _lying_method(monkeypatch):

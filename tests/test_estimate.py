@@ -18,7 +18,7 @@ def test_estimated_training_passes_equal_the_measured_ones(fixture, request):
 
 
 def test_cmat_passes_lie_within_the_estimated_range(tmp_path):
-    from tests.conftest import run_quick
+    from tests.helpers import run_quick
 
     res = run_quick(tmp_path, method="cmat", epochs=1, method_options={"prune_levels": 2, "compact_epochs": 1},
                     eval={"attacks": ["clean"], "samples": 20})

@@ -12,7 +12,7 @@ import cmat.cli
 from cmat.attacks import AutoAttack
 from cmat.errors import CmatError
 from cmat.evaluate import attacks_as_run, task_attacks
-from tests.conftest import run_quick
+from tests.helpers import run_quick
 
 pytest.importorskip("torchattacks")
 

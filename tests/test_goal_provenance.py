@@ -12,7 +12,7 @@ from cmat.config import resolve
 from cmat.cpg import CMAT, goals_current
 from cmat.engine import Run
 from cmat.errors import CmatError
-from conftest import interrupt_before_second_task
+from tests.helpers import interrupt_before_second_task
 
 OPTIONS = {"max_width": 1.0, "prune_levels": 1, "compact_epochs": 1}
 

@@ -8,7 +8,7 @@ from cmat.engine import Trainer
 from cmat.engine.trainer import make_optimizer
 from cmat.tasks import tasks_for_config
 from cmat.tblog import RunLogger
-from tests.conftest import quick_config
+from tests.helpers import quick_config
 
 
 def hat(objective="pgd"):

@@ -1,7 +1,5 @@
 """``cmat bench --jobs N``: the same tables as one run after another; kill -9 at any moment, then
 the same command, gives the same bench.csv and leaves no worker behind; one bench per --out."""
-import csv
-import io
 import os
 import signal
 import subprocess
@@ -15,17 +13,13 @@ from click.testing import CliRunner
 from cmat.cli import main
 from cmat.launch.table import remaining_seconds
 from cmat.rundir import RunLock
+from tests.helpers import table
 
 BENCH = ["bench", "--tasks", "toy-2task", "--methods", "at-finetune,packnet", "--seeds", "0", "--epochs", "1",
          "--train-samples", "192", "--eval-samples", "16", "--attacks", "clean,pgd10",
          "--set", "train.val_attack_samples=16", "--set", "method_options.retrain_epochs=1", "--no-progress"]
-TIME_COLUMNS = ("train_seconds",)
 
 
-def table(path: Path) -> list:
-    """bench.csv without its time columns."""
-    rows = list(csv.DictReader(io.StringIO(path.read_text())))
-    return [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in rows]
 
 
 def workers_of(out: Path) -> list:

@@ -15,7 +15,7 @@ from cmat.errors import CmatError
 from cmat.launch.jobs import Job
 from cmat.launch.slurm import job_digest, result_problem, run_unit_job, slurm_entry
 from cmat.rundir import RunLock, lock_runs
-from tests.conftest import quick_config
+from tests.helpers import quick_config
 
 # one method, one seed, the smallest toy run: a few seconds
 RUN = ["--tasks", "toy-2task", "--epochs", "1", "--train-samples", "64", "--eval-samples", "8", "--attacks",

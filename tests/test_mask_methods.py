@@ -14,7 +14,7 @@ from cmat.evaluate import build_attacks, evaluate_task
 from cmat.outcomes import read_outcomes
 from cmat.tasks import tasks_for_config
 from cmat.tblog import RunLogger
-from tests.conftest import quick_config
+from tests.helpers import quick_config
 
 SMALL = {"train": {"samples": 192, "val_attack_samples": 16}, "eval": {"attacks": ["clean", "pgd10"], "samples": 40}}
 

@@ -21,7 +21,7 @@ from cmat.bounds.ibp import input_box
 from cmat.bounds.milp import encode, float64_bounds, min_margin, widen
 from cmat.bounds.ops import ReLU
 from tests.budgets import MILP_LIMITS, MILP_NODES
-from tests.test_verify import mlp
+from tests.helpers import mlp
 
 EPS = (0.05, 0.1, 0.2, 0.3)
 

@@ -19,8 +19,8 @@ from cmat.nn.hat import HatNet
 from cmat.nn.masked import MaskedMultiHeadNet
 from cmat.tasks import tasks_for_config
 from tests.budgets import MILP_LIMITS
-from tests.conftest import quick_config
-from tests.test_verify import margins, pgd_margin
+from tests.helpers import quick_config
+from tests.helpers import margins, pgd_margin
 
 METHODS = ["cmat", "packnet", "supsup", "wsn", "hat", "at-individual", "anp-vs", "at-finetune"]
 

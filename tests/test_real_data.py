@@ -23,7 +23,7 @@ from cmat.tasks import get_tasks
 from cmat.tasks import fetch as F
 from cmat.tasks import transformed as T
 from cmat.tasks.mnist import read_mnist
-from tests.conftest import once_per_session
+from tests.helpers import once_per_session
 
 # sha256 of the ten pmnist-10 permutations (int64, concatenated): pins numpy's stream and the seeds
 PERMUTATIONS_SHA256 = "f8a45442778a27097719685eba37e499d5b9596fbcff863b0434ebef71af4ec5"

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 
 from cmat.outcomes import read_outcomes
-from tests.test_cli import invoke
+from tests.helpers import invoke
 
 
 def test_re_evaluating_with_the_runs_own_attacks_reproduces_its_worst_exactly(individual_run, tmp_path):

@@ -7,23 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from cmat.cli import main
 from cmat.rundir import RunLock
+from tests.helpers import invoke, one_line_error
 
-
-def invoke(*args):
-    return CliRunner().invoke(main, list(args))
-
-
-def one_line_error(result):
-    assert result.exit_code != 0
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("cmat: error:")
-    return lines[0]
 
 
 BAD = [
@@ -227,7 +214,7 @@ def test_damaged_checkpoint_state_is_one_line(tmp_path, monkeypatch):
     from cmat.baselines.at_baselines import ATIndividual
     from cmat import store as store_mod
     from cmat.engine import Run
-    from tests.conftest import interrupt_before_second_task, quick_config
+    from tests.helpers import interrupt_before_second_task, quick_config
 
     cfg = quick_config(method="at-individual", epochs=1, eval={"attacks": ["clean"], "samples": 20})
     out = tmp_path / "run"

@@ -10,7 +10,7 @@ from cmat.baselines.packnet import PackNet
 from cmat.cpg import CMAT
 from cmat.engine import Run
 from cmat.errors import CmatError
-from tests.conftest import interrupt_before_second_task, quick_config, run_quick
+from tests.helpers import interrupt_before_second_task, quick_config, run_quick
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from golden_digest import datasets  # noqa: E402

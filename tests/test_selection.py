@@ -12,7 +12,7 @@ from cmat.engine import Trainer
 from cmat.engine.trainer import chance_floor, majority_share, select_epoch, task_cost
 from cmat.tasks import tasks_for_config
 from cmat.tblog import RunLogger
-from tests.conftest import quick_config
+from tests.helpers import quick_config
 
 
 def history(*rows):

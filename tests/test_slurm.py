@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from cmat.cli import main
-from tests.test_launch import BENCH, table
+from tests.helpers import table
+from tests.test_launch import BENCH
 
 pytestmark = pytest.mark.slurm
 
@@ -77,7 +78,7 @@ def test_transfer_study_through_slurm_equals_the_local_study(tmp_path):
     equals the one run in this process."""
     from cmat.launch import LaunchOptions, SlurmOptions
     from cmat.transfer_study import run_study
-    from tests.test_transfer_study import tiny_config
+    from tests.helpers import tiny_config
 
     kw = {"strategies": ["linear"], "verify_samples": 2, "verify_iters": 2, "progress": False, "say": lambda _: None}
     local = run_study(tiny_config(), tmp_path / "local", jobs=1, **kw)

@@ -12,7 +12,7 @@ from cmat.errors import CmatError
 from cmat.tblog import RunLogger
 from cmat.transfer import build_transfer_model, param_groups
 from cmat.tasks import get_tasks
-from tests.conftest import quick_config
+from tests.helpers import quick_config
 
 
 @pytest.mark.parametrize("strategy", ["linear", "tl-1"])

@@ -15,14 +15,10 @@ from cmat.tblog import RunLogger
 from cmat.transfer import default_tl_k, train_transfer, weight_layers
 from cmat.transfer_study import CSV_COLUMNS, plan, run_study
 from cmat.tasks import get_tasks
-from tests.conftest import quick_config
-
-TINY = {"train": {"epochs": 1, "val_attack_samples": 16},
-        "eval": {"attacks": ["clean", "pgd10", "pgd40"], "samples": 24}}
+from tests.helpers import quick_config, tiny_config
 
 
-def tiny_config():
-    return quick_config(method="at-individual", **TINY)
+
 
 
 @pytest.fixture(scope="module")

@@ -6,50 +6,20 @@ import numpy as np
 
 import pytest
 import torch
-from torch import nn
 
 from cmat.errors import CmatError
 from cmat.nn import MultiHeadNet
 from tests.budgets import MILP_LIMITS, MILP_NODES
-from cmat.nn.masked import MaskedMultiHeadNet
 from cmat.bounds import margin_lower_bound, network_ops, run_ops
 from cmat.bounds.ibp import input_box
 from cmat.verify import critical_eps, pgd_per_sample
+from tests.helpers import margins, mlp, pgd_margin, small_model
 
 
-def small_model(kind="plain", seed=0):
-    torch.manual_seed(seed)
-    if kind == "masked":
-        net = MaskedMultiHeadNet("smallcnn", 1, 8, width=0.25)
-        net.add_task(0, 3, [0.3], [0.3], 1.0)
-        net.prune_owned(0, 0.3)
-        net.add_task(1, 4, [0.3], [0.3], 1.0)
-        view = net.task_view(1)
-    else:
-        net = MultiHeadNet("smallcnn", 1, 8, [4], [[0.3]], [[0.3]], width=0.25,
-                           norm_layer="beta-bernoulli" if kind == "anp" else "batchnorm")
-        view = net.task_view(0)
-    net.train()
-    with torch.no_grad():
-        for _ in range(3):  # non-trivial BN statistics
-            view(torch.rand(32, 1, 8, 8))
-    return view.eval()
 
 
-def margins(model, x, y):
-    out = model(x)
-    return (out.gather(1, y[:, None]) - out).scatter(1, y[:, None], float("inf")).min(1).values
 
 
-def pgd_margin(model, x, y, lo, hi, step, steps):
-    """The margin at a PGD point (CE ascent) inside the box [lo, hi]."""
-    xa = x.clone()
-    for _ in range(steps):
-        xa.requires_grad_(True)
-        (gr,) = torch.autograd.grad(nn.functional.cross_entropy(model(xa), y), xa)
-        xa = torch.min(torch.max(xa.detach() + step * gr.sign(), lo), hi)
-    with torch.no_grad():
-        return margins(model, xa, y)
 
 
 @pytest.mark.parametrize("kind", ["plain", "masked", "anp"])
@@ -157,20 +127,6 @@ def test_verify_command_writes_verona_csv(individual_run, tmp_path):
 
 # ----------------------------------------------------------------------------- alpha-CROWN and MILP
 
-def mlp(widths=(4, 8, 8, 3), seed=0, logit_scale=1.0):
-    """A seeded ReLU MLP; ``logit_scale`` multiplies the last layer (same decisions, smaller logits)."""
-    torch.manual_seed(seed)
-    layers = [nn.Flatten()]
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    net = nn.Sequential(*layers).eval()
-    if logit_scale != 1.0:
-        with torch.no_grad():
-            net[-1].weight.mul_(logit_scale)
-            net[-1].bias.mul_(logit_scale)
-    return net
 
 
 def test_alpha_crown_at_least_crown_at_least_ibp_and_sound():
