@@ -23,6 +23,10 @@ from cmat.tblog import RunLogger
 TINY = {"train": {"epochs": 1, "val_attack_samples": 16},
         "eval": {"attacks": ["clean", "pgd10", "pgd40"], "samples": 24}}
 TIME_COLUMNS = ("train_seconds",)
+# a two-method toy bench (the launcher tests: local workers, SLURM)
+TOY_BENCH = ["bench", "--tasks", "toy-2task", "--methods", "at-finetune,packnet", "--seeds", "0", "--epochs", "1",
+         "--train-samples", "192", "--eval-samples", "16", "--attacks", "clean,pgd10",
+         "--set", "train.val_attack_samples=16", "--set", "method_options.retrain_epochs=1", "--no-progress"]
 
 CMAT_OPTS = {"goal": "none", "max_sparsity": 0.6, "prune_levels": 2, "compact_epochs": 1}
 

@@ -13,11 +13,8 @@ from click.testing import CliRunner
 from cmat.cli import main
 from cmat.launch.table import remaining_seconds
 from cmat.rundir import RunLock
-from tests.helpers import table
+from tests.helpers import TOY_BENCH, table
 
-BENCH = ["bench", "--tasks", "toy-2task", "--methods", "at-finetune,packnet", "--seeds", "0", "--epochs", "1",
-         "--train-samples", "192", "--eval-samples", "16", "--attacks", "clean,pgd10",
-         "--set", "train.val_attack_samples=16", "--set", "method_options.retrain_epochs=1", "--no-progress"]
 
 
 
@@ -42,13 +39,13 @@ def workers_of(out: Path) -> list:
 def reference(tmp_path_factory):
     """The bench one run after another in this process (``--jobs 1``)."""
     out = tmp_path_factory.mktemp("bench-j1") / "b"
-    res = CliRunner().invoke(main, [*BENCH, "--out", str(out)])
+    res = CliRunner().invoke(main, [*TOY_BENCH, "--out", str(out)])
     assert res.exit_code == 0, res.output
     return table(out / "bench.csv")
 
 
 def start_bench(out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cmat", *BENCH, "--out", str(out), "--jobs", "2"],
+    return subprocess.Popen([sys.executable, "-m", "cmat", *TOY_BENCH, "--out", str(out), "--jobs", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -76,7 +73,7 @@ def test_kill_9_at_several_moments_then_the_same_command_gives_the_same_table(re
             time.sleep(0.1)
         assert workers_of(out) == [], f"workers still training after kill -9 at {moment}"
         assert not (out / "bench.csv").exists()
-    res = CliRunner().invoke(main, [*BENCH, "--out", str(out), "--jobs", "2"])
+    res = CliRunner().invoke(main, [*TOY_BENCH, "--out", str(out), "--jobs", "2"])
     assert res.exit_code == 0, res.output
     assert table(out / "bench.csv") == reference  # = --jobs 1, apart from time columns
     assert "reusing the finished run" in res.output  # the run finished before the last kill
@@ -89,7 +86,7 @@ def test_kill_9_at_several_moments_then_the_same_command_gives_the_same_table(re
 def test_a_second_bench_on_the_same_out_is_refused(tmp_path):
     out = tmp_path / "b"
     with RunLock(out, "cmat bench"):
-        res = CliRunner().invoke(main, [*BENCH, "--out", str(out), "--jobs", "2"])
+        res = CliRunner().invoke(main, [*TOY_BENCH, "--out", str(out), "--jobs", "2"])
     assert res.exit_code == 1 and "in use by another cmat bench" in res.output
     assert "Traceback" not in res.output and not (out / "bench.csv").exists()
 
@@ -97,7 +94,7 @@ def test_a_second_bench_on_the_same_out_is_refused(tmp_path):
 def test_launcher_flags_are_checked_in_one_line(tmp_path):
     for extra, msg in ((["--jobs", "0"], "--jobs must be"), (["--no-wait"], "apply to --launcher slurm"),
                        (["--launcher", "slurm", "--time", "0"], "time ≥ 1 min")):
-        res = CliRunner().invoke(main, [*BENCH, "--out", str(tmp_path / "x"), *extra])
+        res = CliRunner().invoke(main, [*TOY_BENCH, "--out", str(tmp_path / "x"), *extra])
         assert res.exit_code != 0 and msg in res.output and "Traceback" not in res.output, res.output
 
 

@@ -16,8 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from cmat.cli import main
-from tests.helpers import table
-from tests.test_launch import BENCH
+from tests.helpers import TOY_BENCH, table
 
 pytestmark = pytest.mark.slurm
 
@@ -39,9 +38,9 @@ def cluster():
 
 def test_slurm_bench_equals_the_local_bench_one_job_per_run(tmp_path):
     local, slurm = tmp_path / "local", tmp_path / "slurm"
-    res = CliRunner().invoke(main, [*BENCH, "--out", str(local)])
+    res = CliRunner().invoke(main, [*TOY_BENCH, "--out", str(local)])
     assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(main, [*BENCH, "--out", str(slurm), "--launcher", "slurm", "--time", "10"])
+    res = CliRunner().invoke(main, [*TOY_BENCH, "--out", str(slurm), "--launcher", "slurm", "--time", "10"])
     assert res.exit_code == 0, res.output
     assert table(slurm / "bench.csv") == table(local / "bench.csv")
     jobs = json.loads((slurm / "slurm_jobs.json").read_text())
@@ -50,7 +49,7 @@ def test_slurm_bench_equals_the_local_bench_one_job_per_run(tmp_path):
     for name, j in jobs.items():  # the job's logs in its run directory
         assert (slurm / name / "slurm" / f"{j['job_id']}_0_log.out").exists()
         assert "task 2/2" in (slurm / name / "run.log").read_text()
-    again = CliRunner().invoke(main, [*BENCH, "--out", str(slurm), "--launcher", "slurm"])
+    again = CliRunner().invoke(main, [*TOY_BENCH, "--out", str(slurm), "--launcher", "slurm"])
     assert again.exit_code == 0 and again.output.count("reusing the finished run") == 2
 
 
