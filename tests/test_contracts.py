@@ -132,3 +132,31 @@ def test_a_registered_bound_is_below_the_margin_at_sampled_points(name):
             z = net(pts)
         others = z.masked_fill(torch.nn.functional.one_hot(y, 3).bool(), -float("inf")).max(1).values
         assert bool((lower <= z.gather(1, y[:, None]).squeeze(1) - others + 1e-5).all())
+
+
+def test_a_new_layer_describes_itself_to_the_bounds_without_an_edit_there():
+    """A layer the bounds have never heard of exports itself as plain layers (``bound_layers``);
+    its IBP box then contains its outputs at points of the ball."""
+    from cmat.bounds import network_ops
+    from cmat.bounds.ibp import ibp, input_box
+    from cmat.nn.layers import ChannelScale
+
+    class DoubledLinear(torch.nn.Module):  # a method's own layer: 2·(Wx + b)
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return 2 * self.inner(x)
+
+        def bound_layers(self):
+            return [self.inner, ChannelScale(torch.full((3,), 2.0))]
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), DoubledLinear()).eval()
+    x = torch.rand(3, 1, 2, 2)
+    lo, hi = ibp(network_ops(net), *input_box(x, torch.full((3,), 0.1)))
+    for _ in range(20):
+        with torch.no_grad():
+            z = net((x + 0.1 * (2 * torch.rand_like(x) - 1)).clamp(0, 1))
+        assert bool((lo <= z + 1e-6).all() and (z <= hi + 1e-6).all())

@@ -19,10 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmat.errors import CmatError
-from cmat.nn.beta_bernoulli import PRUNE_AT, BetaBernoulliMask
-from cmat.nn.hat import UnitGate
-from cmat.nn.layers import Normalize
-from cmat.nn.masked_layers import MaskedConv2d, MaskedLinear, TaskBatchNorm2d
+from cmat.nn.layers import ChannelScale, Normalize
 from cmat.nn.multihead import TaskView
 
 
@@ -157,20 +154,17 @@ def flatten_module(m: nn.Module, ops: list, live: Optional[dict] = None) -> None
     def d(t):
         return None if t is None else (t if live is not None else t.detach())
 
-    if isinstance(m, nn.Sequential):
+    export = getattr(m, "bound_layers", None)  # a method's layer exports itself as plain layers
+    if callable(export):
+        for c in export():
+            flatten_module(c, ops, live)
+    elif isinstance(m, nn.Sequential):
         for c in m:
             flatten_module(c, ops, live)
     elif isinstance(m, Normalize):
         ops.append(ChannelAffine((1 / m.std).flatten(), (-m.mean / m.std).flatten()))
-    elif isinstance(m, MaskedConv2d):
-        t = m.task
-        s, p = m.stride, m.padding
-        ops.append(Conv(d(m.effective_weight(t)), d(m.bias_for(t)),
-                        (s, s) if isinstance(s, int) else s, (p, p) if isinstance(p, int) else p))
-    elif isinstance(m, MaskedLinear):
-        ops.append(Dense(d(m.effective_weight(m.task)), d(m.bias_for(m.task))))
-    elif isinstance(m, TaskBatchNorm2d):
-        ops.append(bn_affine(m.bns[str(m.task)], live))
+    elif isinstance(m, ChannelScale):
+        ops.append(ChannelAffine(d(m.scale), torch.zeros_like(m.scale)))
     elif isinstance(m, nn.Conv2d):
         if m.groups != 1 or m.dilation != (1, 1) or isinstance(m.padding, str) or m.padding_mode != "zeros":
             raise CmatError(f"verify: unsupported convolution {m}")
@@ -179,12 +173,6 @@ def flatten_module(m: nn.Module, ops: list, live: Optional[dict] = None) -> None
         ops.append(Dense(d(m.weight), d(m.bias)))
     elif isinstance(m, nn.BatchNorm2d):
         ops.append(bn_affine(m, live))
-    elif isinstance(m, UnitGate):  # HAT's per-task unit gates: a channel scale
-        g = m.channel_scale()
-        ops.append(ChannelAffine(d(g), torch.zeros_like(g)))
-    elif isinstance(m, BetaBernoulliMask):
-        e = m.expected().detach()
-        ops.append(ChannelAffine(e * (e > PRUNE_AT), torch.zeros_like(e)))
     elif isinstance(m, nn.ReLU):
         ops.append(ReLU())
     elif isinstance(m, nn.MaxPool2d):

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from cmat.nn.layers import ChannelScale
+
 PRIOR_ALPHA, PRIOR_BETA = 1e-4, 1.0
 TEMPERATURE = 0.1
 PRUNE_AT = 1e-3
@@ -49,6 +51,12 @@ class BetaBernoulliMask(nn.Module):
 
     def expected(self) -> torch.Tensor:
         return kumaraswamy_mean(*self.ab())
+
+    def bound_layers(self) -> list:
+        """The test-time mask (expected keep probability, pruned below ``PRUNE_AT``) as a channel
+        scale for :mod:`cmat.bounds`; not differentiated."""
+        e = self.expected().detach()
+        return [ChannelScale(e * (e > PRUNE_AT))]
 
     def kl(self) -> torch.Tensor:
         return kl_kumaraswamy_beta(*self.ab()).sum()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cmat.nn.backbones import ARCHS
-from cmat.nn.layers import Normalize
+from cmat.nn.layers import ChannelScale, Normalize
 from cmat.nn.masked_layers import TaskBatchNorm2d
 from cmat.nn.multihead import TaskView
 
@@ -65,6 +65,10 @@ class UnitGate(nn.Module):
     def channel_scale(self) -> torch.Tensor:
         """The current task's gate (the bounds of :mod:`cmat.bounds` treat it as a channel scale)."""
         return self.gate(self.task)
+
+    def bound_layers(self) -> list:
+        """The current task's gate as a channel scale for :mod:`cmat.bounds`."""
+        return [ChannelScale(self.channel_scale())]
 
     def forward(self, x):
         g = self.gate(self.task).to(x.dtype)

@@ -17,3 +17,24 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+class ChannelScale(nn.Module):
+    """``x · scale`` per channel: a method's gate or mask exported as a plain layer (the form
+    the bounds read, :meth:`bound_layers` of HAT's and ANP-VS's layers)."""
+
+    def __init__(self, scale: torch.Tensor):
+        super().__init__()
+        self.scale = scale  # kept as given (a training bound differentiates through it)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.view((1, -1) + (1,) * (x.dim() - 2))
+
+
+def carrying(layer: nn.Module, weight: torch.Tensor, bias) -> nn.Module:
+    """``layer`` (built on the meta device) computing with ``weight``/``bias`` as they are, autograd
+    graph included (a training bound differentiates through them); not a module to train."""
+    del layer._parameters["weight"]
+    layer._parameters.pop("bias", None)
+    layer.weight, layer.bias = weight, bias
+    return layer

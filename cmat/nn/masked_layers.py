@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmat.nn.layers import carrying
 from cmat.nn.mask_algebra import (PIGGY_INIT, PIGGY_THRESHOLD, EffectiveWeight, PackedBits, SupermaskWeight,
                                   fx_tracing, top_fraction)
 
@@ -267,6 +268,12 @@ class MaskedConv2d(MaskedLayer):
         t = self.task
         return F.conv2d(x, self.effective_weight(t), self.bias_for(t), self.stride, self.padding)
 
+    def bound_layers(self) -> list:
+        """The current task's layer as plain torch (``nn.Conv2d``) for :mod:`cmat.bounds`."""
+        w, bias = self.effective_weight(self.task), self.bias_for(self.task)
+        return [carrying(nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), self.stride, self.padding,
+                                   bias=bias is not None, device="meta"), w, bias)]
+
     def plain_layer(self, t: int) -> nn.Conv2d:
         """The ``nn.Conv2d`` task t's eval-mode forward computes (weights: module doc)."""
         w = self.effective_weight(t)
@@ -289,6 +296,11 @@ class MaskedLinear(MaskedLayer):
     def forward(self, x):
         t = self.task
         return F.linear(x, self.effective_weight(t), self.bias_for(t))
+
+    def bound_layers(self) -> list:
+        """The current task's layer as plain torch (``nn.Linear``) for :mod:`cmat.bounds`."""
+        w, bias = self.effective_weight(self.task), self.bias_for(self.task)
+        return [carrying(nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device="meta"), w, bias)]
 
     def plain_layer(self, t: int) -> nn.Linear:
         """The ``nn.Linear`` task t's eval-mode forward computes (weights: module doc)."""
@@ -319,6 +331,10 @@ class TaskBatchNorm2d(nn.Module):
         self.base = num_features
         self.bns = nn.ModuleDict()
         self.task = 0
+
+    def bound_layers(self) -> list:
+        """The current task's ``nn.BatchNorm2d`` for :mod:`cmat.bounds`."""
+        return [self.bns[str(self.task)]]
 
     def add_task(self, t: int, multiplier: float) -> None:
         """A BN for task t at its width; called again for the latest task it widens that task's
