@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cmat.attacks import AutoAttack, make_attack, sound_alpha
+from cmat.attacks import Attack, AutoAttack, make_attack, sound_alpha
 from cmat.config import resolve
 from cmat.errors import CmatError
 from cmat.evaluate import build_attacks, evaluate_task
@@ -45,7 +45,7 @@ class Pixel(nn.Module):
         return torch.cat([-v, v], 1)
 
 
-class Breaks:
+class Breaks(Attack):
     """A fake attack that pushes the images whose index (stored in pixel 1) is in ``who`` across
     the decision boundary and leaves the others alone."""
 
