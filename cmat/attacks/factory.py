@@ -21,7 +21,7 @@ class AttackForm:
     (``pattern``, matched whole, lower case; ``example`` in help texts), how one is built
     (``build(match, eps, alpha, n_classes, alphas)``), its column label and sort key, its cost in
     forward+backward passes per attacked image for a head of ``n_classes`` (the estimate; an upper
-    bound for AutoAttack) and its colour in plots (``None``: the palette's next)."""
+    bound for AutoAttack), its colour in plots (``None``: the palette's next) and a help line."""
 
     pattern: str
     example: str
@@ -30,6 +30,7 @@ class AttackForm:
     rank: Callable
     passes: Callable
     colour: Callable = lambda m: None
+    help: str = ""
 
 
 def _pgd(m, eps, alpha, n_classes, alphas):
@@ -46,24 +47,29 @@ def _aa_passes(n_classes: int) -> float:
 
 FORMS = (
     AttackForm("clean", "clean", lambda m, *a: None, lambda m: "clean", lambda m: (0, 0, False),
-               lambda m, n: 0.0, lambda m: "#0072B2"),
+               lambda m, n: 0.0, lambda m: "#0072B2", "no attack: the test images as they are"),
     AttackForm("fgsm", "fgsm", lambda m, eps, *a: FGSM(eps), lambda m: "FGSM", lambda m: (1, 0, False),
-               lambda m, n: 2.0, lambda m: "#56B4E9"),
+               lambda m, n: 2.0, lambda m: "#56B4E9", "one signed-gradient step of ε, no random start"),
     AttackForm(r"pgd(\d+)(-cw)?", "pgdN, pgdN-cw", _pgd, lambda m: f"PGD-{m[1]}" + (" (CW)" if m[2] else ""),
                lambda m: (2, int(m[1]), bool(m[2])), lambda m, n: int(m[1]) + 1.0,
-               lambda m: None if m[2] else {"10": "#E69F00", "40": "#D55E00"}.get(m[1])),
+               lambda m: None if m[2] else {"10": "#E69F00", "40": "#D55E00"}.get(m[1]),
+               "N PGD steps from a random start, CE (or CW margin) loss, α with α·N ≥ 2.5ε"),
     AttackForm("apgd-ce", "apgd-ce", lambda m, eps, *a: AutoPGD(eps, loss="ce"), lambda m: "APGD-CE",
-               lambda m: (3, 1, False), lambda m, n: 101.0),
+               lambda m: (3, 1, False), lambda m, n: 101.0, help="APGD-CE, 100 steps (torchattacks)"),
     # APGD-CE with R random restarts: an image is broken if any restart breaks it
     AttackForm(r"apgd-ce-r([1-9]\d*)", "apgd-ce-rR", lambda m, eps, *a: AutoPGD(eps, loss="ce", restarts=int(m[1])),
-               lambda m: f"APGD-CE ×{m[1]}", lambda m: (3, int(m[1]), False), lambda m, n: 101.0 * int(m[1])),
+               lambda m: f"APGD-CE ×{m[1]}", lambda m: (3, int(m[1]), False), lambda m, n: 101.0 * int(m[1]),
+               help="APGD-CE with R random restarts (broken if any restart breaks it)"),
     AttackForm("apgd-t", "apgd-t", lambda m, eps, a, n, al: AutoPGD(eps, loss="dlr-targeted", n_classes=n),
-               lambda m: "APGD-T", lambda m: (4, 0, False), lambda m, n: 101.0 * min(9, n - 1)),
+               lambda m: "APGD-T", lambda m: (4, 0, False), lambda m, n: 101.0 * min(9, n - 1),
+               help="targeted APGD on the DLR loss over min(9, C − 1) targets"),
     AttackForm("aa", "aa", lambda m, eps, a, n, al: AutoAttack(eps, n_classes=n if n is not None else 10),
-               lambda m: "AA", lambda m: (5, 0, False), lambda m, n: _aa_passes(n), lambda m: "#CC79A7"),
+               lambda m: "AA", lambda m: (5, 0, False), lambda m, n: _aa_passes(n), lambda m: "#CC79A7",
+               "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square) sized to the head"),
     # a proof, not an attack: bound propagation, not counted in passes
     AttackForm("certified", "certified", lambda m, eps, *a: CertifiedCheck(number("attack eps", eps, 0)),
-               lambda m: "certified", lambda m: (9, 0, False), lambda m, n: 0.0, lambda m: "#009E73"),
+               lambda m: "certified", lambda m: (9, 0, False), lambda m, n: 0.0, lambda m: "#009E73",
+               "a proof, not an attack: CROWN ∩ IBP certifies the whole ball (never part of worst)"),
 )
 ATTACK_FORMS = (", ".join(f.example for f in FORMS)
                 + " (N = steps, e.g. pgd10; R = random restarts, e.g. apgd-ce-r5)")

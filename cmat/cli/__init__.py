@@ -1,5 +1,6 @@
 """The ``cmat`` command line (click), one module per command group: ``training`` (run, bench),
-``results`` (eval, inspect, plot, report), ``tasks`` (tasks, methods), ``data`` (data fetch), ``robustness``
+``results`` (eval, inspect, plot, report), ``tasks`` (tasks, methods, objectives, attacks), ``data``
+(data fetch), ``robustness``
 (verify, transfer, transfer-study); ``common`` holds the error boundary: user-caused errors are one line on stderr
 and exit code 1, never a traceback; ``names`` renders the names a flag takes (methods,
 objectives, architectures, attacks, bounds, sequences) from their registries when help is shown."""
@@ -13,7 +14,7 @@ from cmat.cli.common import CmatGroup
 from cmat.cli.data import data
 from cmat.cli.results import eval_cmd, inspect, plot, report
 from cmat.cli.robustness import transfer, transfer_study, verify
-from cmat.cli.tasks import methods, tasks
+from cmat.cli.tasks import attacks, methods, objectives, tasks
 from cmat.cli.training import bench, run
 
 
@@ -28,7 +29,8 @@ def main():
     provenance()  # the source tree as this process loaded it, not as it is when a long run ends
 
 
-for command in (bench, data, eval_cmd, inspect, methods, plot, report, run, tasks, transfer, transfer_study, verify):
+for command in (attacks, bench, data, eval_cmd, inspect, methods, objectives, plot, report, run, tasks, transfer,
+                transfer_study, verify):
     main.add_command(command)
 
 

@@ -69,3 +69,44 @@ def methods(as_json):
         for key, o in r["options"].items():
             default = "none" if o["default"] is None else o["default"]
             click.echo(f"    {key} = {default}  ({o['accepts']})  {o['help']}")
+
+
+@click.command(short_help="List the training objectives and what each declares.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def objectives(as_json):
+    """List the training objectives (--objective): one line each, tagged ``certified`` (trains for
+    certificates; the preset's certified recipe applies) and ``ddp`` (torchrun can wrap it)."""
+    import json
+
+    from cmat.objectives import OBJECTIVES
+
+    rows = [{"name": n, "summary": ((c.__doc__ or "").strip().splitlines() or [""])[0], "certified": c.certified,
+             "supports_ddp": c.supports_ddp} for n, c in OBJECTIVES.items()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        tags = ", ".join(t for t, on in (("certified", r["certified"]), ("ddp", r["supports_ddp"])) if on)
+        click.echo(f"{r['name']:<{width}}  {r['summary']}" + (f"  [{tags}]" if tags else ""))
+
+
+@click.command(short_help="List the evaluation attack names and their cost.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def attacks(as_json):
+    """List the evaluation names --attacks takes (N = steps, R = restarts): what each does and its
+    forward+backward passes per attacked image for a 10-class head at N = 10, R = 5 (the cost
+    estimate's; AutoAttack's is an upper bound)."""
+    import json
+
+    from cmat.attacks.factory import FORMS, attack_passes
+
+    rows = [{"name": name, "help": f.help, "passes_10_classes": attack_passes(name.replace("N", "10").replace(
+        "R", "5"), 10)} for f in FORMS for name in f.example.split(", ")]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        cost = "" if not r["passes_10_classes"] else f"  [{r['passes_10_classes']:.0f} passes per image]"
+        click.echo(f"{r['name']:<{width}}  {r['help']}{cost}")

@@ -12,6 +12,8 @@ from cmat.objectives.base import Objective, register_objective
 
 @register_objective
 class Standard(Objective):
+    """Cross-entropy on clean images (no attack)."""
+
     name = "standard"
     supports_ddp = True
     adversarial = False
@@ -23,6 +25,8 @@ class Standard(Objective):
 
 @register_objective
 class MadryPGD(Objective):
+    """Madry et al. 2018: cross-entropy on PGD-K adversarial examples (objective.steps, threat α)."""
+
     name = "pgd"
     supports_ddp = True
 
@@ -49,6 +53,8 @@ class MadryPGD(Objective):
 
 @register_objective
 class Trades(Objective):
+    """TRADES (Zhang et al. 2019): CE(f(x)) + β·KL(f(x) ‖ f(x_adv)), x_adv by PGD on the KL."""
+
     name = "trades"
 
     def __init__(self, cfg, threat):
@@ -85,6 +91,8 @@ class Trades(Objective):
 
 @register_objective
 class FastFGSM(Objective):
+    """Fast AT (Wong et al. 2020): one FGSM step from a random start, α = fast_alpha·ε."""
+
     name = "fast"
     supports_ddp = True
     detects_collapse = True
@@ -109,6 +117,8 @@ class FastFGSM(Objective):
 
 @register_objective
 class FreeAT(Objective):
+    """Free AT (Shafahi et al. 2019): each minibatch replayed, the perturbation carried over."""
+
     name = "free"
     supports_ddp = True
 

@@ -75,7 +75,9 @@ def worst_case_logits(ops: list, x: torch.Tensor, y: torch.Tensor, eps: float, b
 
 @register_objective
 class CertifiedObjective(Objective):
-    """IBP / CROWN-IBP training; ``total_iters`` is set by the trainer before each phase."""
+    """IBP training (Gowal et al. 2018): κ·CE(clean) + (1 − κ)·CE(interval worst-case logits), ε ramped.
+
+    ``total_iters`` is set by the trainer before each phase."""
 
     name = "ibp"
     use_crown = False
@@ -139,6 +141,8 @@ class CertifiedObjective(Objective):
 
 @register_objective
 class CrownIBP(CertifiedObjective):
+    """CROWN-IBP (Zhang et al. 2020): worst-case logits from β·CROWN-IBP + (1 − β)·IBP, β ramped to beta_end."""
+
     name = "crown-ibp"
     use_crown = True
     passes = 3  # natural, interval and backward-bound passes
