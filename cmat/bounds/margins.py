@@ -107,16 +107,24 @@ class CertifiedCheck:
 def certified_mask(model, x, y, eps: float, bound: str = "crown", batch_size: int = 32,
                    max_neurons: Optional[int] = None) -> torch.Tensor:
     """Per image: True when ``bound`` proves every point of B(x, ε) classified as ``y`` (so the
-    image is also correct clean). Sound: False means "not proven", never "attackable". CROWN's
-    memory grows with batch × unstable neurons, hence the batches."""
+    image is also correct clean). Sound: False means "not proven", never "attackable". IBP runs
+    first on every image (one forward pass); the costlier bounds run only on the images it leaves
+    unproven — CROWN and α-CROWN are intersected with IBP and MILP is exact, so an image IBP
+    proves they prove too (on an IBP-trained cnn-ibp, CROWN on all 2,115 images of a task took
+    ~15 min on one core). CROWN's memory grows with batch × unstable neurons, hence the batches."""
     ops = network_ops(model)
+    eps_of = lambda xb: torch.full((len(xb),), float(eps), dtype=xb.dtype)  # noqa: E731
     out = torch.zeros(len(x), dtype=torch.bool)
     with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            ok = proven(ops, xb, yb, torch.full((len(xb),), float(eps), dtype=xb.dtype), bound,
-                        max_neurons=max_neurons)
-            out[i:i + batch_size] = ok.cpu()
+        for i in range(0, len(x), 256):
+            out[i:i + 256] = proven(ops, x[i:i + 256], y[i:i + 256], eps_of(x[i:i + 256]), "ibp").cpu()
+        if bound == "ibp":
+            return out
+        rest = (~out).nonzero().squeeze(1)
+        for i in range(0, len(rest), batch_size):
+            idx = rest[i:i + batch_size]
+            xb, yb = x[idx.to(x.device)], y[idx.to(y.device)]
+            out[idx] = proven(ops, xb, yb, eps_of(xb), bound, max_neurons=max_neurons).cpu()
     return out
 
 
