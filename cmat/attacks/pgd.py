@@ -32,7 +32,10 @@ def ascend(model, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, eps, al
         grad, = torch.autograd.grad(objective(model(x_adv)), x_adv)
         x_adv.requires_grad_(False)
         torch.sign(grad, out=sign)  # grad may be a broadcast view: no sign_
-        x_adv.add_(sign * alpha) if torch.is_tensor(alpha) else x_adv.add_(sign, alpha=alpha)
+        if torch.is_tensor(alpha):  # per-sample step (N, 1, 1, 1)
+            x_adv.add_(sign * alpha)
+        else:
+            x_adv.add_(sign, alpha=alpha)
         if project and per_sample:
             torch.max(x_adv, lo, out=x_adv)
             torch.min(x_adv, hi, out=x_adv)
