@@ -26,7 +26,7 @@ from cmat.atomic import atomic_write_text
 from cmat.attacks.factory import attack_label, check_attack_name, column_rank
 from cmat.catalog import check_option_keys, method_class
 from cmat.cpg import goals_current
-from cmat.launch import Job, LaunchOptions, launch, refuse_live_slurm_jobs
+from cmat.launch import LaunchOptions, launch, refuse_live_slurm_jobs, run_job_for
 from cmat.provenance import machine_line
 from cmat.errors import CmatError
 from cmat.metrics import IMAGE_TEST, mcnemar_exact, paired_image_test, seed_spread
@@ -117,9 +117,10 @@ def run_bench(base_cfg, methods, seeds, out, progress=True, verbose=True, launch
 
 
 def bench_jobs(base_cfg, methods, seeds, out: Path, say=None) -> tuple:
-    """``(jobs, reused)``: a :class:`Job` per (method, seed) whose run directory does not hold a
-    finished run of its configuration, in dependency order (``at-individual`` first: CMAT reads
-    its goals from it), and ``(name, label)`` of the finished runs that are reused."""
+    """``(jobs, reused)``: a run job (:func:`cmat.launch.run_job_for`) per (method, seed) whose
+    run directory does not hold a finished run of its configuration, in dependency order
+    (``at-individual`` first: CMAT reads its goals from it), and ``(name, label)`` of the
+    finished runs that are reused."""
     jobs, reused = [], []
     for m in sorted(methods, key=lambda name: name != "at-individual"):
         for seed in seeds:
@@ -133,8 +134,7 @@ def bench_jobs(base_cfg, methods, seeds, out: Path, say=None) -> tuple:
             if reusable_run(out / name, cfg, say) and _goals_current(out / name, cfg, jobs):
                 reused.append((name, f"{m} s{seed}"))
                 continue
-            jobs.append(Job(name=name, run_dir=str(out / name), cfg_yaml=config_mod.to_yaml(cfg),
-                            label=f"{m} s{seed}", deps=deps, method=m, seed=int(seed)))
+            jobs.append(run_job_for(name, out / name, config_mod.to_yaml(cfg), f"{m} s{seed}", deps))
     return jobs, reused
 
 

@@ -63,7 +63,7 @@ def wait_for(out: Path, pattern: str, proc, timeout: float = 240) -> None:
 def test_kill_9_at_several_moments_then_the_same_command_gives_the_same_table(reference, tmp_path):
     out = tmp_path / "b"
     # just started, in the middle of a run (after its first task's checkpoint), one run finished
-    for moment in ("*/job.json", "*/checkpoint.h5", "*/results.json"):
+    for moment in ("*/job.pkl", "*/checkpoint.h5", "*/results.json"):
         proc = start_bench(out)
         wait_for(out, moment, proc)
         os.kill(proc.pid, signal.SIGKILL)

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from cmat.cli import main
 from cmat.config import to_yaml
 from cmat.errors import CmatError
-from cmat.launch.jobs import Job
-from cmat.launch.slurm import job_digest, result_problem, run_unit_job, slurm_entry
+from cmat.launch.jobs import run_job_for
+from cmat.launch.slurm import result_problem, run_slurm_job
 from cmat.rundir import RunLock, lock_runs
 from tests.helpers import quick_config
 
@@ -43,7 +43,7 @@ def test_cmat_run_on_a_run_a_bench_is_training_is_refused(tmp_path):
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         end = time.time() + 120
-        while not (out / "at-finetune-s0" / "job.json").exists():
+        while not (out / "at-finetune-s0" / "job.pkl").exists():
             assert bench.poll() is None and time.time() < end, "the bench did not start its run"
             time.sleep(0.05)
         res = CliRunner().invoke(main, ["run", *RUN, "--epochs", "3", "--method", "at-finetune",
@@ -95,19 +95,19 @@ def test_transfer_study_locks_its_out_and_every_cell(tmp_path):
 
 
 def test_a_slurm_job_holds_its_run_and_stamps_its_result(tmp_path, monkeypatch):
-    """What every SLURM job runs (:func:`run_unit_job`), called here as the job calls it: refused
+    """What every SLURM job runs (:func:`run_slurm_job`), called here as the job calls it: refused
     in one line (also in run.log) while another writer holds the run; else its results.json
     carries this job's id and the configuration digest, which is what makes it done."""
     cfg = quick_config(method="at-finetune", epochs=1, train={"val_attack_samples": 8},
                        eval={"attacks": ["clean"], "samples": 8}, max_tasks=1)
-    job = Job(name="at-finetune-s0", run_dir=str(tmp_path / "r"), cfg_yaml=to_yaml(cfg), label="at-finetune s0")
-    digest, result = job_digest(job), tmp_path / "r" / "results.json"
+    job = run_job_for("at-finetune-s0", tmp_path / "r", to_yaml(cfg), "at-finetune s0")
+    digest, result = job.digest, tmp_path / "r" / "results.json"
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     with RunLock(job.run_dir, "cmat run"):
         with pytest.raises(CmatError, match="in use by another cmat run"):
-            run_unit_job(slurm_entry, (job,), job.run_dir, str(result), digest)
+            run_slurm_job(job)
     assert "error:" in (tmp_path / "r" / "run.log").read_text() and not result.exists()
-    run_unit_job(slurm_entry, (job,), job.run_dir, str(result), digest)
+    run_slurm_job(job)
     assert json.loads(result.read_text())["slurm"] == {"job_id": "4242", "digest": digest}
     assert result_problem(result, "4242", digest) is None
     assert "job 4242's" in result_problem(result, "4243", digest)  # another job's result is not this one's

@@ -189,3 +189,31 @@ def test_lwf_under_a_certified_objective_adds_the_feature_penalty_to_the_bound_l
     penalty = (model.embed(x) - src.embed(x)).abs().mean()
     assert penalty > 0 and torch.allclose(loss, plain + 0.5 * penalty)
     assert not torch.allclose(plain, torch.nn.functional.cross_entropy(model(x), y))  # the bound term is there
+
+
+def test_sources_and_cells_are_jobs_of_the_one_scheduler(study, tmp_path):
+    """A source that must train again is a run job (it resumes as a bench's run does); its cells
+    are jobs after it, the other source's finished cells are reused; every job pickles into a
+    worker process or a SLURM job with its function by reference."""
+    import pickle
+    import shutil
+
+    from cmat.config import to_yaml
+    from cmat.launch.jobs import run_config
+    from cmat.transfer_study.study import plan_jobs
+
+    out, result, _ = study
+    copy = tmp_path / "s"
+    shutil.copytree(out, copy)
+    (copy / "sources" / "pgd" / "results.json").unlink()
+    cfg = tiny_config()
+    settings = {"source_task": 0, "target_task": 1, "bound": "crown", "verify_samples": 3, "verify_iters": 3,
+                "eps_max_factor": 2.0}
+    cells = plan(result["strategies"])
+    jobs = plan_jobs(cfg, copy, to_yaml(cfg), 0, ("standard", "pgd"), cells, settings, lambda _: None)
+    assert jobs[0].name == "source-pgd" and jobs[0].fn is run_config and jobs[0].prepare is not None
+    assert {j.name for j in jobs[1:]} == {c.name for c in cells if c.source == "pgd"}
+    assert all(j.deps == ("source-pgd",) and j.result == "cell.json" for j in jobs[1:])
+    for j in jobs:
+        back = pickle.loads(pickle.dumps(j))
+        assert back.fn is j.fn and back.args == j.args and back.digest == j.digest

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmat.errors import CmatError
-from cmat.launch.jobs import Job, die_with_parent, prepare_run_dir, run_inline  # noqa: F401
+from cmat.launch.jobs import Job, die_with_parent, run_inline, run_job_for  # noqa: F401
 from cmat.launch.local import run_local  # noqa: F401
 from cmat.launch.slurm import SlurmOptions, live_jobs, refuse_live_slurm_jobs, run_slurm  # noqa: F401
 from cmat.launch.table import StatusTable
@@ -40,7 +40,8 @@ class LaunchOptions:
 def launch(jobs: list, out: Path, opts: LaunchOptions, title: str, progress: bool = True, verbose: bool = True,
            say=print) -> dict:
     """Execute ``jobs`` (in dependency order) by ``opts``; name → final state ("done", "failed",
-    "skipped"; "queued" for SLURM jobs not waited for; "dry-run")."""
+    "skipped"; "queued" for SLURM jobs not waited for; "dry-run"). The one scheduler of every
+    bench and study: in this process one after another, in worker processes, or on SLURM."""
     opts.check()
     if opts.launcher == "local" and opts.jobs == 1:
         for job in jobs:

@@ -22,8 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from cmat.errors import CmatError
-from cmat.launch.jobs import Job, die_with_parent, prepare_run_dir, worker_command
+from cmat.launch.jobs import Job, die_with_parent, processes, worker_command, write_job_file
 from cmat.launch.table import StatusTable
+
 
 def visible_gpus() -> list:
     import torch
@@ -46,7 +47,8 @@ def last_line(path: Path) -> str:
 
 def run_local(jobs: list, n_jobs: int, table: StatusTable, gpus_per_run: int = 1, poll: float = 0.5) -> dict:
     """Run ``jobs`` (dependency order not required) with up to ``n_jobs`` at once; returns
-    name → "done" | "failed" | "skipped". Runs' lines go to their ``run.log``."""
+    name → "done" | "failed" | "skipped". A job is done when its worker exited 0 and left its
+    result file. Jobs' lines go to their ``run.log``."""
     if n_jobs < 1:
         raise CmatError(f"--jobs must be ≥ 1, got {n_jobs}")
     gpus = visible_gpus()
@@ -70,11 +72,7 @@ def run_local(jobs: list, n_jobs: int, table: StatusTable, gpus_per_run: int = 1
                 fh.close()
                 free_gpus.extend(held)
                 del running[name]
-                run_dir = Path(next(j.run_dir for j in jobs if j.name == name))
-                ok = code == 0 and (run_dir / "results.json").exists()
-                state[name] = "done" if ok else "failed"
-                table.set(name, state[name], "" if ok else f"{last_line(run_dir / 'run.log')} "
-                                                           f"(log: {run_dir / 'run.log'})")
+                state[name] = finished(next(j for j in jobs if j.name == name), code, table)
             for job in list(waiting):
                 deps = [d for d in job.deps if d in names]
                 if any(state[d] in ("failed", "skipped") for d in deps):
@@ -103,17 +101,30 @@ def run_local(jobs: list, n_jobs: int, table: StatusTable, gpus_per_run: int = 1
     return state
 
 
+def finished(job: Job, code: int, table: StatusTable) -> str:
+    """"done" when the worker exited 0 and left the job's result file, else "failed"; the
+    table gets the job's own line, or the failure's last line of ``run.log``."""
+    log = Path(job.run_dir) / "run.log"
+    if code == 0 and job.result_path.exists():
+        table.set(job.name, "done", job.describe(job) if job.describe else "")
+        return "done"
+    table.set(job.name, "failed", f"{last_line(log)} (log: {log})")
+    return "failed"
+
+
 def start(job: Job, threads: int, gpus: list) -> tuple:
-    """Prepare the job's directory (resume or restart), write ``job.json`` and start its worker."""
-    job = prepare_run_dir(replace(job, threads=threads, gpus=tuple(gpus)))
+    """Prepare the job (a run's resume or restart), write ``job.pkl`` and start its worker."""
+    job = replace(job, threads=threads, gpus=tuple(gpus))
+    if job.prepare:
+        job = job.prepare(job)
     run_dir = Path(job.run_dir)
-    job_file = run_dir / "job.json"
-    job_file.write_text(job.to_json())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job_file = write_job_file(job)
     env = dict(os.environ)
     if gpus:  # indices into this process's visible devices (which may be a subset, or UUIDs)
         parent = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
         env["CUDA_VISIBLE_DEVICES"] = ",".join(parent[g] if g < len(parent) else str(g) for g in gpus)
     fh = open(run_dir / "run.log", "a")
-    proc = subprocess.Popen(worker_command(job_file, len(gpus)), stdout=fh, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(worker_command(job_file, processes(job)), stdout=fh, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent)
     return proc, gpus, fh

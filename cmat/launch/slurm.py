@@ -1,7 +1,8 @@
-"""Every run a SLURM job, submitted through submitit (``pip install cmat[slurm]``).
+"""Every :class:`~cmat.launch.jobs.Job` (a bench's run, a study's source or cell) a SLURM job,
+submitted through submitit (``pip install cmat[slurm]``).
 
-- One job per run, with the partition, time, CPUs, GPUs and memory of :class:`SlurmOptions`
-  (flags, or a ``slurm:`` block in the ``--config`` file); a run that reads another run's
+- One SLURM job per job, with the partition, time, CPUs, GPUs and memory of :class:`SlurmOptions`
+  (flags, or a ``slurm:`` block in the ``--config`` file); a job that reads another's
   results waits for it with ``--dependency=afterok:<id>``; its logs land in
   ``<run dir>/slurm/`` (submitit's ``<id>_0_log.out`` / ``.err``) and ``<run dir>/run.log``.
 - ``OUT/slurm_jobs.json`` records each submitted job (id and the digest of its configuration),
@@ -19,12 +20,12 @@
 - A superseded job (its configuration changed while it was queued or running) is cancelled and
   awaited until ``squeue`` no longer lists it, before its replacement is submitted into the same
   directory.
-- A run with several GPUs starts torchrun inside its job (one process per GPU).
+- A distributed job (a run) with several GPUs starts torchrun inside its SLURM job (one process
+  per GPU).
 """
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import os
 import shutil
@@ -32,13 +33,13 @@ import subprocess
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import yaml
 
 from cmat.atomic import atomic_write_text
 from cmat.errors import CmatError
-from cmat.launch.jobs import Job, prepare_run_dir, run_job, worker_command
+from cmat.launch.jobs import Job, execute, processes, worker_command, write_job_file
 from cmat.launch.local import last_line
 from cmat.launch.table import StatusTable
 from cmat.rundir import RunLock, read_json_object
@@ -109,26 +110,6 @@ class SlurmOptions:
         return params
 
 
-def slurm_entry(job: Job) -> None:
-    """What a bench's SLURM job runs (inside :func:`run_unit_job`, which holds the directory's
-    lock): prepare the run directory (resume or restart), then the run — in this process, or
-    under torchrun when the job has several GPUs."""
-    job = prepare_run_dir(job)
-    n_gpus = len(job.gpus)
-    if n_gpus > 1:
-        job_file = Path(job.run_dir) / "job.json"
-        job_file.write_text(job.to_json())
-        code = subprocess.call(worker_command(job_file, n_gpus))
-        if code != 0:
-            raise RuntimeError(f"torchrun exited with {code}; see {job.run_dir}/run.log")
-        return
-    run_job(job)
-
-
-def job_digest(job: Job) -> str:
-    return hashlib.sha256(job.cfg_yaml.encode()).hexdigest()[:16]
-
-
 def stamp(path: Path, job_id: str, digest: str) -> None:
     """Mark the result file ``path`` as written by SLURM job ``job_id`` for configuration ``digest``."""
     text = path.read_text()
@@ -155,17 +136,24 @@ def result_problem(path: Path, job_id: str, digest: str) -> Optional[str]:
     return None
 
 
-def run_unit_job(fn: Callable, args: tuple, run_dir: str, result: str, digest: str) -> None:
-    """What every SLURM job runs: ``fn(*args)`` holding ``run_dir``'s lock, then its result file
-    stamped with this job's id and ``digest``; a refusal or error also goes to ``run.log``."""
+def run_slurm_job(job: Job) -> None:
+    """What every SLURM job runs: the job (prepared here: a run's resume or restart; under
+    torchrun when it is distributed over several GPUs) holding its directory's lock, then its
+    result file stamped with this job's id and digest; a refusal or error also goes to ``run.log``."""
     job_id = os.environ.get("SLURM_JOB_ID", "")
     try:
-        with RunLock(run_dir, f"SLURM job {job_id}"):
-            fn(*args)
-            stamp(Path(result), job_id, digest)
+        with RunLock(job.run_dir, f"SLURM job {job_id}"):
+            job = job.prepare(job) if job.prepare else job
+            if processes(job) > 1:
+                code = subprocess.call(worker_command(write_job_file(job), processes(job)))
+                if code != 0:
+                    raise CmatError(f"torchrun exited with {code}; see {job.run_dir}/run.log")
+            else:
+                execute(job)
+            stamp(job.result_path, job_id, job.digest)
     except CmatError as err:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        with open(Path(run_dir) / "run.log", "a") as fh:
+        Path(job.run_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(job.run_dir) / "run.log", "a") as fh:
             fh.write(f"error: {err}\n")
         raise
 
@@ -233,37 +221,9 @@ def refuse_live_slurm_jobs(out, what: str) -> None:
                         "directories: collect them with the same command and --launcher slurm, or scancel them first")
 
 
-@dataclass
-class Unit:
-    """One SLURM job: ``fn(*args)`` run in the job (under ``run_dir``'s lock), logs in
-    ``run_dir/slurm/``; ``digest`` says what it computes (a recorded job with another digest is
-    stale); ``result``: the file it writes, done only when stamped by its own job
-    (:func:`result_problem`); ``deps``: names of units it runs after (``afterok``)."""
-    name: str
-    run_dir: str
-    fn: Callable
-    args: tuple
-    digest: str
-    result: str
-    deps: tuple = ()
-
-
-def job_units(jobs: list, opts: SlurmOptions) -> list:
-    """A bench's jobs as units: each runs :func:`slurm_entry` and writes ``results.json``."""
-    return [Unit(j.name, j.run_dir, slurm_entry,
-                 (replace(j, threads=opts.cpus_per_run, gpus=tuple(range(opts.gpus_per_run))),),
-                 job_digest(j), str(Path(j.run_dir) / "results.json"), j.deps) for j in jobs]
-
-
 def run_slurm(jobs: list, out: Path, opts: SlurmOptions, table: StatusTable, wait: bool = True,
               dry_run: bool = False, say=print, poll: float = 3.0) -> dict:
-    """A bench's jobs on SLURM (:func:`run_units`)."""
-    return run_units(job_units(jobs, opts), out, opts, table, wait, dry_run, say, poll)
-
-
-def run_units(units: list, out: Path, opts: SlurmOptions, table: StatusTable, wait: bool = True,
-              dry_run: bool = False, say=print, poll: float = 3.0) -> dict:
-    """Submit (or find already submitted) every unit; with ``wait`` poll until all left the queue.
+    """Submit (or find already submitted) every job; with ``wait`` poll until all left the queue.
     Returns name → "done" | "failed" | "skipped" | "queued" (not waited for) | "dry-run"."""
     if not dry_run and shutil.which("sbatch") is None:
         raise CmatError("--launcher slurm: sbatch is not on PATH (no SLURM client here); see docs/cluster.md")
@@ -271,21 +231,22 @@ def run_units(units: list, out: Path, opts: SlurmOptions, table: StatusTable, wa
         import submitit  # noqa: F401
     except ImportError:
         raise CmatError("--launcher slurm needs submitit: pip install 'cmat[slurm]'") from None
-    ids = submit_units(units, out, opts, table, dry_run, say)
+    jobs = [replace(j, threads=opts.cpus_per_run, gpus=tuple(range(opts.gpus_per_run))) for j in jobs]
+    ids = submit_jobs(jobs, out, opts, table, dry_run, say)
     if dry_run:
-        return {u.name: "dry-run" for u in units}
-    return poll_units(units, ids, opts, table, wait, poll)
+        return {j.name: "dry-run" for j in jobs}
+    return poll_jobs(jobs, ids, opts, table, wait, poll)
 
 
-def sbatch_line(unit: Unit, params: dict) -> str:
-    return ("[dry run] " + unit.name + ": sbatch "
+def sbatch_line(job: Job, params: dict) -> str:
+    return ("[dry run] " + job.name + ": sbatch "
             + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in params.items() if k != "additional_parameters")
             + "".join(f" --{k}={v}" for k, v in params.get("additional_parameters", {}).items())
-            + (f" (after {', '.join(unit.deps)})" if unit.deps else "") + f" → {unit.run_dir}")
+            + (f" (after {', '.join(job.deps)})" if job.deps else "") + f" → {job.run_dir}")
 
 
-def submit_units(units: list, out: Path, opts: SlurmOptions, table: StatusTable, dry_run: bool, say) -> dict:
-    """Submit every unit not already queued or running for its configuration (a superseded job
+def submit_jobs(jobs: list, out: Path, opts: SlurmOptions, table: StatusTable, dry_run: bool, say) -> dict:
+    """Submit every job not already queued or running for its configuration (a superseded job
     is cancelled and awaited first); name → job id, recorded in ``OUT/slurm_jobs.json``."""
     import submitit
 
@@ -293,75 +254,74 @@ def submit_units(units: list, out: Path, opts: SlurmOptions, table: StatusTable,
     record = read_record(record_path)
     queue = {} if dry_run else queue_states()
     ids: dict = {}
-    names = {u.name for u in units}
-    for unit in units:  # dependency order: a unit's deps come before it (the caller's order)
-        old = record.get(unit.name)
-        deps = [ids[d] for d in unit.deps if d in names and d in ids]
+    names = {u.name for u in jobs}
+    for job in jobs:  # dependency order: a job's deps come before it (the caller's order)
+        old = record.get(job.name)
+        deps = [ids[d] for d in job.deps if d in names and d in ids]
         active = old is not None and queue.get(str(old["job_id"])) in ACTIVE
         # still queued or running, for this configuration, after every dependency as it is now
-        # (a dependency that has finished since is no longer a unit; one resubmitted has a new id)
-        if active and old.get("digest") == unit.digest and all(d in old.get("after", []) for d in deps):
-            ids[unit.name] = str(old["job_id"])
-            table.set(unit.name, "queued", f"already submitted: job {ids[unit.name]}")
+        # (a dependency that has finished since is no longer a job here; one resubmitted has a new id)
+        if active and old.get("digest") == job.digest and all(d in old.get("after", []) for d in deps):
+            ids[job.name] = str(old["job_id"])
+            table.set(job.name, "queued", f"already submitted: job {ids[job.name]}")
             continue
         if active and not dry_run:  # superseded: never two jobs writing one run directory
-            say(f"[{unit.name}] job {old['job_id']} is superseded (configuration or dependencies changed); "
+            say(f"[{job.name}] job {old['job_id']} is superseded (configuration or dependencies changed); "
                 "cancelling it and waiting until it has left the queue")
             cancel_and_wait(str(old["job_id"]))
         elif old is not None and not dry_run:
-            problem = result_problem(Path(unit.result), str(old["job_id"]), str(old.get("digest")))
-            say(f"[{unit.name}] job {old['job_id']} ended without its result ({problem}; "
-                f"{last_line(Path(unit.run_dir) / 'run.log') or 'see ' + unit.run_dir + '/slurm/'}); resubmitting")
-        params = opts.sbatch_parameters(unit.name, "afterok:" + ":".join(deps) if deps else None)
+            problem = result_problem(job.result_path, str(old["job_id"]), str(old.get("digest")))
+            say(f"[{job.name}] job {old['job_id']} ended without its result ({problem}; "
+                f"{last_line(Path(job.run_dir) / 'run.log') or 'see ' + job.run_dir + '/slurm/'}); resubmitting")
+        params = opts.sbatch_parameters(job.name, "afterok:" + ":".join(deps) if deps else None)
         if dry_run:
-            say(sbatch_line(unit, params))
-            ids[unit.name] = f"<{unit.name}>"
+            say(sbatch_line(job, params))
+            ids[job.name] = f"<{job.name}>"
             continue
-        executor = submitit.SlurmExecutor(folder=Path(unit.run_dir) / "slurm")
+        executor = submitit.SlurmExecutor(folder=Path(job.run_dir) / "slurm")
         executor.update_parameters(**params)
         try:
-            ids[unit.name] = str(executor.submit(run_unit_job, unit.fn, unit.args, unit.run_dir, unit.result,
-                                                 unit.digest).job_id)
+            ids[job.name] = str(executor.submit(run_slurm_job, job).job_id)
         except Exception as err:  # sbatch refused it (partition, account, time, ...): say so in one line
             first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-            raise CmatError(f"sbatch refused job {unit.name}: {first}") from None
-        record[unit.name] = {"job_id": ids[unit.name], "digest": unit.digest, "after": deps, "submitted": time.time()}
+            raise CmatError(f"sbatch refused job {job.name}: {first}") from None
+        record[job.name] = {"job_id": ids[job.name], "digest": job.digest, "after": deps, "submitted": time.time()}
         atomic_write_text(record_path, json.dumps(record, indent=1))
-        table.set(unit.name, "queued", f"job {ids[unit.name]}" + (f", after afterok:{':'.join(deps)}" if deps else ""))
+        table.set(job.name, "queued", f"job {ids[job.name]}" + (f", after afterok:{':'.join(deps)}" if deps else ""))
     return ids
 
 
-def poll_units(units: list, ids: dict, opts: SlurmOptions, table: StatusTable, wait: bool, poll: float) -> dict:
+def poll_jobs(jobs: list, ids: dict, opts: SlurmOptions, table: StatusTable, wait: bool, poll: float) -> dict:
     """Follow the submitted jobs in squeue; a job that left the queue is done only when its
     result file carries its id and digest (after up to ``result_wait_s`` for it to appear)."""
     final = ("done", "failed", "skipped")
-    states = {u.name: "queued" for u in units}
+    states = {u.name: "queued" for u in jobs}
     gone: dict = {}  # name -> when it was first seen out of the queue without its result
     while True:
         queue = queue_states()
-        for unit in units:
-            job_id = ids[unit.name]
-            if states[unit.name] in final:
+        for job in jobs:
+            job_id = ids[job.name]
+            if states[job.name] in final:
                 continue
             s = queue.get(job_id)
             if s in ACTIVE:
                 if s == "RUNNING":
-                    states[unit.name] = "running"
-                    table.set(unit.name, "running", f"job {job_id}")
+                    states[job.name] = "running"
+                    table.set(job.name, "running", f"job {job_id}")
                 continue
-            problem = result_problem(Path(unit.result), job_id, unit.digest)
-            if problem and time.time() - gone.setdefault(unit.name, time.time()) < opts.result_wait_s:
+            problem = result_problem(job.result_path, job_id, job.digest)
+            if problem and time.time() - gone.setdefault(job.name, time.time()) < opts.result_wait_s:
                 continue  # left the queue; its result may still be on its way
-            states[unit.name] = "failed" if problem else "done"
-            log = Path(unit.run_dir) / "run.log"
-            table.set(unit.name, states[unit.name], "" if not problem else
+            states[job.name] = "failed" if problem else "done"
+            log = Path(job.run_dir) / "run.log"
+            table.set(job.name, states[job.name], (job.describe(job) if job.describe else "") if not problem else
                       f"job {job_id} left the queue without its result ({problem}); "
-                      f"{last_line(log) or 'no run.log'} (logs: {unit.run_dir}/slurm/)")
-        for unit in units:  # a job whose dependency failed would pend forever
-            if states[unit.name] == "queued" and any(states.get(d) in ("failed", "skipped") for d in unit.deps):
-                subprocess.run(["scancel", ids[unit.name]], capture_output=True)
-                states[unit.name] = "skipped"
-                table.set(unit.name, "skipped", f"needs {', '.join(unit.deps)}, which did not finish")
+                      f"{last_line(log) or 'no run.log'} (logs: {job.run_dir}/slurm/)")
+        for job in jobs:  # a job whose dependency failed would pend forever
+            if states[job.name] == "queued" and any(states.get(d) in ("failed", "skipped") for d in job.deps):
+                subprocess.run(["scancel", ids[job.name]], capture_output=True)
+                states[job.name] = "skipped"
+                table.set(job.name, "skipped", f"needs {', '.join(job.deps)}, which did not finish")
         if not wait or all(s in final for s in states.values()):
             return states
         table.draw()

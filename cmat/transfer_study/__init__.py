@@ -24,12 +24,14 @@
    ``critical_eps.csv`` and the plots ``pareto.png`` (robust accuracy against cost, Pareto
    front), ``bars.png`` (grouped per strategy) and ``ecdf.png`` (critical ε per strategy).
 
-Cells run in ``jobs`` worker processes (one CPU thread each on a CPU; cells are independent).
-The study holds the lock of ``OUT`` and, for its workers, of every source and cell directory
+Sources and cells are jobs of the one scheduler (:func:`cmat.launch.launch`), as a bench's runs
+are: in this process, in ``jobs`` worker processes (cores // jobs threads each) or as SLURM jobs,
+each cell after its source; a source is an ordinary run job, so a killed one resumes. The study
+holds the lock of ``OUT`` and, for its workers, of every source and cell directory
 (:mod:`cmat.rundir`); through SLURM each job holds its own.
 
-Modules: ``plan`` (cells, keys, reuse), ``cells`` (a source run and one cell, runnable in worker
-processes), ``study`` (the orchestration), ``analysis`` (summary, tables, plots).
+Modules: ``plan`` (cells, keys, reuse), ``cells`` (a cell's job, training, evaluation and
+verification), ``study`` (plan the jobs, launch, collect), ``analysis`` (summary, tables, plots).
 """
 from cmat.transfer_study.analysis import study_markdown, summarize_study, write_study  # noqa: F401
 from cmat.transfer_study.plan import ACCURACY_COLUMNS, CSV_COLUMNS, Cell, plan  # noqa: F401

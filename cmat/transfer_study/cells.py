@@ -1,4 +1,4 @@
-"""The study's units of work, runnable in worker processes: a source run and one cell."""
+"""A study's cell: its job (:class:`cmat.launch.Job`), training, evaluation and verification."""
 from __future__ import annotations
 
 import csv
@@ -14,13 +14,16 @@ import torch
 from cmat import config as config_mod
 from cmat.atomic import atomic_write_text
 from cmat.bounds import HARNESS_NEURONS, CertifiedCheck, certified_mask
-from cmat.engine import Run, resolve_device
+from cmat.engine import resolve_device
+from cmat.errors import CmatError
 from cmat.evaluate import build_attacks, check_sound, evaluate_task
+from cmat.launch.jobs import Job, text_digest
+from cmat.rundir import read_json_object
 from cmat.store import load as load_run
 from cmat.tasks import tasks_for_config
 from cmat.tblog import RunLogger
 from cmat.transfer import build_transfer_model, check_compatible, train_transfer
-from cmat.transfer_study.plan import FORMAT, Cell, untrained_view, yaml_load
+from cmat.transfer_study.plan import FORMAT, Cell, cell_key, reusable_cell, untrained_view, yaml_load
 from cmat.verify import COLUMNS, critical_eps
 
 
@@ -108,12 +111,37 @@ def _write_verona(path: Path, rows: list) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def run_source(cfg_yaml: str, run_dir: str, progress: bool, verbose: bool, threads: int) -> dict:
-    """Train one source (an ordinary run directory); runs in a worker process as well as inline."""
-    if threads:
-        torch.set_num_threads(threads)
-    cfg = config_mod.from_dict(yaml_load(cfg_yaml))
-    for name in ("results.json", "store.h5", "checkpoint.h5", "eval.h5"):  # a killed attempt's leftovers
-        (Path(run_dir) / name).unlink(missing_ok=True)
-    label = f"source {cfg.objective.name}"
-    return Run(cfg, run_dir, progress=progress, verbose=verbose, label=label).execute()
+def cell_job(out: Path, cfg_yaml: str, cell: Cell, settings: dict, source_pending: bool) -> Job:
+    """The job of one cell in ``OUT/cells/<name>``, after its source's job when that one trains
+    (``source_pending``); done when it left ``cell.json``."""
+    src_dir = None if cell.source == "none" else out / "sources" / cell.source
+    return Job(name=cell.name, run_dir=str(out / "cells" / cell.name), fn=run_cell_job,
+               args=(cell, cfg_yaml, None if src_dir is None else str(src_dir), settings, source_pending),
+               label=cell.name, result="cell.json", describe=describe_cell,
+               digest=text_digest(cfg_yaml, cell.name, json.dumps(settings, sort_keys=True)),
+               deps=(f"source-{cell.source}",) if source_pending else ())
+
+
+def run_cell_job(job: Job, cell: Cell, cfg_yaml: str, source_dir: Optional[str], settings: dict,
+                 source_pending: bool) -> dict:
+    """A cell inside its job: its key from the source's weights (which exist only once the source
+    has trained), then the finished cell of that key when one is there (a source retrained bit
+    for bit), else :func:`run_cell`."""
+    store = None if source_dir is None else Path(source_dir) / "store.h5"
+    key = cell_key(cfg_yaml, cell, store, settings)
+    old = reusable_cell(Path(job.run_dir), key, print) if source_pending else None
+    if old is not None:
+        print(f"[{cell.name}] reusing the finished cell in {job.run_dir}")
+        return old
+    return run_cell(cell, cfg_yaml, source_dir, job.run_dir, settings, key, job.progress, job.threads)
+
+
+def describe_cell(job: Job) -> str:
+    """``clean 0.950  pgd10 0.700  worst 0.690  certified 0.500  12 s, 24,000 passes`` of a cell."""
+    try:
+        row = read_json_object(job.result_path, "cell record")["row"]
+        return (f"clean {row['clean']:.3f}  pgd10 {row.get('pgd10', float('nan')):.3f}  "
+                f"worst {row.get('worst', float('nan')):.3f}  certified {row['certified']:.3f}  "
+                f"{row['train_seconds']:.0f} s, {row['grad_evals']:,} passes")
+    except (CmatError, KeyError, TypeError) as err:
+        return f"unreadable cell record ({err})"
