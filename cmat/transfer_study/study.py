@@ -48,12 +48,14 @@ def run_study(cfg, out, source_task: int = 0, target_task: int = 1, strategies=N
         if local:
             refuse_live_slurm_jobs(out, "local study")
         atomic_write_text(out / "config.yaml", cfg_yaml)
-        study_jobs = plan_jobs(cfg, out, cfg_yaml, source_task, objectives, cells, settings, say)
-        where = f"{jobs} worker{'s' if jobs > 1 else ''} on {device.type}" if local else "through SLURM"
         say(f"transfer study on {cfg.tasks}: source task {source_task + 1} ({seq[source_task].name}) → target task "
             f"{target_task + 1} ({seq[target_task].name}); 2 sources + {len(cells)} cells "
-            f"({', '.join(strategies)} × {{standard, {objectives[1]}}} per source, scratch), "
-            f"{len(study_jobs)} to run, {where}")
+            f"({', '.join(strategies)} × {{standard, {objectives[1]}}} per source, scratch)")
+        study_jobs = plan_jobs(cfg, out, cfg_yaml, source_task, objectives, cells, settings, say)
+        where = f"{jobs} worker{'s' if jobs > 1 else ''} on {device.type}" if local else "SLURM jobs"
+        total = 2 + len(cells)
+        say("everything reused" if not study_jobs else f"all {total} to run ({where})" if len(study_jobs) == total
+            else f"{len(study_jobs)} of {total} to run ({where}); the rest reused")
         started = time.time()
         states = launch(study_jobs, out, opts, f"transfer study {out}", progress=progress, say=say) \
             if study_jobs else {}
