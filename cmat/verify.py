@@ -180,19 +180,63 @@ def certify_at_eps(run_dir, task: int, n: int, bound: str = "crown", time_limit:
 
 
 def criteria_run(run_dir, n: int, eps: Optional[float] = None, data_root=None) -> dict:
-    """``cmat verify --criteria``: on the first ``n`` test images of every task, at ``eps``
-    (default the run's ε), how many images each "verified" criterion counts
-    (:mod:`cmat.bounds.criteria`: SHIELD's unsound one next to the sound interval and margin
-    tests), and how many SHIELD counts that CROWN's margin does not prove."""
+    """``cmat verify --criteria``: on the first ``n`` images of every task that the run evaluated
+    (its ``eval.h5``; the first ``n`` test images when it has none), at ``eps`` (default the
+    run's ε), how many images each "verified" criterion counts (:mod:`cmat.bounds.criteria`:
+    SHIELD's unsound one next to the sound interval and margin tests), how many SHIELD counts
+    that CROWN's margin does not prove and, at the run's ε, how many of SHIELD's an attack of
+    the run broke (its per-image ``worst``)."""
     from cmat.bounds.criteria import CRITERIA, criteria_counts
 
     run = load_run(run_dir)
     eps = float(eps if eps is not None else run.config.threat.eps)
+    evaluated = _run_worst(run_dir)
+    at_run_eps = eps == float(run.config.threat.eps)
     seq = tasks_for_config(run.config, data_root, download=False)
     rows = []
     for j, name in enumerate(run.task_names):
-        x, y = seq[j].test.tensors(torch.arange(min(n, len(seq[j].test))))
-        rows.append({"task": j, "name": name, **criteria_counts(run.model(j), x, y, eps)})
+        idx, worst = evaluated[j] if evaluated else (torch.arange(len(seq[j].test)), None)
+        idx = torch.as_tensor(idx[:n])
+        x, y = seq[j].test.tensors(idx)
+        robust = worst[:n] if worst is not None and at_run_eps else None
+        rows.append({"task": j, "name": name, **criteria_counts(run.model(j), x, y, eps, robust)})
     keys = ("n", "correct", *CRITERIA, "shield_not_sound")
+    if all("shield_broken" in r for r in rows):
+        keys += ("shield_broken", "sound_broken")
     return {"run": str(run_dir), "eps": eps, "criteria": list(CRITERIA), "tasks": rows,
+            "images": "evaluated by the run" if evaluated else "first test images",
             "total": {k: sum(r[k] for r in rows) for k in keys}}
+
+
+def _run_worst(run_dir) -> Optional[list]:
+    """Per task, ``(test indices, survived every attack)`` of the images the run evaluated (its
+    ``eval.h5``); None when it has no readable per-image outcomes with a ``worst`` column."""
+    from cmat.outcomes import read_outcomes
+
+    try:
+        out = read_outcomes(Path(run_dir) / "eval.h5")
+    except CmatError:
+        return None
+    if "worst" not in out["correct"]:
+        return None
+    return list(zip(out["indices"], out["correct"]["worst"]))
+
+
+def criteria_markdown(run_dir) -> str:
+    """The ``criteria-*.json`` reports (``cmat verify --criteria --json``) saved in ``run_dir``,
+    one row per radius: each criterion's count as accuracy over n, and what SHIELD's overcounts."""
+    import json
+
+    reports = sorted((json.loads(p.read_text()) for p in Path(run_dir).glob("criteria-*.json")),
+                     key=lambda r: -r["eps"])
+    if not reports:
+        raise CmatError(f"no criteria-*.json in {run_dir} (cmat verify RUN --criteria --json > RUN/criteria-E.json)")
+    cols = ["correct", "shield", "interval", "margin-ibp", "margin-crown"]
+    lines = ["| ε | n | " + " | ".join(cols) + " | SHIELD counts, not proven | SHIELD counts, an attack broke |",
+             "|" + "---|" * (len(cols) + 4)]
+    for r in reports:
+        t = r["total"]
+        broken = f"{t['shield_broken']} (sound: {t['sound_broken']})" if "shield_broken" in t else "–"
+        lines.append(f"| {r['eps']:.4g} | {t['n']} | " + " | ".join(f"{t[c] / t['n']:.4f}" for c in cols)
+                     + f" | {t['shield_not_sound']} | {broken} |")
+    return "\n".join(lines) + "\n"

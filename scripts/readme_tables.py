@@ -11,7 +11,9 @@ hyper-parameters each preset sets, and every block between ``<!-- cmat-file PATH
 ``<!-- /cmat-file -->`` by the Markdown file PATH that a command wrote (e.g.
 ``scripts/compare_bounds.py``), and every block between ``<!-- cmat-cli TABLE -->`` and
 ``<!-- /cmat-cli -->`` by a table read from the registries (``cmat.cli.names.cli_table``: the
-names each CLI flag takes, the task sequences). Numbers in README are therefore never typed by hand.
+names each CLI flag takes, the task sequences), and every block between ``<!-- cmat-criteria DIR -->``
+and ``<!-- /cmat-criteria -->`` by the criteria table of the ``criteria-*.json`` in DIR
+(``cmat.verify.criteria_markdown``). Numbers in README are therefore never typed by hand.
 """
 from __future__ import annotations
 
@@ -27,11 +29,13 @@ from cmat.cli.names import cli_table  # noqa: E402
 from cmat.config import preset_names, resolve  # noqa: E402
 from cmat.report import render_report  # noqa: E402
 from cmat.summary import summary_markdown  # noqa: E402
+from cmat.verify import criteria_markdown  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- cmat-report (?P<dir>\S+) -->\n)(?P<body>.*?)(<!-- /cmat-report -->)", re.S)
 FILE = re.compile(r"(<!-- cmat-file (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /cmat-file -->)", re.S)
 PRESETS = re.compile(r"(<!-- cmat-presets -->\n)(?P<body>.*?)(<!-- /cmat-presets -->)", re.S)
 SUMMARY = re.compile(r"(<!-- cmat-summary (?P<dir>\S+) -->\n)(?P<body>.*?)(<!-- /cmat-summary -->)", re.S)
+CRITERIA = re.compile(r"(<!-- cmat-criteria (?P<dir>\S+) -->\n)(?P<body>.*?)(<!-- /cmat-criteria -->)", re.S)
 CLI = re.compile(r"(<!-- cmat-cli (?P<table>\S+) -->\n)(?P<body>.*?)(<!-- /cmat-cli -->)", re.S)
 
 
@@ -54,6 +58,7 @@ def render(text: str) -> str:
     text = SUMMARY.sub(lambda m: m.group(1) + summary_markdown(ROOT / m.group("dir")) + m.group(4), text)
     text = FILE.sub(lambda m: m.group(1) + (ROOT / m.group("path")).read_text(encoding="utf-8") + m.group(4), text)
     text = CLI.sub(lambda m: m.group(1) + cli_table(m.group("table")) + m.group(4), text)
+    text = CRITERIA.sub(lambda m: m.group(1) + criteria_markdown(ROOT / m.group("dir")) + m.group(4), text)
     return PRESETS.sub(lambda m: m.group(1) + presets_table() + m.group(3), text)
 
 

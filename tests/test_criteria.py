@@ -42,3 +42,25 @@ def test_shield_counts_images_pgd_breaks_and_the_sound_criteria_never_do():
     counts = criteria_counts(net, x, y, 0.05)
     assert counts["shield_not_sound"] == int((bits["shield"] & ~bits["margin-crown"]).sum()) > 0
     assert counts["n"] == 400 and counts["margin-crown"] < counts["shield"]
+    with torch.no_grad():
+        x_adv = PGD(0.05, 0.05 / 4, 50, random_start=True)(net, x, y)
+        robust = net(x_adv).argmax(1) == y
+    counts = criteria_counts(net, x, y, 0.05, robust)
+    assert counts["shield_broken"] == int((bits["shield"] & ~robust).sum()) > 0
+    assert counts["sound_broken"] == 0
+
+
+def test_criteria_of_a_run_count_what_its_attacks_broke(individual_run):
+    """``cmat verify --criteria`` at the run's ε reads the run's per-image ``worst``: SHIELD's
+    count minus what an attack broke, and no soundly proven image among the broken."""
+    from cmat.outcomes import read_outcomes
+    from cmat.verify import criteria_run
+
+    out, _ = individual_run
+    report = criteria_run(out, 10_000)
+    worst = read_outcomes(out / "eval.h5")["correct"]["worst"]
+    total = report["total"]
+    assert total["n"] == sum(len(w) for w in worst)
+    assert total["sound_broken"] == 0 and total["shield_broken"] <= total["shield"]
+    assert total["shield"] - total["shield_broken"] <= sum(int(w.sum()) for w in worst)
+    assert "shield_broken" not in criteria_run(out, 10_000, eps=0.5 * report["eps"])["total"]

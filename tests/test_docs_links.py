@@ -19,7 +19,7 @@ MAX_README_LINES = 200
 
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*(<[^>\n]*>|[^()\s]+(?:\([^()\s]*\)[^()\s]*)*)"
                   r"(?:\s+\"[^\"\n]*\")?\s*\)")
-MARKER = re.compile(r"^<!-- cmat-(?:file|report) (\S+) -->\s*$", re.M)
+MARKER = re.compile(r"^<!-- cmat-(?:file|report|criteria|summary) (\S+) -->\s*$", re.M)
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1", re.S)
 EXTERNAL = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*:|//)")  # http:, https:, mailto:, ... and protocol-relative

@@ -13,7 +13,9 @@ IBP gives, per image, a box of the logits over B(x, ε): lo ≤ f(x') ≤ hi for
 - ``margin-ibp`` / ``margin-crown``: cmat's ``certified`` (:func:`cmat.bounds.margins.proven`):
   the lower bound of the margins min_k (f_y − f_k) over the ball above the rounding tolerance.
   With IBP that bound is lo[y] − max hi[k], the ``interval`` test made safe against rounding;
-  CROWN bounds the margins themselves and proves more.
+  ``margin-crown`` is the harness's certificate (:func:`cmat.bounds.margins.certified_mask`):
+  IBP's proofs kept, CROWN on the margins of the rest (layers with more than
+  ``HARNESS_NEURONS`` unstable neurons keep IBP bounds), so it proves at least what IBP does.
 
 :func:`criteria_counts` computes all four on the same images, so a table shows how much
 ``shield`` overcounts.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from cmat.bounds.ibp import ibp, input_box
-from cmat.bounds.margins import proven
+from cmat.bounds.margins import HARNESS_NEURONS, certified_mask
 from cmat.bounds.ops import network_ops
 from cmat.bounds.tolerance import certification_tolerance, certified
 
@@ -51,7 +53,7 @@ def criteria_bits(model, x: torch.Tensor, y: torch.Tensor, eps: float, batch_siz
     """Per image and criterion (:data:`CRITERIA`), the "verified" bit over B(x, ε) ∩ [0, 1]ⁿ, and
     ``correct`` (clean). The sound ones imply ``correct``; ``shield`` does not even imply that."""
     ops = network_ops(model)
-    out: dict = {name: [] for name in ("correct",) + CRITERIA}
+    out: dict = {name: [] for name in ("correct",) + CRITERIA[:-1]}
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
@@ -62,14 +64,22 @@ def criteria_bits(model, x: torch.Tensor, y: torch.Tensor, eps: float, batch_siz
             out["interval"].append(interval_verified(lo, hi, yb))
             # the same box, with the rounding tolerance: cmat's certified bit by IBP, no second pass
             out["margin-ibp"].append(certified(interval_margin(lo, hi, yb), certification_tolerance(ops, xb, eb)))
-            out["margin-crown"].append(proven(ops, xb, yb, eb, "crown"))
-    return {k: torch.cat(v).cpu() for k, v in out.items()}
+    out = {k: torch.cat(v).cpu() for k, v in out.items()}
+    # the harness's certificate: IBP's proofs kept, CROWN (wide layers capped) on the rest only
+    out["margin-crown"] = certified_mask(model, x, y, eps, "crown", max_neurons=HARNESS_NEURONS).cpu()
+    return out
 
 
-def criteria_counts(model, x: torch.Tensor, y: torch.Tensor, eps: float) -> dict:
+def criteria_counts(model, x: torch.Tensor, y: torch.Tensor, eps: float, robust=None) -> dict:
     """``{"n", "correct", <criterion>: count, "shield_not_sound": images SHIELD counts that the
-    margin (CROWN) does not prove}``."""
+    margin (CROWN) does not prove}``; with ``robust`` ((N,) bool: the image survived every attack
+    at this ε) also ``shield_broken`` (SHIELD counts it, an attack breaks it) and
+    ``sound_broken`` (a sound criterion proves it, an attack breaks it: must be 0)."""
     bits = criteria_bits(model, x, y, eps)
     counts = {"n": int(len(y)), **{k: int(v.sum()) for k, v in bits.items()}}
     counts["shield_not_sound"] = int((bits["shield"] & ~bits["margin-crown"]).sum())
+    if robust is not None:
+        robust = torch.as_tensor(robust, dtype=torch.bool)
+        counts["shield_broken"] = int((bits["shield"] & ~robust).sum())
+        counts["sound_broken"] = int((bits["margin-crown"] & ~robust).sum())
     return counts

@@ -18,9 +18,11 @@ STUDY_JOBS_CAP = 8
 
 def criteria_text(report: dict) -> str:
     """``cmat verify --criteria`` as a table: per task, the count of each criterion."""
-    cols = ["n", "correct", *report["criteria"], "shield_not_sound"]
+    cols = list(report["total"])
     lines = [f"'verified' counts at ε = {report['eps']:.6g} (shield: SHIELD's argmax test, not a certificate; "
-             "the others are sound)", f"{'task':<20}" + "".join(f"{c:>18}" for c in cols)]
+             "the others are sound" + ("; *_broken: counted, yet broken by an attack of the run" if
+                                       "shield_broken" in cols else "") + ")",
+             f"{'task':<20}" + "".join(f"{c:>18}" for c in cols)]
     for r in [*report["tasks"], {"name": "total", **report["total"]}]:
         lines.append(f"{r['name'][:20]:<20}" + "".join(f"{r[c]:>18}" for c in cols))
     return "\n".join(lines)
@@ -44,8 +46,9 @@ def criteria_text(report: dict) -> str:
               help="Only certify at the run's ε (one check per image, no bisection, no CSV): certified count, "
                    "seconds and (milp) unknown checks.")
 @click.option("--criteria", "criteria", is_flag=True,
-              help="Every task's first N images: how many SHIELD's 'verified' count (argmax of the lower logits = "
-                   "argmax of the upper = label; unsound) against the sound interval and margin (IBP, CROWN) tests.")
+              help="The first N images the run evaluated per task: how many SHIELD's 'verified' count (argmax of the "
+                   "lower logits = argmax of the upper = label; unsound) against the sound interval and margin (IBP, "
+                   "CROWN) tests, and how many of SHIELD's the run's attacks broke.")
 @click.option("--eps", "eps", default=None, callback=lambda ctx, param, v: parse_radius(v),
               help="--criteria: the radius, a number or a fraction such as 2/255 (default: the run's ε).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Output folder (RUN_DIR/verify).")
