@@ -79,7 +79,7 @@ def test_verify_bisects_to_the_radius_where_the_margin_reaches_the_tolerance_not
     `cmat verify` (fine bisection) is (m₀ − τ)/|w|₁, below the radius m₀/|w|₁ where the margin
     bound crosses 0 by more than the tolerance's width."""
     model, x, _ = _linear_net(3, shift=1e-4)  # m(EPS) = 1e-4
-    w1 = float((model[1].weight[0] - model[1].weight[1]).abs().sum())
+    w1 = float((model[1].weight[0] - model[1].weight[1]).detach().abs().sum())
     res = critical_eps(model, x, torch.tensor([0]), eps_max=EPS + 1e-3, bound="crown", iters=40, attack_steps=5)
     cert = float(res["certified"][0])
     m0 = 1e-4 + EPS * w1
