@@ -1,8 +1,9 @@
-"""Where a bench's runs execute: in this process one after another (``--jobs 1``), in up to N
-worker processes on this machine (``--jobs N``, :mod:`cmat.launch.local`), or as SLURM jobs
-through submitit (``--launcher slurm``, :mod:`cmat.launch.slurm`). Every launcher takes the
-same :class:`~cmat.launch.jobs.Job` list and leaves the same run directories, so the bench's
-tables do not depend on where its runs ran; :mod:`cmat.launch.table` shows their progress."""
+"""Where a bench's runs and a transfer study's sources and cells execute: in this process one
+after another (``--jobs 1``), in up to N worker processes on this machine (``--jobs N``,
+:mod:`cmat.launch.local`), or as SLURM jobs through submitit (``--launcher slurm``,
+:mod:`cmat.launch.slurm`). Every launcher takes the same :class:`~cmat.launch.jobs.Job` list and
+leaves the same directories, so the tables do not depend on where the jobs ran;
+:mod:`cmat.launch.table` shows their progress."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

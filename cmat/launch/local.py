@@ -1,4 +1,4 @@
-"""Up to N runs at once on this machine, each in its own worker process.
+"""Up to N jobs at once on this machine, each in its own worker process (``job.pkl``).
 
 - **Threads**: each worker gets ``cores // N`` intra-op threads unless its configuration pins
   fewer (the digits and toy presets pin one).
@@ -7,7 +7,7 @@
   several starts torchrun (one process per GPU, the run's distributed path).
 - **Dependencies**: a job starts once every job it names in ``deps`` has finished; if one of
   them failed it is ``skipped``.
-- **One writer per run**: the bench that calls this holds every run directory's lock
+- **One writer per run**: the bench or study that calls this holds every job directory's lock
   (:func:`cmat.rundir.lock_runs`) for as long as it runs; its workers write under it.
 - **Nothing left behind**: every worker is started with ``PR_SET_PDEATHSIG`` = SIGKILL, so the
   kernel kills it when the launcher dies, ``kill -9`` included; on Ctrl-C or an error the
